@@ -1,0 +1,58 @@
+"""Exact re-parameterisation (DESIGN §3.5): fold per-group channel shifts z and per-site channel scales s.
+
+Every step below is a function-preserving rewrite of the current state dict, so sites fold in any order:
+- a site's consumers:   W' = W diag(s),  b' = b + W z           (its input becomes (x - z) / s)
+- "adaln" producer:     shift rows  W_sh / s, (b_sh - z) / s;  scale rows  W_sc / s, (1 + b_sc) / s - 1
+- "v_proj" producer:    W_v' = diag(1/s) W_v,  b_v' = (b_v - z) / s     (softmax rows sum to one)
+- "explicit":           an explicit ``(x - z) * (1/s)`` before the quantizer, returned as a pre-affine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from ditq.models.dit import Site
+
+PreAffine = dict[str, tuple[torch.Tensor, torch.Tensor]]  # site name -> (shift, inverse scale)
+
+
+def fold_state(
+    state: Mapping[str, torch.Tensor],
+    sites: Sequence[Site],
+    shifts: Mapping[str, torch.Tensor],
+    smooth: Mapping[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], PreAffine]:
+    """Fold one group's shifts and the shared smoothing scales into a copy of ``state``.
+
+    Returns the folded state dict and the explicit pre-affines of "explicit" sites whose shift or scale is
+    not trivial. Computation is in float64 and cast back, so the folded model matches to ~1e-6.
+    """
+    sd = {k: v.detach().to(torch.float64).clone() for k, v in state.items()}
+    pre: PreAffine = {}
+    for site in sites:
+        z = shifts[site.name].to(torch.float64)
+        s = smooth[site.name].to(torch.float64)
+        if not (z.any() or (s != 1).any()):
+            continue
+        for lin in site.linears:
+            w, b = sd[f"{lin}.weight"], sd[f"{lin}.bias"]
+            sd[f"{lin}.bias"] = b + w @ z
+            sd[f"{lin}.weight"] = w * s
+        if site.fold == "adaln":
+            w, b = sd[f"{site.producer}.weight"], sd[f"{site.producer}.bias"]
+            dim = z.numel()
+            sh = slice(site.shift_chunk * dim, (site.shift_chunk + 1) * dim)
+            sc = slice(site.scale_chunk * dim, (site.scale_chunk + 1) * dim)
+            w[sh], b[sh] = w[sh] / s[:, None], (b[sh] - z) / s
+            w[sc], b[sc] = w[sc] / s[:, None], (1 + b[sc]) / s - 1
+        elif site.fold == "v_proj":
+            w, b = sd[f"{site.producer}.weight"], sd[f"{site.producer}.bias"]
+            sd[f"{site.producer}.weight"], sd[f"{site.producer}.bias"] = w / s[:, None], (b - z) / s
+        elif site.fold == "explicit":
+            pre[site.name] = (z.float(), (1 / s).float())
+        else:
+            raise ValueError(f"unknown fold kind {site.fold!r}")
+    dtypes = {k: v.dtype for k, v in state.items()}
+    return {k: v.to(dtypes[k]) for k, v in sd.items()}, pre
