@@ -84,7 +84,12 @@ def calibrate(model: LoadedModel, method: MethodConfig, config: CalibConfig,
         weights={s.name: [state[f"{lin}.weight"].float() for lin in s.linears] for s in sites},
         num_train_timesteps=model.num_train_timesteps, w_bits=config.w_bits, a_bits=config.a_bits,
     )
-    sol = method.solve(ctx)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the searches run many tiny GEMMs: thread hand-offs would dominate
+    try:
+        sol = method.solve(ctx)
+    finally:
+        torch.set_num_threads(threads)
     folded, _ = fold_state(state, sites, {s.name: sol.shifts[s.name][0] for s in sites}, sol.smooth)
     tensors: dict[str, torch.Tensor] = {}
     for site in sites:

@@ -43,6 +43,12 @@ class OnnxArtifact:
         """The graph of a group, or the FP reference for ``None``."""
         return self.root / ("reference.onnx" if group_id is None else self.groups[group_id].file)
 
+    @property
+    def recipe_dir(self) -> Path | None:
+        """The recipe this set was exported from (recorded relative to the set, so both can move together)."""
+        rel = self.recipe.get("dir")
+        return (self.root / rel).resolve() if rel else None
+
     def save(self) -> None:
         write_manifest(self.root, self.KIND, {
             "precision": self.precision, "opset": self.opset,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import logging
 import time
 import warnings
@@ -95,6 +96,7 @@ def export_onnx(model: LoadedModel, recipe: Recipe, out: Path, *, recipe_dir: Pa
         raise DitqError(f"the model {model.source} (sha256 {model.sha256[:12]}) is not the one the recipe was "
                         f"calibrated on ({recipe.model_sha256[:12]}); re-run `ditq calibrate`")
     start = time.perf_counter()
+    out = Path(out)
     sites = quant_sites(model.transformer)
     if [s.name for s in sites] != [s.name for s in recipe.sites]:
         raise DitqError("the recipe's quantized sites do not match the model's; re-run `ditq calibrate`")
@@ -128,7 +130,8 @@ def export_onnx(model: LoadedModel, recipe: Recipe, out: Path, *, recipe_dir: Pa
                    "num_classes": model.num_classes, "null_class": model.null_class,
                    "num_train_timesteps": model.num_train_timesteps},
             scheduler_config=dict(model.scheduler_config),
-            recipe={"dir": str(Path(recipe_dir).resolve()) if recipe_dir else None, "method": recipe.method,
+            recipe={"dir": os.path.relpath(Path(recipe_dir).resolve(), out.resolve()) if recipe_dir else None,
+                    "method": recipe.method,
                     "w_bits": recipe.w_bits, "a_bits": recipe.a_bits},
             parent_sha256=manifest_sha256(recipe_dir) if recipe_dir else None,
             seconds=round(time.perf_counter() - start, 3),

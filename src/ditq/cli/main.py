@@ -1,0 +1,131 @@
+"""The ``ditq`` command: one parser, subcommand handlers imported on dispatch (so ``--help`` stays fast)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from ditq import __version__
+from ditq.errors import CheckFailed, DitqError
+
+EXIT_OK, EXIT_USER_ERROR, EXIT_USAGE, EXIT_CHECK_FAILED = 0, 1, 2, 3
+METHODS = ("htg", "minmax")  # kept in sync with ditq.calibration.methods by a test, without importing torch here
+
+
+def _groups(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {value!r}")
+    return n
+
+
+def _sampling_args(p: argparse.ArgumentParser, steps: int) -> None:
+    p.add_argument("--steps", type=int, default=steps, help="sampler steps (default: %(default)s)")
+    p.add_argument("--scheduler", choices=("ddpm", "ddim", "dpmsolver"), default=None,
+                   help="diffusers scheduler (default: the model's own)")
+    p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (``ditq calibrate: error: ...``) and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ditq", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"ditq {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors too")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    def add(name: str, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(handler=f"ditq.cli.{name.replace('-', '_')}")
+        return p
+
+    p = add("calibrate", "collect per-timestep statistics and write a recipe")
+    p.add_argument("model", help="a local diffusers DiT directory, or 'demo'")
+    p.add_argument("-o", "--output", required=True, help="recipe directory to write")
+    p.add_argument("--method", default="htg", choices=METHODS)
+    p.add_argument("--groups", type=_groups, default="auto", help="number of timestep groups, or 'auto' (htg)")
+    p.add_argument("--samples", type=int, default=16, help="samples per calibration run (default: %(default)s)")
+    _sampling_args(p, steps=100)
+    p.add_argument("--force", action="store_true", help="replace an existing output directory")
+
+    p = add("export", "fold a recipe into the model and write one QDQ ONNX graph per timestep group")
+    p.add_argument("recipe", help="recipe directory from `ditq calibrate`")
+    p.add_argument("-o", "--output", required=True, help="ONNX directory to write")
+    p.add_argument("--model", default=None, help="model directory (default: the one the recipe names)")
+    p.add_argument("--opset", type=int, default=21)
+    p.add_argument("--force", action="store_true")
+
+    p = add("lint", "check ONNX graphs against TensorRT's explicit-quantization rules")
+    p.add_argument("onnx_dir", help="directory of .onnx files (or one file)")
+
+    p = add("sample", "generate images with the grouped runtime")
+    p.add_argument("artifact", help="ONNX directory (or a recipe directory with --backend torch)")
+    p.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime")
+    p.add_argument("--fp", action="store_true", help="run the unquantized model instead")
+    p.add_argument("--classes", default="0,1,2,3,4,5,6,7,8,9", help="comma-separated class labels")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    _sampling_args(p, steps=100)
+    p.add_argument("-o", "--output", required=True, help="PNG grid to write")
+
+    p = add("validate", "compare torch FP, ONNX Runtime FP and ONNX Runtime QDQ per group (Polygraphy)")
+    p.add_argument("artifact", help="ONNX directory from `ditq export`")
+    p.add_argument("-o", "--output", default=None, help="report directory (default: ARTIFACT/validation)")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--min-sqnr", type=float, default=15.0, help="QDQ graph SQNR floor in dB (default: %(default)s)")
+    p.add_argument("--min-cosine", type=float, default=0.98, help="QDQ graph cosine floor (default: %(default)s)")
+
+    p = add("demo", "calibrate, export, lint, validate and sample the bundled demo model (FP vs INT8)")
+    p.add_argument("-o", "--output", default="ditq-demo", help="output directory (default: %(default)s)")
+    p.add_argument("--model", default="demo", help="model directory (default: the bundled demo)")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--samples", type=int, default=16, help="calibration samples")
+    p.add_argument("--eval-samples", type=int, default=100, help="images generated per variant for the metrics")
+    p.add_argument("--groups", type=_groups, default="auto")
+    p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
+                   help="also run the minmax baseline for comparison (default: on)")
+    p.add_argument("--force", action="store_true")
+
+    p = add("train-demo", "re-train the bundled demo model and classifier from sklearn's digits")
+    p.add_argument("-o", "--output", required=True, help="model directory to write")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-steps", type=int, default=None, help="optimizer steps (default: the shipped recipe)")
+    p.add_argument("--force", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(importlib.import_module(args.handler).run(args))
+    except CheckFailed as err:
+        if args.debug:
+            raise
+        print(f"ditq {args.command}: check failed: {err}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    except DitqError as err:
+        if args.debug:
+            raise
+        print(f"ditq {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"ditq {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

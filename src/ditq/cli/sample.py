@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from ditq.errors import DitqError
+
+
+def parse_classes(text: str, num_classes: int) -> list[int]:
+    try:
+        labels = [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        raise DitqError(f"--classes must be comma-separated integers, got {text!r}") from None
+    bad = [c for c in labels if not 0 <= c < num_classes]
+    if not labels or bad:
+        raise DitqError(f"--classes must name labels in [0, {num_classes - 1}], got {text!r}")
+    return labels
+
+
+def run(args: argparse.Namespace) -> int:
+    from ditq.runtime.backends import open_backend
+    from ditq.runtime.images import save_grid
+    from ditq.runtime.sampler import make_scheduler, sample
+
+    out = Path(args.output)
+    if out.suffix.lower() != ".png":
+        raise DitqError(f"-o must name a .png file, got {out}")
+    backend, info = open_backend(Path(args.artifact), args.backend, fp=args.fp, threads=args.threads)
+    labels = parse_classes(args.classes, info["num_classes"])
+    start = time.perf_counter()
+    images = sample(backend, make_scheduler(info["scheduler_config"], args.scheduler), labels, steps=args.steps,
+                    cfg_scale=args.cfg, null_class=info["null_class"], sample_shape=tuple(info["sample_shape"]),
+                    seed=args.seed)
+    seconds = time.perf_counter() - start
+    tmp = out.with_name(f".{out.name}.partial.png")
+    save_grid([images], tmp)
+    tmp.replace(out)
+    print(f"{out}: {len(labels)} samples, {args.steps} steps, backend {backend.name}, "
+          f"calls per group {backend.calls}, {seconds:.1f} s")
+    return 0

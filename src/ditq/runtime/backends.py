@@ -1,0 +1,192 @@
+"""Backends behind one interface: ``backend(x, timestep, class_labels) -> eps``, the group picked by timestep.
+
+- ``torch``: the folded model with fake quantization (the numerical reference of the exported graphs);
+- ``onnxruntime``: the exported graphs, one session per group, all created up front.
+(TensorRT engines plug in the same way; see ``ditq.engines``.)
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ditq.calibration.quantizers import fake_quant
+from ditq.calibration.recipe import Recipe
+from ditq.errors import DitqError
+from ditq.export.fold import fold_state
+from ditq.models.dit import Denoiser, LoadedModel, quant_sites
+
+Fn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class GroupedBackend:
+    """Dispatch each call to the callable of the group whose timestep interval holds the call's timestep."""
+
+    name: str
+    intervals: Sequence[tuple[int, int]]
+    fns: Sequence[Fn]
+    calls: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.calls = [0] * len(self.fns)
+
+    def group_of(self, timestep: float) -> int:
+        t = int(round(float(timestep)))
+        for g, (lo, hi) in enumerate(self.intervals):
+            if lo <= t <= hi:
+                return g
+        raise DitqError(f"timestep {timestep} lies outside every group interval {list(self.intervals)}")
+
+    def __call__(self, x: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
+        g = self.group_of(float(timestep[0]))
+        self.calls[g] += 1
+        return self.fns[g](x, timestep, class_labels)
+
+
+class QLinear(nn.Module):
+    """A Linear with an optional explicit pre-affine ``(x - shift) * scale`` and fake-quantized input/weight."""
+
+    def __init__(self, linear: nn.Linear, *, w_scale: torch.Tensor | None = None, act_scale: float | None = None,
+                 pre: tuple[torch.Tensor, torch.Tensor] | None = None, w_bits: int = 8, a_bits: int = 8) -> None:
+        super().__init__()
+        weight = linear.weight.detach()
+        if w_scale is not None:
+            weight = fake_quant(weight, w_scale[:, None], w_bits)
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach())
+        self.act_scale, self.a_bits = act_scale, a_bits
+        self.pre = pre
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pre is not None:
+            x = (x - self.pre[0]) * self.pre[1]
+        if self.act_scale is not None:
+            x = fake_quant(x, self.act_scale, self.a_bits)
+        return F.linear(x, self.weight, self.bias)
+
+
+def group_denoiser(model: LoadedModel, recipe: Recipe, group_id: int, *, quantize: bool = True) -> Denoiser:
+    """The model with group ``group_id``'s shifts and scales folded in, fake-quantized unless ``quantize=False``."""
+    sites = quant_sites(model.transformer)
+    folded, pre = fold_state(model.transformer.state_dict(), sites,
+                             {s.name: recipe.shift(s.name, group_id) for s in sites},
+                             {s.name: recipe.smooth(s.name) for s in sites})
+    transformer = copy.deepcopy(model.transformer)
+    transformer.load_state_dict(folded)
+    modules = dict(transformer.named_modules())
+    for site in sites:
+        for lin in site.linears:
+            parent, _, attr = lin.rpartition(".")
+            q = QLinear(
+                modules[lin],  # type: ignore[arg-type]
+                w_scale=recipe.w_scale(lin) if quantize else None,
+                act_scale=float(recipe.act_scale(site.name, group_id)) if quantize else None,
+                pre=pre.get(site.name), w_bits=recipe.w_bits, a_bits=recipe.a_bits,
+            )
+            setattr(modules[parent], attr, q)
+    return Denoiser(transformer).eval()
+
+
+def torch_backend(model: LoadedModel, recipe: Recipe | None) -> GroupedBackend:
+    """Per-group fake-quantized models (built once); ``recipe=None`` gives the unquantized model."""
+    if recipe is None:
+        den = model.denoiser()
+        return GroupedBackend("torch-fp", [(0, model.num_train_timesteps - 1)], [den])
+    if recipe.model_sha256 != model.sha256:
+        raise DitqError("the recipe was calibrated on another model (sha256 differs); re-run `ditq calibrate`")
+    fns = [group_denoiser(model, recipe, g.group_id) for g in recipe.groups]
+    return GroupedBackend(f"torch-{recipe.method}", [g.interval for g in recipe.groups], fns)
+
+
+def ort_session(path: Path, threads: int | None = None) -> Any:
+    """A CPU session that lets ONNX Runtime fuse each DQ->MatMul into an integer kernel."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=["CommonSubexpressionElimination"])
+    except Exception as err:  # onnxruntime raises its own non-DitqError types for unreadable graphs
+        raise DitqError(f"onnxruntime cannot load {path}: {str(err).splitlines()[0]}") from err
+
+
+def onnxruntime_backend(artifact: Any, *, fp: bool = False, threads: int | None = None) -> GroupedBackend:
+    """Sessions for every group (or the FP reference) of an OnnxArtifact, created once."""
+    from ditq.export.artifact import OnnxArtifact
+
+    assert isinstance(artifact, OnnxArtifact)
+    paths = [artifact.path(None)] if fp else [artifact.path(g.group_id) for g in artifact.groups]
+    intervals = [(0, artifact.model["num_train_timesteps"] - 1)] if fp else artifact.intervals
+    np_float = np.float16 if artifact.precision == "fp16" else np.float32
+
+    def make(sess: Any) -> Fn:
+        def run(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            feeds = {"hidden_states": x.numpy().astype(np_float), "timestep": t.numpy().astype(np_float),
+                     "class_labels": y.numpy().astype(np.int64)}
+            return torch.from_numpy(sess.run(None, feeds)[0].astype(np.float32))
+
+        return run
+
+    return GroupedBackend("onnxruntime-fp" if fp else "onnxruntime", intervals,
+                          [make(ort_session(p, threads)) for p in paths])
+
+
+def open_backend(path: Path, kind: str, *, fp: bool = False, threads: int | None = None
+                 ) -> tuple[GroupedBackend, dict[str, Any]]:
+    """A backend from an artifact directory, and what sampling needs to know (shapes, classes, scheduler).
+
+    ``onnxruntime`` reads an ONNX directory; ``torch`` reads a recipe directory, or the recipe an ONNX
+    directory was exported from.
+    """
+    from ditq.export.artifact import OnnxArtifact
+    from ditq.models.dit import load_model
+
+    path = Path(path)
+    kind_found = read_manifest_kind(path)
+    if kind == "onnxruntime":
+        if kind_found != OnnxArtifact.KIND:
+            raise DitqError(f"--backend onnxruntime needs an ONNX directory from `ditq export`, got a {kind_found}")
+        art = OnnxArtifact.load(path)
+        info = {**art.model, "scheduler_config": art.scheduler_config}
+        return onnxruntime_backend(art, fp=fp, threads=threads), info
+    if kind != "torch":
+        raise DitqError(f"unknown backend {kind!r}; choose onnxruntime or torch")
+    if kind_found == OnnxArtifact.KIND:
+        recipe_dir = OnnxArtifact.load(path, verify=False).recipe_dir
+        if recipe_dir is None or not recipe_dir.is_dir():
+            raise DitqError(f"the recipe {path} was exported from is not found; pass the recipe directory instead")
+        path = recipe_dir
+    recipe = Recipe.load(path)
+    model = load_model(recipe.model_source)
+    info = {"num_classes": model.num_classes, "null_class": model.null_class,
+            "sample_shape": list(model.sample_shape), "scheduler_config": model.scheduler_config}
+    return torch_backend(model, None if fp else recipe), info
+
+
+def read_manifest_kind(path: Path) -> str:
+    """The ``kind`` an artifact directory declares (validated later by the artifact's own loader)."""
+    import json
+
+    from ditq.artifacts import MANIFEST
+
+    try:
+        kind = json.loads((Path(path) / MANIFEST).read_text()).get("kind")
+    except (OSError, ValueError, AttributeError) as err:
+        raise DitqError(f"{path} is not an artifact directory written by ditq (no readable manifest.json)") from err
+    if not isinstance(kind, str):
+        raise DitqError(f"{path}/manifest.json has no kind; re-create the artifact")
+    return kind

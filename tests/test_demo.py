@@ -1,0 +1,21 @@
+import json
+import math
+
+from ditq.cli.main import main
+
+
+def test_demo_end_to_end_on_a_tiny_model(capsys, tiny_model_dir, tmp_path):
+    out = tmp_path / "demo"
+    code = main(["-q", "demo", "--model", str(tiny_model_dir), "-o", str(out), "--steps", "12", "--samples", "2",
+                 "--eval-samples", "4", "--groups", "2"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["methods"]) == {"htg", "minmax"}
+    htg = report["methods"]["htg"]
+    assert len(htg["groups"]) == 2 and htg["validation_passed"]
+    assert len(htg["quality"]["sqnr_per_step_db"]) == 12
+    assert math.isfinite(htg["quality"]["psnr_db"]) and htg["latency"]["ratio"] > 0
+    for name in ("grid.png", "report.md", "sqnr_per_step.csv", "recipe-htg/manifest.json",
+                 "onnx-htg/group_1.onnx", "onnx-minmax/validation/validation.json"):
+        assert (out / name).is_file(), name
+    assert main(["lint", str(out / "onnx-htg")]) == 0

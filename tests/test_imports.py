@@ -1,0 +1,31 @@
+"""`import ditq` stays lean, every module imports without the optional extras, and tensorrt stays lazy."""
+
+import importlib
+import pkgutil
+import subprocess
+import sys
+
+import ditq
+
+
+def test_import_ditq_does_not_pull_heavy_modules():
+    code = ("import sys, ditq, ditq.cli.main; "
+            "heavy = [m for m in ('torch', 'onnx', 'onnxruntime', 'diffusers', 'polygraphy', 'tensorrt') "
+            "if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_every_module_imports_without_tensorrt():
+    blocker = ("import sys, importlib.abc\n"
+               "class Block(importlib.abc.MetaPathFinder):\n"
+               "    def find_spec(self, name, path=None, target=None):\n"
+               "        if name.split('.')[0] in ('tensorrt', 'matplotlib'): raise ImportError('blocked ' + name)\n"
+               "sys.meta_path.insert(0, Block())\n")
+    names = [m.name for m in pkgutil.walk_packages(ditq.__path__, "ditq.")]
+    code = blocker + "import importlib\n" + "".join(f"importlib.import_module({n!r})\n" for n in names)
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_help_runs():
+    assert importlib.import_module("ditq.cli.main").build_parser().format_help().startswith("usage: ditq")
