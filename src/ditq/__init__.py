@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from ditq.errors import CheckFailed, DitqError  # noqa: E402
+from ditq.errors import CheckFailed, DitqError
 
 __all__ = ["__version__", "DitqError", "CheckFailed"]

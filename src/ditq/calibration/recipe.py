@@ -113,7 +113,8 @@ class Recipe:
             body = json.loads((root / RECIPE_JSON).read_text())
             tensors = load_file(str(root / SCALES))
         except FileNotFoundError as err:
-            raise DitqError(f"recipe {root} is incomplete: {Path(err.filename).name} is missing; re-run calibrate") from err
+            missing = Path(err.filename).name
+            raise DitqError(f"recipe {root} is incomplete: {missing} is missing; re-run calibrate") from err
         except (json.JSONDecodeError, UnicodeDecodeError, SafetensorError, OSError) as err:
             raise DitqError(f"recipe {root} is damaged ({err.__class__.__name__}); re-run `ditq calibrate`") from err
         try:
@@ -133,7 +134,8 @@ class Recipe:
                 cost_curve=tuple(float(c) for c in body.get("cost_curve", [])),
             )
         except (KeyError, TypeError, ValueError, IndexError) as err:
-            raise DitqError(f"{root / RECIPE_JSON} is malformed (bad or missing field {err}); re-run calibrate") from err
+            raise DitqError(f"{root / RECIPE_JSON} is malformed (bad or missing field {err}); "
+                            "re-run calibrate") from err
         recipe.check()
         return recipe
 

@@ -9,9 +9,8 @@ from ditq.artifacts import staging_dir
 def run(args: argparse.Namespace) -> int:
     from ditq.calibration.calibrate import CalibConfig, calibrate
     from ditq.calibration.methods import method_config
-    from ditq.models.dit import load_model
-
     from ditq.errors import DitqError
+    from ditq.models.dit import load_model
 
     if args.method != "htg" and args.groups not in ("auto", 1):
         raise DitqError(f"--groups applies to --method htg; {args.method} always uses one group")

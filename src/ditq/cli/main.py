@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp", action="store_true", help="run the unquantized model instead")
     p.add_argument("--classes", default="0,1,2,3,4,5,6,7,8,9", help="comma-separated class labels")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    p.add_argument("--exact-qdq", action="store_true",
+                   help="ONNX Runtime: run Q/DQ as exact float arithmetic instead of fused integer kernels")
     _sampling_args(p, steps=100)
     p.add_argument("-o", "--output", required=True, help="PNG grid to write")
 

@@ -26,7 +26,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.suffix.lower() != ".png":
         raise DitqError(f"-o must name a .png file, got {out}")
-    backend, info = open_backend(Path(args.artifact), args.backend, fp=args.fp, threads=args.threads)
+    backend, info = open_backend(Path(args.artifact), args.backend, fp=args.fp, threads=args.threads,
+                                 fuse=not args.exact_qdq)
     labels = parse_classes(args.classes, info["num_classes"])
     start = time.perf_counter()
     images = sample(backend, make_scheduler(info["scheduler_config"], args.scheduler), labels, steps=args.steps,

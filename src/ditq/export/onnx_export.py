@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import logging
+import os
 import time
 import warnings
 from pathlib import Path

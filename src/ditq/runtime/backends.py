@@ -107,12 +107,19 @@ def torch_backend(model: LoadedModel, recipe: Recipe | None) -> GroupedBackend:
     return GroupedBackend(f"torch-{recipe.method}", [g.interval for g in recipe.groups], fns)
 
 
-def ort_session(path: Path, threads: int | None = None) -> Any:
-    """A CPU session that lets ONNX Runtime fuse each DQ->MatMul into an integer kernel."""
+def ort_session(path: Path, threads: int | None = None, *, fuse: bool = True) -> Any:
+    """A CPU session; ``fuse`` lets ONNX Runtime turn each DQ->MatMul into an integer kernel.
+
+    ``fuse=False`` keeps the Q/DQ arithmetic exact (float ops), the numerics TensorRT and the torch reference
+    share. On x86 CPUs without VNNI, the fused u8s8 kernels can saturate int16 partial sums with full-range
+    INT8 weights, which costs accuracy (measured: ~2% relative output error on a tiny DiT; 7-bit weights remove
+    it), so quality comparisons use ``fuse=False`` and speed measurements ``fuse=True``.
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if fuse
+                                     else ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -124,7 +131,8 @@ def ort_session(path: Path, threads: int | None = None) -> Any:
         raise DitqError(f"onnxruntime cannot load {path}: {str(err).splitlines()[0]}") from err
 
 
-def onnxruntime_backend(artifact: Any, *, fp: bool = False, threads: int | None = None) -> GroupedBackend:
+def onnxruntime_backend(artifact: Any, *, fp: bool = False, threads: int | None = None,
+                        fuse: bool = True) -> GroupedBackend:
     """Sessions for every group (or the FP reference) of an OnnxArtifact, created once."""
     from ditq.export.artifact import OnnxArtifact
 
@@ -141,11 +149,11 @@ def onnxruntime_backend(artifact: Any, *, fp: bool = False, threads: int | None 
 
         return run
 
-    return GroupedBackend("onnxruntime-fp" if fp else "onnxruntime", intervals,
-                          [make(ort_session(p, threads)) for p in paths])
+    name = "onnxruntime-fp" if fp else "onnxruntime" if fuse else "onnxruntime-exact"
+    return GroupedBackend(name, intervals, [make(ort_session(p, threads, fuse=fuse)) for p in paths])
 
 
-def open_backend(path: Path, kind: str, *, fp: bool = False, threads: int | None = None
+def open_backend(path: Path, kind: str, *, fp: bool = False, threads: int | None = None, fuse: bool = True
                  ) -> tuple[GroupedBackend, dict[str, Any]]:
     """A backend from an artifact directory, and what sampling needs to know (shapes, classes, scheduler).
 
@@ -162,7 +170,7 @@ def open_backend(path: Path, kind: str, *, fp: bool = False, threads: int | None
             raise DitqError(f"--backend onnxruntime needs an ONNX directory from `ditq export`, got a {kind_found}")
         art = OnnxArtifact.load(path)
         info = {**art.model, "scheduler_config": art.scheduler_config}
-        return onnxruntime_backend(art, fp=fp, threads=threads), info
+        return onnxruntime_backend(art, fp=fp, threads=threads, fuse=fuse), info
     if kind != "torch":
         raise DitqError(f"unknown backend {kind!r}; choose onnxruntime or torch")
     if kind_found == OnnxArtifact.KIND:
