@@ -87,3 +87,24 @@ def test_artifact_round_trip_and_tamper_detection(tiny_onnx, tmp_path):
     (copy / "group_0.onnx").unlink()
     with pytest.raises(DitqError, match="missing"):
         OnnxArtifact.load(copy)
+
+
+def test_fp16_export_is_strongly_typed_lint_clean_and_close_to_fp32(tiny_model, tiny_recipe, tiny_onnx, tmp_path,
+                                                                     feeds):
+    from ditq.export.onnx_export import export_onnx
+    from ditq.runtime.backends import onnxruntime_backend
+
+    art16 = export_onnx(tiny_model, tiny_recipe, tmp_path / "fp16", progress=False, precision="fp16")
+    assert art16.precision == "fp16"
+    assert all(not v for v in lint_dir(art16.root).values())
+    model = onnx.load(str(art16.path(0)), load_external_data=False)
+    fp16 = onnx.TensorProto.FLOAT16
+    assert model.graph.input[0].type.tensor_type.elem_type == fp16
+    assert model.graph.output[0].type.tensor_type.elem_type == fp16
+    scales = [t for t in model.graph.initializer if t.name.endswith(("a_scale", "w_scale"))]
+    assert scales and all(t.data_type == fp16 for t in scales)
+    b32 = onnxruntime_backend(tiny_onnx, fuse=False)
+    b16 = onnxruntime_backend(art16, fuse=False)
+    for x, t, y in feeds([30, 500, 970]):
+        o32, o16 = b32(x, t, y), b16(x, t, y)
+        assert 10 * torch.log10(o32.square().sum() / (o16 - o32).square().sum()) > 40

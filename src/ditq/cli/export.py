@@ -15,6 +15,7 @@ def run(args: argparse.Namespace) -> int:
     recipe = Recipe.load(Path(args.recipe))
     model = load_model(args.model or recipe.model_source)
     art = export_onnx(model, recipe, Path(args.output), recipe_dir=Path(args.recipe), opset=args.opset,
+                      precision=args.precision,
                       force=args.force, progress=not args.quiet)
     results = lint_dir(art.root)
     print(f"onnx: {art.root}  groups={len(art.groups)}  ({art.seconds:.1f} s)")

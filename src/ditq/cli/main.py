@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="ONNX directory to write")
     p.add_argument("--model", default=None, help="model directory (default: the one the recipe names)")
     p.add_argument("--opset", type=int, default=21)
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                   help="float type outside INT8 (fp16 for TensorRT's strongly typed networks; fp32 for CPU speed)")
     p.add_argument("--force", action="store_true")
 
     p = add("lint", "check ONNX graphs against TensorRT's explicit-quantization rules")

@@ -9,6 +9,7 @@ what differs per group (biases carrying the shift, activation scales) lives insi
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import os
@@ -42,14 +43,23 @@ def dummy_inputs(model: LoadedModel, batch: int = 2) -> tuple[torch.Tensor, torc
             torch.arange(batch) % (model.num_classes + 1))
 
 
-def export_reference(model: LoadedModel, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
-    """The unquantized transformer as ONNX (dynamic batch); module scopes stay in node metadata."""
-    denoiser = model.denoiser()  # .eval(): DiT's label dropout must not be traced
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+def export_reference(model: LoadedModel, opset: int = DEFAULT_OPSET, precision: str = "fp32") -> onnx.ModelProto:
+    """The unquantized transformer as ONNX (dynamic batch); module scopes stay in node metadata.
+
+    ``fp16`` exports the model in half precision end to end (I/O included): TensorRT 11 builds strongly typed
+    networks only, so the graph itself must carry FP16 wherever it is not INT8.
+    """
+    dtype = PRECISIONS[precision]
+    denoiser = copy.deepcopy(model.denoiser()).to(dtype)  # .eval(): DiT's label dropout must not be traced
+    x, t, y = dummy_inputs(model)
     batch = torch.export.Dim("batch", min=1, max=4096)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            denoiser, dummy_inputs(model), dynamo=True, opset_version=opset, input_names=list(INPUTS),
+            denoiser, (x.to(dtype), t.to(dtype), y), dynamo=True, opset_version=opset, input_names=list(INPUTS),
             output_names=[OUTPUT], dynamic_shapes=({0: batch}, {0: batch}, {0: batch}), verbose=False,
         )
     assert program is not None
@@ -90,8 +100,16 @@ def _externalize(models: dict[str, onnx.ModelProto], out: Path) -> None:
 
 
 def export_onnx(model: LoadedModel, recipe: Recipe, out: Path, *, recipe_dir: Path | None = None,
-                opset: int = DEFAULT_OPSET, force: bool = False, progress: bool = True) -> OnnxArtifact:
-    """Write ``out/``: ``group_{g}.onnx`` per group, ``reference.onnx``, ``weights.bin``, ``io.json``, manifest."""
+                opset: int = DEFAULT_OPSET, precision: str = "fp32", force: bool = False,
+                progress: bool = True) -> OnnxArtifact:
+    """Write ``out/``: ``group_{g}.onnx`` per group, ``reference.onnx``, ``weights.bin``, ``io.json``, manifest.
+
+    ``precision`` is the float type of everything that is not INT8 (Q/DQ scales included).
+    """
+    if precision not in PRECISIONS:
+        raise DitqError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if opset < 19:
+        raise DitqError(f"--opset must be >= 19 (FP16 Q/DQ scales and the dynamo exporter need it), got {opset}")
     if model.sha256 != recipe.model_sha256:
         raise DitqError(f"the model {model.source} (sha256 {model.sha256[:12]}) is not the one the recipe was "
                         f"calibrated on ({recipe.model_sha256[:12]}); re-run `ditq calibrate`")
@@ -101,7 +119,7 @@ def export_onnx(model: LoadedModel, recipe: Recipe, out: Path, *, recipe_dir: Pa
     if [s.name for s in sites] != [s.name for s in recipe.sites]:
         raise DitqError("the recipe's quantized sites do not match the model's; re-run `ditq calibrate`")
     state = model.transformer.state_dict()
-    reference = export_reference(model, opset)
+    reference = export_reference(model, opset, precision)
     gemms = find_gemms(reference, {lin for s in sites for lin in s.linears})
     smooth = {s.name: recipe.smooth(s.name) for s in sites}
     graphs: dict[str, onnx.ModelProto] = {"reference.onnx": reference}
@@ -113,15 +131,16 @@ def export_onnx(model: LoadedModel, recipe: Recipe, out: Path, *, recipe_dir: Pa
         _externalize(graphs, tmp)
         for name in graphs:
             onnx.checker.check_model(str(tmp / name), full_check=True)
+        ftype = {"fp32": "float32", "fp16": "float16"}[precision]
         write_json(tmp / "io.json", {
-            "inputs": {"hidden_states": {"dtype": "float32", "shape": ["batch", *model.sample_shape]},
-                       "timestep": {"dtype": "float32", "shape": ["batch"]},
+            "inputs": {"hidden_states": {"dtype": ftype, "shape": ["batch", *model.sample_shape]},
+                       "timestep": {"dtype": ftype, "shape": ["batch"]},
                        "class_labels": {"dtype": "int64", "shape": ["batch"]}},
-            "outputs": {OUTPUT: {"dtype": "float32", "shape": ["batch", *model.sample_shape]}},
+            "outputs": {OUTPUT: {"dtype": ftype, "shape": ["batch", *model.sample_shape]}},
             "dynamic_axes": {name: {"0": "batch"} for name in (*INPUTS, OUTPUT)},
         })
         artifact = OnnxArtifact(
-            root=tmp, precision="fp32", opset=opset,
+            root=tmp, precision=precision, opset=opset,
             groups=tuple(OnnxGroup(g.group_id, g.interval, f"group_{g.group_id}.onnx",
                                    sha256_file(tmp / f"group_{g.group_id}.onnx")) for g in recipe.groups),
             reference_sha256=sha256_file(tmp / "reference.onnx"),
