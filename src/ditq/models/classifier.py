@@ -25,7 +25,10 @@ CONFIG_NAME = "config.json"
 
 
 class DigitsClassifier(nn.Module):
-    """CNN on ``[B, 1, 16, 16]`` images in [-1, 1]; ``forward`` gives logits, ``features`` the penultimate ``[B, D]``."""
+    """CNN on ``[B, 1, 16, 16]`` images in [-1, 1].
+
+    ``forward`` gives logits, ``features`` the penultimate ``[B, D]`` (ReLU) activations.
+    """
 
     def __init__(self, channels: int = 32, feature_dim: int = 64, num_classes: int = NUM_CLASSES) -> None:
         super().__init__()

@@ -338,7 +338,7 @@ label {NULL_CLASS}, `eps = eps_u + {CHECK_GUIDANCE} * (eps_c - eps_u)`), scored 
 |---|---|
 | class accuracy of samples | {r['sample_class_accuracy'] * 100:.1f}% |
 | Fréchet distance, samples vs all 1,797 real digits (classifier features, D=64) | {r['sample_frechet_distance']:.2f} |
-| floor: Fréchet distance, {CHECK_PER_CLASS * NUM_CLASSES} real held-out digits vs the same reference | {r['real_frechet_floor']:.2f} |
+| floor: same, {CHECK_PER_CLASS * NUM_CLASSES} real held-out digits vs that reference | {r['real_frechet_floor']:.2f} |
 | sampling time (100 steps, batch {2 * CHECK_PER_CLASS * NUM_CLASSES}) | {r['sampling_seconds']:.1f} s |
 
 Fréchet distances from 100 samples are biased upwards; compare against the floor, not against 0.
