@@ -1,0 +1,188 @@
+"""The engine-set artifact: ``group_{g}.plan`` per timestep group, one shared ``timing.cache``, ``manifest.json``.
+
+A TensorRT plan only runs on the TensorRT version and the GPU architecture it was built for, so the manifest
+records both and :meth:`EngineArtifact.load` refuses a set that does not match this machine (or its own files).
+The two runtime queries, :func:`installed_tensorrt_version` and :func:`current_gpu`, import tensorrt / torch
+only when called.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ditq.artifacts import read_manifest, sha256_file, write_manifest
+from ditq.errors import DitqError
+
+TRT_HINT = "pip install 'ditq[trt]' (needs an NVIDIA GPU, its driver and a CUDA build of torch)"
+MIN_TRT_MAJOR = 10
+TIMING_CACHE = "timing.cache"
+
+
+def installed_tensorrt_version() -> str | None:
+    """The version of the importable TensorRT library, or None when there is none.
+
+    ``tensorrt-stubs`` alone leaves an importable, empty ``tensorrt`` namespace package: that counts as none.
+    """
+    try:
+        import tensorrt
+    except (ImportError, OSError):  # OSError: the wheel is there but libnvinfer cannot be loaded
+        return None
+    version = getattr(tensorrt, "__version__", None)
+    return version if isinstance(version, str) and hasattr(tensorrt, "Builder") else None
+
+
+def require_tensorrt() -> str:
+    """The installed TensorRT version (10.x or 11.x), or a one-line DitqError saying how to get one."""
+    version = installed_tensorrt_version()
+    if version is None:
+        raise DitqError(f"tensorrt is needed for this step and is not installed; {TRT_HINT}")
+    if trt_major(version) < MIN_TRT_MAJOR:
+        raise DitqError(f"TensorRT {version} is too old, ditq needs {MIN_TRT_MAJOR}.x or later; "
+                        "pip install -U 'ditq[trt]'")
+    return version
+
+
+def trt_major(version: str) -> int:
+    try:
+        return int(version.split(".")[0])
+    except ValueError:
+        raise DitqError(f"cannot read the TensorRT version {version!r}; reinstall tensorrt") from None
+
+
+def current_gpu() -> tuple[str, str] | None:
+    """``(name, "sm_XY")`` of the current CUDA device, or None when torch sees no CUDA GPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    major, minor = torch.cuda.get_device_capability()
+    return torch.cuda.get_device_name(), f"sm_{major}{minor}"
+
+
+def require_gpu() -> tuple[str, str]:
+    gpu = current_gpu()
+    if gpu is None:
+        import torch
+
+        why = ("torch is a CPU-only build; install a CUDA build of torch" if torch.version.cuda is None
+               else "no CUDA GPU is visible (check the driver and CUDA_VISIBLE_DEVICES)")
+        raise DitqError(f"TensorRT needs an NVIDIA GPU: {why}")
+    return gpu
+
+
+@dataclass(frozen=True)
+class EngineGroup:
+    group_id: int
+    interval: tuple[int, int]
+    file: str  # group_{g}.plan
+    sha256: str  # of the plan
+    onnx_file: str
+    onnx_sha256: str  # of the ONNX graph it was built from
+    polygraphy: str  # the equivalent `polygraphy convert ...` command line, run from the engine directory
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class EngineArtifact:
+    KIND: ClassVar[str] = "ditq.engines"
+
+    root: Path
+    trt_version: str
+    gpu_name: str
+    compute_capability: str  # "sm_90"
+    precision: str  # float type of the graphs outside INT8 (fp32 / fp16)
+    groups: tuple[EngineGroup, ...]
+    profile: dict[str, dict[str, list[int]]]  # input -> {"min", "opt", "max"} shapes
+    builder: dict[str, Any]  # strongly_typed, network_flags, builder flags, optimization level, workspace
+    onnx_dir: str | None  # the ONNX set, relative to root
+    parent_sha256: str  # sha256 of the ONNX set's manifest.json
+    model: dict[str, Any]
+    scheduler_config: dict[str, Any]
+    recipe: dict[str, Any]
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device(self) -> str:
+        return f"{self.gpu_name} / {self.compute_capability}"
+
+    @property
+    def intervals(self) -> list[tuple[int, int]]:
+        return [g.interval for g in self.groups]
+
+    @property
+    def batch_range(self) -> tuple[int, int]:
+        """The (min, max) batch every engine's optimisation profile accepts."""
+        shapes = next(iter(self.profile.values()))
+        return shapes["min"][0], shapes["max"][0]
+
+    def path(self, group_id: int) -> Path:
+        return self.root / self.groups[group_id].file
+
+    def save(self) -> None:
+        write_manifest(self.root, self.KIND, {
+            "tensorrt_version": self.trt_version,
+            "gpu": {"name": self.gpu_name, "compute_capability": self.compute_capability},
+            "device": self.device, "precision": self.precision,
+            "profile": self.profile, "builder": self.builder,
+            "groups": [{"id": g.group_id, "interval": list(g.interval), "file": g.file, "sha256": g.sha256,
+                        "onnx_file": g.onnx_file, "onnx_sha256": g.onnx_sha256, "polygraphy": g.polygraphy,
+                        "seconds": g.seconds} for g in self.groups],
+            "timing_cache": TIMING_CACHE,
+            "onnx": {"dir": self.onnx_dir, "sha256": self.parent_sha256},
+            "model": self.model, "scheduler_config": self.scheduler_config, "recipe": self.recipe,
+            "seconds": self.seconds, **self.extra,
+        }, parent_sha256=self.parent_sha256)
+
+    @classmethod
+    def load(cls, root: Path, *, check_runtime: bool = True) -> EngineArtifact:
+        """Read the manifest and check every plan's sha256; with ``check_runtime`` also refuse a set built for
+        another TensorRT version or GPU architecture than this machine's (one-line DitqError each)."""
+        root = Path(root)
+        body = read_manifest(root, cls.KIND)
+        try:
+            art = cls(
+                root=root, trt_version=str(body["tensorrt_version"]), gpu_name=str(body["gpu"]["name"]),
+                compute_capability=str(body["gpu"]["compute_capability"]), precision=str(body["precision"]),
+                groups=tuple(EngineGroup(int(g["id"]), (int(g["interval"][0]), int(g["interval"][1])), g["file"],
+                                         g["sha256"], g["onnx_file"], g["onnx_sha256"], g["polygraphy"],
+                                         float(g.get("seconds", 0.0))) for g in body["groups"]),
+                profile={k: {e: [int(d) for d in v[e]] for e in ("min", "opt", "max")}
+                         for k, v in body["profile"].items()},
+                builder=dict(body["builder"]), onnx_dir=body["onnx"]["dir"], parent_sha256=body["parent_sha256"],
+                model=body["model"], scheduler_config=body["scheduler_config"], recipe=body["recipe"],
+                seconds=float(body.get("seconds", 0.0)),
+            )
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+            raise DitqError(f"{root}/manifest.json is malformed (bad or missing field {err}); "
+                            "re-run `ditq build`") from err
+        rebuild = art.rebuild_hint()
+        if not art.groups or [g.group_id for g in art.groups] != list(range(len(art.groups))) or not art.profile:
+            raise DitqError(f"{root}/manifest.json must list groups 0..G-1 and a profile; {rebuild}")
+        for g in art.groups:
+            path = root / g.file
+            if not path.is_file():
+                raise DitqError(f"{path} is missing; the engine set does not match its manifest, {rebuild}")
+            if sha256_file(path) != g.sha256:
+                raise DitqError(f"{path} does not match the sha256 in its manifest; {rebuild}")
+        if check_runtime:
+            art.check_runtime()
+        return art
+
+    def rebuild_hint(self) -> str:
+        onnx = os.path.normpath(self.root / self.onnx_dir) if self.onnx_dir else "ONNX_DIR"
+        return f"rebuild with `ditq build {onnx} -o {self.root} --force`"
+
+    def check_runtime(self) -> None:
+        """Refuse plans this machine cannot deserialize: other TensorRT version, other GPU architecture."""
+        installed = require_tensorrt()
+        if installed != self.trt_version:
+            raise DitqError(f"the engines in {self.root} were built with TensorRT {self.trt_version} but "
+                            f"{installed} is installed; {self.rebuild_hint()}")
+        name, sm = require_gpu()
+        if sm != self.compute_capability:
+            raise DitqError(f"the engines in {self.root} were built for {self.device} but this GPU is "
+                            f"{name} / {sm}; {self.rebuild_hint()}")

@@ -1,0 +1,260 @@
+"""``build_engines(onnx, out, BuildConfig) -> EngineArtifact``: one TensorRT engine per timestep group.
+
+Written to TensorRT 10.x / 11.x's Python API (``import tensorrt`` happens inside the functions, never at import):
+- a strongly typed network (``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` on 10.x; the default, and only,
+  mode on 11.x), so precision comes from the graph: INT8 where Q/DQ says so, the graph's float type elsewhere;
+- ``OnnxParser.parse_from_file`` (external weights resolve next to the graph); every parser error is reported;
+- one optimisation profile for the batch on every input, a workspace limit, ``builder_optimization_level``;
+- ONE timing cache shared by all groups (the graphs differ only in biases and scales, so later groups mostly hit
+  the cache), loaded from and saved to ``timing.cache``.
+Everything is written to a staging directory and moved into place only when every group has built.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tqdm.auto import tqdm
+
+from ditq.artifacts import manifest_sha256, sha256_file, staging_dir
+from ditq.engines.artifact import (
+    TIMING_CACHE,
+    EngineArtifact,
+    EngineGroup,
+    require_gpu,
+    require_tensorrt,
+    trt_major,
+)
+from ditq.errors import DitqError
+from ditq.export.artifact import OnnxArtifact
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+
+log = logging.getLogger(__name__)
+
+INPUTS = ("hidden_states", "timestep", "class_labels")  # the names ditq.export.onnx_export gives the graph inputs
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+DYNAMIC_QUANT_OPS = frozenset({"DynamicQuantizeLinear", "MatMulInteger", "DynamicQuantizeMatMul"})
+MAX_OPT_LEVEL = 5
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    min_batch: int = 1
+    opt_batch: int = 8  # CFG doubles the batch: 4 prompts -> 8
+    max_batch: int = 32
+    workspace_gib: float = 4.0
+    opt_level: int = 3  # TensorRT's default builder_optimization_level
+    timing_cache: Path | None = None  # also load from / save to this file (shared between engine sets)
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
+            raise DitqError(f"batch sizes must satisfy 1 <= --min-batch <= --opt-batch <= --max-batch, got "
+                            f"{self.min_batch}, {self.opt_batch}, {self.max_batch}")
+        if not self.workspace_gib > 0:
+            raise DitqError(f"--workspace-gib must be positive, got {self.workspace_gib}")
+        if not 0 <= self.opt_level <= MAX_OPT_LEVEL:
+            raise DitqError(f"--opt-level must be in [0, {MAX_OPT_LEVEL}], got {self.opt_level}")
+
+    @property
+    def workspace_bytes(self) -> int:
+        return int(self.workspace_gib * (1 << 30))
+
+
+def check_deployable(onnx: OnnxArtifact) -> None:
+    """Refuse an ONNX set TensorRT cannot build as static INT8: dynamic activation quantization, or a quantized
+    recipe whose graphs carry no Q/DQ (one-line DitqError)."""
+    import onnx as onnx_lib
+
+    method = onnx.recipe.get("method")
+    if onnx.recipe.get("dynamic_activations"):
+        raise DitqError(f"the ONNX set {onnx.root} quantizes activations dynamically (method {method!r}); "
+                        "TensorRT INT8 needs static activation scales: export a static method (htg, minmax) "
+                        "for TensorRT, or run this set with --backend onnxruntime")
+    quantized = min(int(onnx.recipe.get("w_bits", 32)), int(onnx.recipe.get("a_bits", 32))) <= 8
+    for group in onnx.groups:
+        ops = {n.op_type for n in onnx_lib.load(str(onnx.path(group.group_id)), load_external_data=False).graph.node}
+        if dynamic := sorted(ops & DYNAMIC_QUANT_OPS):
+            raise DitqError(f"{group.file} quantizes activations at run time ({', '.join(dynamic)}); TensorRT "
+                            "INT8 needs static activation scales: export a static method (htg, minmax)")
+        if quantized and not ops & QDQ_OPS:
+            raise DitqError(f"{group.file} has no QuantizeLinear/DequantizeLinear although the recipe is "
+                            f"W{onnx.recipe.get('w_bits')}A{onnx.recipe.get('a_bits')}; TensorRT INT8 needs "
+                            "explicit Q/DQ with static scales: re-run `ditq export`")
+
+
+def profile_shapes(onnx: OnnxArtifact, config: BuildConfig) -> dict[str, dict[str, list[int]]]:
+    """min/opt/max shapes per input: ``hidden_states`` [batch, *sample_shape], ``timestep`` and ``class_labels``
+    [batch]."""
+    sample = [int(d) for d in onnx.model["sample_shape"]]
+    batches = {"min": config.min_batch, "opt": config.opt_batch, "max": config.max_batch}
+    return {name: {k: [b, *sample] if name == "hidden_states" else [b] for k, b in batches.items()}
+            for name in INPUTS}
+
+
+def polygraphy_command(onnx_file: str, plan: str, profile: dict[str, dict[str, list[int]]],
+                       config: BuildConfig) -> str:
+    """The ``polygraphy convert`` line that builds the same engine (paths relative to the engine directory)."""
+    argv = ["polygraphy", "convert", onnx_file, "--convert-to", "trt", "-o", plan]
+    for kind in ("min", "opt", "max"):
+        argv += [f"--trt-{kind}-shapes", *(f"{n}:[{','.join(map(str, s[kind]))}]" for n, s in profile.items())]
+    argv += ["--strongly-typed", "--builder-optimization-level", str(config.opt_level),
+             "--pool-limit", f"workspace:{config.workspace_bytes}",
+             "--load-timing-cache", TIMING_CACHE, "--save-timing-cache", TIMING_CACHE]
+    return shlex.join(argv)
+
+
+def network_flags(version: str) -> int:
+    """``create_network`` flags: explicit STRONGLY_TYPED on 10.x; 11.x networks are strongly typed by default."""
+    import tensorrt as trt
+
+    if trt_major(version) >= 11:
+        return 0
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+
+
+def _collecting_logger() -> Any:
+    """A ``trt.ILogger`` that keeps errors (for one-line DitqErrors) and forwards the rest to ``logging``."""
+    import tensorrt as trt
+
+    class Collecting(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+
+        def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
+            if severity <= trt.ILogger.Severity.ERROR:
+                self.errors.append(" ".join(msg.split()))
+                log.debug("TensorRT error: %s", msg)
+            elif severity <= trt.ILogger.Severity.WARNING:
+                log.warning("TensorRT: %s", msg)
+            else:
+                log.debug("TensorRT: %s", msg)
+
+    return Collecting()
+
+
+def _describe(err: trt.ParserError) -> str:
+    where = err.node_name() or (f"node #{err.node()}" if err.node() >= 0 else "graph")
+    return f"{where}: {' '.join(err.desc().split())}"
+
+
+def _parse(builder: trt.Builder, logger: Any, path: Path, flags: int) -> trt.INetworkDefinition:
+    import tensorrt as trt
+
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(path)):
+        errors = [_describe(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise DitqError(f"TensorRT cannot parse {path.name} ({len(errors)} error(s)): {'; '.join(errors)}; "
+                        "check the graph with `ditq lint`")
+    network.name = path.stem
+    return network
+
+
+def _build_plan(builder: trt.Builder, logger: Any, path: Path, flags: int, profile: dict[str, dict[str, list[int]]],
+                config: BuildConfig, cache: trt.ITimingCache | bytes) -> tuple[trt.IHostMemory, trt.ITimingCache]:
+    """Parse and build one group; ``cache`` is the shared timing cache (or its serialized bytes, first group)."""
+    import tensorrt as trt
+
+    network = _parse(builder, logger, path, flags)
+    found = {network.get_input(i).name: network.get_input(i).shape for i in range(network.num_inputs)}
+    if set(found) != set(profile):
+        raise DitqError(f"{path.name} has inputs {sorted(found)}, expected {sorted(profile)}; re-run `ditq export`")
+    for name, dims in found.items():
+        static = [(i, d) for i in range(len(dims)) if (d := dims[i]) >= 0]
+        if bad := [(i, d) for i, d in static if d != profile[name]["opt"][i]]:
+            raise DitqError(f"{path.name}: input {name} has static dims {bad} (axis, size) that do not match "
+                            f"the manifest's shape {profile[name]['opt']}; re-run `ditq export`")
+    bconfig = builder.create_builder_config()
+    bconfig.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, config.workspace_bytes)
+    bconfig.builder_optimization_level = config.opt_level
+    opt_profile = builder.create_optimization_profile()
+    for name, shapes in profile.items():
+        opt_profile.set_shape(name, trt.Dims(shapes["min"]), trt.Dims(shapes["opt"]), trt.Dims(shapes["max"]))
+    if bconfig.add_optimization_profile(opt_profile) < 0:
+        raise DitqError(f"TensorRT rejected the batch profile {profile} for {path.name}; check --*-batch")
+    if isinstance(cache, bytes):
+        cache = bconfig.create_timing_cache(cache)
+    if not bconfig.set_timing_cache(cache, ignore_mismatch=False):
+        log.warning("the timing cache does not fit this TensorRT/GPU; starting an empty one")
+        cache = bconfig.create_timing_cache(b"")
+        bconfig.set_timing_cache(cache, ignore_mismatch=False)
+    logger.errors.clear()
+    plan: trt.IHostMemory | None = builder.build_serialized_network(network, bconfig)  # None on failure
+    if plan is None:  # the first error names the cause; the rest are usually its consequences
+        errors = logger.errors
+        why = (errors[0] + (f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else "")) if errors \
+            else "no error was logged"
+        raise DitqError(f"TensorRT failed to build {path.name}: {why}")
+    return plan, bconfig.get_timing_cache()  # the attached cache, now holding this group's timings too
+
+
+def _read_cache(config: BuildConfig, out: Path) -> bytes:
+    for candidate in (config.timing_cache, out / TIMING_CACHE if config.force else None):
+        if candidate is not None and Path(candidate).is_file():
+            log.info("loading timing cache %s", candidate)
+            return Path(candidate).read_bytes()
+    return b""
+
+
+def _write(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+def build_engines(onnx: OnnxArtifact, out: Path, config: BuildConfig = BuildConfig(), *,
+                  progress: bool = True) -> EngineArtifact:
+    """Write ``out/``: ``group_{g}.plan`` per group, ``timing.cache`` and ``manifest.json`` (kind ditq.engines)."""
+    check_deployable(onnx)
+    version = require_tensorrt()
+    gpu_name, sm = require_gpu()
+    import tensorrt as trt
+
+    out = Path(out)
+    start = time.perf_counter()
+    profile = profile_shapes(onnx, config)
+    flags = network_flags(version)
+    onnx_rel = os.path.relpath(onnx.root.resolve(), out.resolve())
+    logger = _collecting_logger()
+    builder = trt.Builder(logger)
+    cache: trt.ITimingCache | bytes = _read_cache(config, out)
+    groups: list[EngineGroup] = []
+    with staging_dir(out, force=config.force) as tmp:
+        for group in tqdm(onnx.groups, desc="build", unit="engine", disable=not progress, leave=False):
+            t0 = time.perf_counter()
+            plan, cache = _build_plan(builder, logger, onnx.path(group.group_id), flags, profile, config, cache)
+            name = f"group_{group.group_id}.plan"
+            _write(tmp / name, plan)
+            onnx_file = os.path.join(onnx_rel, group.file)
+            groups.append(EngineGroup(group.group_id, group.interval, name, sha256_file(tmp / name), onnx_file,
+                                      group.sha256, polygraphy_command(onnx_file, name, profile, config),
+                                      round(time.perf_counter() - t0, 3)))
+            log.info("built %s in %.1f s", name, groups[-1].seconds)
+        assert not isinstance(cache, bytes)
+        serialized = cache.serialize()
+        _write(tmp / TIMING_CACHE, serialized)
+        EngineArtifact(
+            root=tmp, trt_version=version, gpu_name=gpu_name, compute_capability=sm, precision=onnx.precision,
+            groups=tuple(groups), profile=profile,
+            builder={"strongly_typed": True, "network_flags": flags, "builder_flags": [],
+                     "optimization_level": config.opt_level, "workspace_bytes": config.workspace_bytes},
+            onnx_dir=onnx_rel, parent_sha256=manifest_sha256(onnx.root), model=dict(onnx.model),
+            scheduler_config=dict(onnx.scheduler_config),
+            recipe={k: v for k, v in onnx.recipe.items() if k != "dir"},  # dir is relative to the ONNX set
+            seconds=round(time.perf_counter() - start, 3),
+        ).save()
+    if config.timing_cache is not None:
+        Path(config.timing_cache).parent.mkdir(parents=True, exist_ok=True)
+        _write(Path(config.timing_cache), serialized)
+    return EngineArtifact.load(out)

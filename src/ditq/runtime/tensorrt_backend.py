@@ -1,0 +1,165 @@
+"""``--backend tensorrt``: every group's engine deserialized once, one execution context each, one shared
+activation buffer, I/O through torch CUDA tensors on one torch CUDA stream.
+
+- Contexts use ``ExecutionContextAllocationStrategy.USER_MANAGED`` and all share ONE device buffer sized by the
+  largest ``device_memory_size_v2`` of the engines (``device_memory_size`` on TensorRT < 10.1). Sharing is safe
+  because every call runs on the same stream, one after another.
+- Switching group only selects another context: nothing is copied or reloaded.
+- The sampler hands over CPU tensors: each call copies them into per-(group, batch) static CUDA tensors (casting
+  to the engine's input dtypes), runs ``execute_async_v3`` and copies the output back to a float32 CPU tensor.
+- ``cuda_graphs=True`` captures each (group, batch) once after a first, normal run and replays it afterwards; the
+  static I/O tensors and the shared buffer keep the captured addresses valid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ditq.engines.artifact import EngineArtifact, require_tensorrt
+from ditq.errors import DitqError
+from ditq.runtime.backends import GroupedBackend, read_manifest_kind
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+
+INPUTS = ("hidden_states", "timestep", "class_labels")  # the order GroupedBackend calls with
+
+
+def torch_dtype(dtype: trt.DataType) -> torch.dtype:
+    import tensorrt as trt
+
+    table = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16, trt.DataType.BF16: torch.bfloat16,
+             trt.DataType.INT32: torch.int32, trt.DataType.INT64: torch.int64, trt.DataType.INT8: torch.int8,
+             trt.DataType.UINT8: torch.uint8, trt.DataType.BOOL: torch.bool}
+    if dtype not in table:
+        raise DitqError(f"the engine has an I/O tensor of type {dtype}, which ditq cannot feed; rebuild it")
+    return table[dtype]
+
+
+def device_memory_size(engine: trt.ICudaEngine) -> int:
+    """Activation memory one context needs (v2 since TensorRT 10.1, the only one on 11.x)."""
+    if hasattr(engine, "device_memory_size_v2"):
+        return int(engine.device_memory_size_v2)
+    return int(engine.device_memory_size)
+
+
+@dataclass
+class EngineRunner:
+    """One group: its engine, its USER_MANAGED context bound to the shared buffer, static I/O per batch."""
+
+    engine: trt.ICudaEngine
+    scratch: torch.Tensor  # the shared activation buffer (uint8, CUDA)
+    stream: torch.cuda.Stream
+    batch_range: tuple[int, int]
+    cuda_graphs: bool = False
+    runtime: Any = None  # the trt.Runtime the engine came from, kept alive as long as the engine
+    context: trt.IExecutionContext = field(init=False)
+    io: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # batch -> name -> static tensor
+    graphs: dict[int, torch.cuda.CUDAGraph] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        import tensorrt as trt
+
+        self.context = self.engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        if self.context is None:
+            raise DitqError("TensorRT could not create an execution context (out of GPU memory?)")
+        if hasattr(self.context, "set_device_memory"):  # TensorRT >= 10.1
+            self.context.set_device_memory(self.scratch.data_ptr(), self.scratch.numel())
+        else:  # TensorRT 10.0: the (deprecated) property; the stubs no longer declare it
+            setattr(self.context, "device_memory", self.scratch.data_ptr())  # noqa: B010
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if sorted(self.inputs) != sorted(INPUTS) or len(self.outputs) != 1:
+            raise DitqError(f"the engine has inputs {self.inputs} and outputs {self.outputs}, expected {list(INPUTS)} "
+                            "and one output; rebuild it with `ditq build`")
+        self.dtypes = {n: torch_dtype(self.engine.get_tensor_dtype(n)) for n in names}
+
+    def _bind(self, batch: int, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Set this batch's input shapes and tensor addresses (static tensors, allocated once per batch)."""
+        import tensorrt as trt
+
+        io = self.io.get(batch)
+        if io is None:
+            io = {n: torch.empty(tuple(feeds[n].shape), dtype=self.dtypes[n], device=self.scratch.device)
+                  for n in self.inputs}
+        for name in self.inputs:
+            if not self.context.set_input_shape(name, trt.Dims(list(io[name].shape))):
+                raise DitqError(f"TensorRT rejected shape {list(io[name].shape)} for {name}; rebuild the engines")
+        for name in self.outputs:
+            if name not in io:
+                dims = self.context.get_tensor_shape(name)
+                io[name] = torch.empty([dims[i] for i in range(len(dims))], dtype=self.dtypes[name],
+                                       device=self.scratch.device)
+        for name, tensor in io.items():
+            self.context.set_tensor_address(name, tensor.data_ptr())
+        self.io[batch] = io
+        return io
+
+    def _execute(self) -> None:
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            raise DitqError("TensorRT failed to run the engine (execute_async_v3 returned False); see its log")
+
+    def __call__(self, x: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
+        batch = int(x.shape[0])
+        lo, hi = self.batch_range
+        if not lo <= batch <= hi:
+            raise DitqError(f"batch {batch} (CFG included) is outside the engines' profile [{lo}, {hi}]; rebuild "
+                            f"with `ditq build --max-batch {max(batch, hi)} --min-batch {min(batch, lo)}`")
+        feeds = dict(zip(INPUTS, (x, timestep, class_labels)))
+        with torch.cuda.stream(self.stream):
+            graph = self.graphs.get(batch)
+            io = self.io[batch] if graph is not None else self._bind(batch, feeds)
+            for name in self.inputs:
+                io[name].copy_(feeds[name])  # host -> device on self.stream, cast to the engine's dtype
+            if graph is not None:
+                graph.replay()
+            else:
+                self._execute()
+            out = io[self.outputs[0]].to("cpu", torch.float32)
+        self.stream.synchronize()
+        if self.cuda_graphs and graph is None:  # the first run at this shape did TensorRT's deferred set-up
+            captured = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(captured, stream=self.stream):
+                self._execute()
+            self.graphs[batch] = captured
+        return out
+
+
+def tensorrt_backend(engine_dir: Path, *, cuda_graphs: bool = False) -> GroupedBackend:
+    """All groups of an engine set, ready to sample; refuses plans built for another TensorRT version or GPU."""
+    return backend_from_artifact(EngineArtifact.load(Path(engine_dir)), cuda_graphs=cuda_graphs)
+
+
+def backend_from_artifact(art: EngineArtifact, *, cuda_graphs: bool = False) -> GroupedBackend:
+    require_tensorrt()
+    import tensorrt as trt
+
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    engines: list[trt.ICudaEngine] = []
+    for group in art.groups:
+        engine: trt.ICudaEngine | None = runtime.deserialize_cuda_engine(art.path(group.group_id).read_bytes())
+        if engine is None:
+            raise DitqError(f"TensorRT cannot deserialize {art.path(group.group_id)}; {art.rebuild_hint()}")
+        engines.append(engine)
+    scratch = torch.empty(max(256, *(device_memory_size(e) for e in engines)), dtype=torch.uint8, device="cuda")
+    stream = torch.cuda.Stream()
+    runners = [EngineRunner(e, scratch, stream, art.batch_range, cuda_graphs, runtime) for e in engines]
+    return GroupedBackend("tensorrt-cudagraph" if cuda_graphs else "tensorrt", art.intervals, runners)
+
+
+def open_tensorrt(path: Path, *, fp: bool = False, cuda_graphs: bool = False
+                  ) -> tuple[GroupedBackend, dict[str, Any]]:
+    """``open_backend(path, "tensorrt")``: the backend and what sampling needs (shapes, classes, scheduler)."""
+    kind = read_manifest_kind(path)
+    if kind != EngineArtifact.KIND:
+        raise DitqError(f"--backend tensorrt needs an engine directory from `ditq build`, got a {kind}")
+    if fp:
+        raise DitqError("--fp is not available with --backend tensorrt (engines are built from the quantized "
+                        "graphs); use --backend onnxruntime --fp on the ONNX directory")
+    art = EngineArtifact.load(Path(path))
+    return backend_from_artifact(art, cuda_graphs=cuda_graphs), {**art.model, "scheduler_config": art.scheduler_config}

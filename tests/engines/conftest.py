@@ -1,0 +1,184 @@
+"""TensorRT tests: ``@pytest.mark.trt`` tests run only with a real TensorRT and a CUDA GPU (skipped with the reason
+otherwise); the rest run everywhere, some against ``fake_trt``, a recording stand-in for the few TensorRT classes
+the build uses (it checks ditq's orchestration, not TensorRT: mypy checks the real API names against its stubs)."""
+
+from __future__ import annotations
+
+import enum
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+FAKE_GPU = ("Fake GPU", "sm_90")
+
+
+def trt_unavailable() -> str | None:
+    """Why the real TensorRT tests cannot run here, or None when they can."""
+    from ditq.engines.artifact import installed_tensorrt_version
+
+    version = installed_tensorrt_version()
+    if version is None:
+        return "tensorrt is not installed (pip install 'ditq[trt]' on a machine with an NVIDIA GPU)"
+    import torch
+
+    if not torch.cuda.is_available():
+        return f"TensorRT {version} is installed but torch sees no CUDA GPU"
+    return None
+
+
+@pytest.fixture(autouse=True)
+def _skip_trt_without_tensorrt(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("trt") is not None and (why := trt_unavailable()):
+        pytest.skip(why)
+
+
+@pytest.fixture(scope="session")
+def trt_ready() -> None:
+    """Request first in module-scoped fixtures that need TensorRT: they are set up before autouse fixtures."""
+    if why := trt_unavailable():
+        pytest.skip(why)
+
+
+@pytest.fixture
+def no_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``import tensorrt`` fail, as on a machine without it (also where TensorRT is installed)."""
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+
+
+class _Severity(enum.IntEnum):
+    INTERNAL_ERROR = 0
+    ERROR = 1
+    WARNING = 2
+    INFO = 3
+    VERBOSE = 4
+
+
+class _Dims(tuple):
+    pass
+
+
+class _Tensor:
+    def __init__(self, name: str, shape: list[int]) -> None:
+        self.name, self.shape = name, _Dims(shape)
+
+
+class _Network:
+    def __init__(self, flags: int) -> None:
+        self.flags, self.name, self.inputs = flags, "", []
+
+    @property
+    def num_inputs(self) -> int:
+        return len(self.inputs)
+
+    def get_input(self, i: int) -> _Tensor:
+        return self.inputs[i]
+
+
+class _ParserError:
+    def __init__(self, node: int, name: str, desc: str) -> None:
+        self._node, self._name, self._desc = node, name, desc
+
+    def node(self) -> int:
+        return self._node
+
+    def node_name(self) -> str:
+        return self._name
+
+    def desc(self) -> str:
+        return self._desc
+
+
+class _TimingCache:
+    def __init__(self, data: bytes) -> None:
+        self.entries = [e for e in data.decode().split("\n") if e]
+
+    def serialize(self) -> bytes:
+        return "\n".join(self.entries).encode()
+
+
+class FakeTensorRT(types.ModuleType):
+    """Records what the build asked for; ``fail_parse`` / ``fail_build`` name graphs (file stems) to fail."""
+
+    def __init__(self, version: str = "10.13.0.35") -> None:
+        super().__init__("tensorrt")
+        self.__version__ = version
+        self.fail_parse: set[str] = set()
+        self.fail_build: set[str] = set()
+        self.caches_created: list[bytes] = []
+        self.configs: list[types.SimpleNamespace] = []
+        fake = self
+
+        class ILogger:
+            Severity = _Severity
+
+            def __init__(self) -> None:
+                pass
+
+        class Builder:
+            def __init__(self, logger: ILogger) -> None:
+                self.logger = logger
+
+            def create_network(self, flags: int) -> _Network:
+                return _Network(flags)
+
+            def create_builder_config(self) -> types.SimpleNamespace:
+                cfg = types.SimpleNamespace(pools={}, builder_optimization_level=None, profiles=[], cache=None)
+                cfg.set_memory_pool_limit = lambda pool, size: cfg.pools.__setitem__(pool, size)
+                cfg.add_optimization_profile = lambda p: cfg.profiles.append(p) or 0
+                cfg.create_timing_cache = lambda data: fake.caches_created.append(bytes(data)) or _TimingCache(data)
+                cfg.set_timing_cache = lambda cache, ignore_mismatch: setattr(cfg, "cache", cache) or True
+                cfg.get_timing_cache = lambda: cfg.cache
+                fake.configs.append(cfg)
+                return cfg
+
+            def create_optimization_profile(self) -> types.SimpleNamespace:
+                prof = types.SimpleNamespace(shapes={})
+                prof.set_shape = lambda name, lo, opt, hi: prof.shapes.__setitem__(name, (list(lo), list(opt),
+                                                                                         list(hi)))
+                return prof
+
+            def build_serialized_network(self, network: _Network, cfg: types.SimpleNamespace) -> bytes | None:
+                if network.name in fake.fail_build:
+                    self.logger.log(_Severity.ERROR, "out of\nmemory")
+                    return None
+                cfg.cache.entries.append(network.name)
+                return f"PLAN {network.name} flags={network.flags} {sorted(cfg.profiles[0].shapes.items())}".encode()
+
+        class OnnxParser:
+            def __init__(self, network: _Network, logger: ILogger) -> None:
+                self.network, self.errors = network, []
+
+            def parse_from_file(self, path: str) -> bool:
+                import onnx
+
+                if Path(path).stem in fake.fail_parse:
+                    self.errors = [_ParserError(3, "/blocks.0/MatMul", "Assertion failed:\nscale must be > 0"),
+                                   _ParserError(-1, "", "1 node(s) not supported")]
+                    return False
+                for vi in onnx.load(path, load_external_data=False).graph.input:
+                    dims = [d.dim_value if d.HasField("dim_value") else -1 for d in vi.type.tensor_type.shape.dim]
+                    self.network.inputs.append(_Tensor(vi.name, dims))
+                return True
+
+            @property
+            def num_errors(self) -> int:
+                return len(self.errors)
+
+            def get_error(self, i: int) -> _ParserError:
+                return self.errors[i]
+
+        self.ILogger, self.Logger, self.Builder, self.OnnxParser = ILogger, ILogger, Builder, OnnxParser
+        self.Dims = _Dims
+        self.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=1)
+        self.MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")
+
+
+@pytest.fixture
+def fake_trt(monkeypatch: pytest.MonkeyPatch) -> FakeTensorRT:
+    """A fake ``tensorrt`` 10.13 module and a fake sm_90 GPU for this test."""
+    fake = FakeTensorRT()
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setattr("ditq.engines.artifact.current_gpu", lambda: FAKE_GPU)
+    return fake
