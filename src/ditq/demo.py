@@ -24,7 +24,8 @@ class DemoConfig:
     model: str = "demo"
     steps: int = 100
     samples: int = 16
-    eval_samples: int = 100
+    eval_samples: int = 50
+    sqnr_images: int = 16  # images (with their CFG twins) the per-step SQNR is teacher-forced on
     groups: int | str = "auto"
     baseline: bool = True
     latency_batch: int = 8
@@ -71,10 +72,11 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig(), *, force: bool = Fals
                 raise CheckFailed(f"exported {name} graphs break TensorRT QDQ rules: {violations}")
             val = validate(art, model, recipe, art.root / "validation", ValidateConfig())
             # quality with exact Q/DQ arithmetic (what TensorRT computes); ORT's fused CPU kernels separately
-            quality = evaluate(model, onnxruntime_backend(art, threads=config.threads, fuse=False), ref, spec, scorer)
+            quality = evaluate(model, onnxruntime_backend(art, threads=config.threads, fuse=False), ref, spec, scorer,
+                               sqnr_rows=config.sqnr_images)
             grids.append(quality.pop("images")[:20])
-            fused = evaluate(model, onnxruntime_backend(art, threads=config.threads), ref, spec, scorer)
-            fused.pop("images")
+            fused = evaluate(model, onnxruntime_backend(art, threads=config.threads), ref, spec, None,
+                             sqnr_rows=config.sqnr_images, sample_images=False)
             lat_fp = ort_latency_ms(art.path(None), model.sample_shape, batch=config.latency_batch,
                                     threads=config.threads)
             lat_q = ort_latency_ms(art.path(0), model.sample_shape, batch=config.latency_batch,
@@ -111,7 +113,8 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig(), *, force: bool = Fals
 
 
 def _quality_row(label: str, groups: int, q: dict[str, Any], latency: str) -> str:
-    return (f"| {label} | {groups} | {q['sqnr_mean_db']:.2f} | {q['sqnr_min_db']:.2f} | {q['psnr_db']:.2f} | "
+    return (f"| {label} | {groups} | {q['sqnr_mean_db']:.2f} | {q['sqnr_min_db']:.2f} | "
+            f"{q.get('psnr_db', math.nan):.2f} | "
             f"{q.get('class_accuracy', math.nan):.3f} | {q.get('frechet_distance', math.nan):.3f} | {latency} |")
 
 
@@ -137,9 +140,11 @@ def format_markdown(report: dict[str, Any], methods: list[str]) -> str:
         r = report["methods"][m]
         lines.append(_quality_row(f"{m} W8A8, ORT CPU integer kernels", len(r["groups"]),
                                   r["quality_ort_cpu_integer_kernels"], ""))
-    lines += ["", "Rows without a backend note run the exported QDQ graphs with exact Q/DQ arithmetic (ONNX Runtime, "
-              "no integer-kernel fusion): the numerics TensorRT and the torch reference share. The integer-kernel "
-              "rows are ONNX Runtime's fused CPU path, which on x86 CPUs without VNNI can saturate int16 partial "
+    lines += ["", "SQNR and PSNR are against the FP model (same seeds and noise); per-step SQNR is teacher-forced "
+              "on the FP trajectory. Rows without a backend note run the exported QDQ graphs with exact Q/DQ "
+              "arithmetic (ONNX Runtime, no integer-kernel fusion): the numerics TensorRT and the torch reference "
+              "share. The integer-kernel rows (per-step SQNR only) are ONNX Runtime's fused CPU path, which on "
+              "x86 CPUs without VNNI can saturate int16 partial "
               "sums with full-range INT8 weights."]
     for m in methods:
         r = report["methods"][m]
@@ -147,12 +152,14 @@ def format_markdown(report: dict[str, Any], methods: list[str]) -> str:
                   f"Calibration: {r['calibration_seconds']:.1f} s. Latency at batch {r['latency']['batch']}, "
                   f"{r['latency']['threads']} threads: FP32 {r['latency']['fp32_ms']:.2f} ms, INT8 "
                   f"{r['latency']['int8_ms']:.2f} ms.", "",
-                  "| group | timestep interval | ORT FP SQNR (dB) | ORT QDQ SQNR (dB) | torch fake-quant SQNR (dB) | "
-                  "QDQ cosine | passed |", "|---|---|---|---|---|---|---|"]
+                  "| group | timestep interval | ORT FP SQNR (dB) | ORT QDQ SQNR (dB) | QDQ cosine | "
+                  "torch fake-quant SQNR (dB) | ORT integer-kernel SQNR (dB) | passed |",
+                  "|---|---|---|---|---|---|---|---|"]
         for v in r["validation"]:
             lines.append(f"| {v['group']} | {v['interval'][0]}–{v['interval'][1]} | {v['onnxrt-fp_sqnr_db']:.1f} | "
-                         f"{v['onnxrt-qdq_sqnr_db']:.2f} | {v.get('torch-fakequant_sqnr_db', math.nan):.2f} | "
-                         f"{v['onnxrt-qdq_cosine']:.5f} | {v['passed']} |")
+                         f"{v['onnxrt-qdq_sqnr_db']:.2f} | {v['onnxrt-qdq_cosine']:.5f} | "
+                         f"{v.get('torch-fakequant_sqnr_db', math.nan):.2f} | "
+                         f"{v.get('onnxrt-qdq-fused_sqnr_db', math.nan):.2f} | {v['passed']} |")
     lines += ["", "Files: `grid.png` (rows: FP, then each method; two images per class), `sqnr_per_step.csv`, "
               "`report.json`, `recipe-*/`, `onnx-*/` (with `validation/`).", ""]
     return "\n".join(lines)

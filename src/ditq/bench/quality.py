@@ -87,19 +87,36 @@ class ImageScorer:
                 "frechet_distance": frechet_distance(feats, self.real)}
 
 
+def _cfg_rows(batch: int, rows: int | None) -> torch.Tensor | slice:
+    """The first ``rows`` conditional rows and their unconditional twins of a CFG batch [cond; uncond]."""
+    if rows is None or 2 * rows >= batch or batch % 2:
+        return slice(None)
+    half = batch // 2
+    return torch.cat([torch.arange(rows), half + torch.arange(rows)])
+
+
 @torch.no_grad()
 def evaluate(model: LoadedModel, denoise: Denoise, ref: FPReference, spec: SamplingSpec,
-             scorer: ImageScorer | None) -> dict[str, Any]:
-    """All metrics of one backend against ``ref`` (sampled with the same ``spec``)."""
-    per_step = [sqnr_db(denoise(*inp), out) for inp, out in zip(ref.inputs, ref.outputs)]
-    images = run_sampler(model, denoise, ref.labels, spec)
+             scorer: ImageScorer | None, *, sqnr_rows: int | None = None,
+             sample_images: bool = True) -> dict[str, Any]:
+    """All metrics of one backend against ``ref`` (sampled with the same ``spec``).
+
+    ``sqnr_rows``: teacher-force the per-step SQNR on that many images (and their CFG twins) instead of all.
+    ``sample_images=False``: per-step SQNR only (no sampling run, no image metrics).
+    """
+    per_step = []
+    for inp, out in zip(ref.inputs, ref.outputs):
+        idx = _cfg_rows(inp[0].shape[0], sqnr_rows)
+        per_step.append(sqnr_db(denoise(*(v[idx] for v in inp)), out[idx]))
     result: dict[str, Any] = {
         "sqnr_per_step_db": per_step, "timesteps": ref.timesteps,
         "sqnr_mean_db": float(np.mean([s for s in per_step if math.isfinite(s)])) if per_step else math.nan,
         "sqnr_min_db": float(np.min(per_step)),
-        "psnr_db": psnr_db(images, ref.images),
-        "images": images,
     }
+    if not sample_images:
+        return result
+    images = run_sampler(model, denoise, ref.labels, spec)
+    result.update(psnr_db=psnr_db(images, ref.images), images=images)
     if scorer is not None:
         result.update(scorer.score(images, ref.labels))
     return result

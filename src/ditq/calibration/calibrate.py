@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from ditq.calibration.methods import MethodConfig
-from ditq.calibration.methods.base import Context
-from ditq.calibration.quantizers import weight_scales
-from ditq.calibration.recipe import GroupSpec, Recipe, SiteSpec
+from ditq.calibration.methods.base import Context, folded_inputs, input_moments
+from ditq.calibration.quantizers import rotate_weight, weight_scales
+from ditq.calibration.recipe import GroupSpec, LinearSpec, Recipe, SiteSpec
 from ditq.calibration.stats import ActivationCollector
 from ditq.errors import DitqError
 from ditq.export.fold import fold_state
@@ -34,13 +36,20 @@ class CalibConfig:
     rows_per_call: int = 32
     w_bits: int = 8
     a_bits: int = 8
+    w_block: int = 0  # INT4/INT8 weight block along the input (0: per output channel)
+    weight_clip: str = "output"  # clip search criterion (methods that search): "output" error or weight "mse"
     progress: bool = True
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.samples < 1:
             raise DitqError(f"--steps and --samples must be >= 1, got {self.steps} and {self.samples}")
-        if self.w_bits != 8 or self.a_bits != 8:
-            raise DitqError(f"W{self.w_bits}A{self.a_bits} is not supported yet; use 8-bit weights and activations")
+        if self.w_bits not in (8, 4) or self.a_bits != 8:
+            raise DitqError(f"W{self.w_bits}A{self.a_bits} is not supported; use --w-bits 8 or 4 with 8-bit "
+                            "activations")
+        if self.weight_clip not in ("output", "mse"):
+            raise DitqError(f"weight_clip must be 'output' or 'mse', got {self.weight_clip!r}")
+        if self.w_block not in (0, 32, 64, 128):
+            raise DitqError(f"--w-block must be 0 (per output channel), 32, 64 or 128, got {self.w_block}")
 
 
 def sampler_forward_loop(model: LoadedModel, config: CalibConfig) -> ForwardLoop:
@@ -71,10 +80,15 @@ def calibrate(model: LoadedModel, method: MethodConfig, config: CalibConfig,
     start = time.perf_counter()
     sites = quant_sites(model.transformer)
     collector = ActivationCollector(model.transformer, sites, rows_per_call=config.rows_per_call, seed=config.seed)
+    probes: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    if method.needs_model:  # record the model inputs too: the method evaluates candidate quantizers on them
+        probe_hook = model.transformer.register_forward_pre_hook(_probe_recorder(probes), with_kwargs=True)
     try:
         (forward_loop or sampler_forward_loop(model, config))(collector)
     finally:
         collector.remove()
+        if method.needs_model:
+            probe_hook.remove()
     if not collector.timesteps:
         raise DitqError("the calibration forward loop never called the model")
     stats = collector.result()
@@ -83,6 +97,7 @@ def calibrate(model: LoadedModel, method: MethodConfig, config: CalibConfig,
         sites=sites, stats=stats, timesteps=collector.timesteps,
         weights={s.name: [state[f"{lin}.weight"].float() for lin in s.linears] for s in sites},
         num_train_timesteps=model.num_train_timesteps, w_bits=config.w_bits, a_bits=config.a_bits,
+        w_block=config.w_block, weight_clip=config.weight_clip, transformer=model.transformer, probes=probes,
     )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the searches run many tiny GEMMs: thread hand-offs would dominate
@@ -91,27 +106,53 @@ def calibrate(model: LoadedModel, method: MethodConfig, config: CalibConfig,
     finally:
         torch.set_num_threads(threads)
     folded, _ = fold_state(state, sites, {s.name: sol.shifts[s.name][0] for s in sites}, sol.smooth)
+    specs = {lin: sol.linear_specs.get(lin) or ctx.default_spec(s) for s in sites for lin in s.linears}
     tensors: dict[str, torch.Tensor] = {}
     for site in sites:
         tensors[f"{site.name}.smooth"] = sol.smooth[site.name].float()
+        static = any(not specs[lin].dynamic for lin in site.linears)
         for g in range(len(sol.grouping.segments)):
             tensors[f"g{g}/{site.name}.shift"] = sol.shifts[site.name][g].float()
-            tensors[f"g{g}/{site.name}.act_scale"] = sol.act_scales[site.name][g].reshape(()).float()
+            if static:
+                tensors[f"g{g}/{site.name}.act_scale"] = sol.act_scales[site.name][g].reshape(()).float()
+        inputs = None
+        if sol.weight_clip_search and config.weight_clip == "output":
+            inputs = folded_inputs(ctx, site, sol.grouping, sol.shifts[site.name], sol.smooth[site.name])
         for lin in site.linears:  # folded weights are shared by all groups (smoothing is per site)
-            tensors[f"{lin}.w_scale"] = weight_scales(folded[f"{lin}.weight"].float(), config.w_bits,
-                                                      search=sol.weight_clip_search)
+            power = None if inputs is None else input_moments(inputs, specs[lin].rotation)
+            tensors[f"{lin}.w_scale"] = weight_scales(rotate_weight(folded[f"{lin}.weight"], specs[lin].rotation),
+                                                      specs[lin].w_bits, search=sol.weight_clip_search,
+                                                      block=specs[lin].w_block, input_power=power)
     grouping = sol.grouping
     recipe = Recipe(
-        method=method.name, params=method.params(), model_source=model.source, model_sha256=model.sha256,
+        method=method.name, params=_as_json(method.params()), model_source=model.source, model_sha256=model.sha256,
         num_train_timesteps=model.num_train_timesteps, w_bits=config.w_bits, a_bits=config.a_bits,
         groups=tuple(GroupSpec(g, grouping.intervals[g], tuple(sorted(grouping.members(g))))
                      for g in range(len(grouping.segments))),
         sites=tuple(SiteSpec(s.name, s.linears, sol.alphas[s.name]) for s in sites),
         tensors=tensors,
-        calibration={**{k: v for k, v in asdict(config).items() if k != "progress"},
-                     "seconds": round(time.perf_counter() - start, 3)},
+        calibration=_as_json({**{k: v for k, v in asdict(config).items() if k != "progress"},
+                              "seconds": round(time.perf_counter() - start, 3),
+                              **({"method": sol.info} if sol.info else {})}),
         cost_curve=tuple(grouping.cost_curve),
+        linear_specs={lin: spec for lin, spec in specs.items() if spec != LinearSpec(config.w_bits, 0, "static",
+                                                                                    config.a_bits)},
     )
     recipe.check()
     log.info("calibrated %s: %d groups in %.1f s", method.name, recipe.num_groups, recipe.calibration["seconds"])
     return recipe
+
+
+def _as_json(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` as recipe.json will read it back (tuples become lists), so a fresh recipe equals a loaded one."""
+    return json.loads(json.dumps(body))
+
+
+def _probe_recorder(probes: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> Callable[..., None]:
+    def hook(_module: torch.nn.Module, args: tuple[torch.Tensor, ...], kwargs: dict[str, torch.Tensor]) -> None:
+        x = args[0] if args else kwargs.get("hidden_states")
+        t, y = kwargs.get("timestep"), kwargs.get("class_labels")
+        if x is not None and t is not None and y is not None:
+            probes.append((x.detach().clone(), t.detach().clone(), y.detach().clone()))
+
+    return hook

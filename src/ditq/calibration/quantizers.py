@@ -31,15 +31,40 @@ def scale_from_amax(amax: torch.Tensor | float, bits: int = 8) -> torch.Tensor:
     return torch.clamp(amax_t, min=1e-8) / qrange(bits)[1]
 
 
-def weight_scales(weight: torch.Tensor, bits: int = 8, *, search: bool = True) -> torch.Tensor:
-    """Per-output-channel scales of ``weight`` [N, K]: max, or the clip ratio from CLIP_GRID with least MSE."""
+def weight_scales(weight: torch.Tensor, bits: int = 8, *, search: bool = True, block: int = 0,
+                  input_power: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-output-channel scales of ``weight`` [N, K]: max, or the clip ratio from CLIP_GRID with least error.
+
+    ``block`` > 0: one scale per output channel and block of ``block`` input channels, shape [N, K / block].
+    The error is the weight MSE, or with ``input_power`` the output error it causes: ``e H e^T`` per output row
+    with ``H = E[x^T x]`` [K, K] (the Linear input's second moments; blocks use their diagonal sub-blocks), or the
+    diagonal approximation when ``input_power`` is [K]. Plain weight MSE clips too eagerly at 4 bits.
+    """
+    if block:
+        n, k = weight.shape
+        if k % block:
+            raise ValueError(f"weight block {block} does not divide the input size {k}")
+        nb = k // block
+        out = torch.empty(n, nb)
+        for j in range(nb):  # blocks are independent under the block-diagonal part of H
+            cols = slice(j * block, (j + 1) * block)
+            h = None if input_power is None else (input_power[cols, cols] if input_power.dim() == 2
+                                                  else input_power[cols])
+            out[:, j] = weight_scales(weight[:, cols], bits, search=search, input_power=h)
+        return out
     amax = weight.abs().amax(1).clamp_min(1e-8)
     if not search:
         return scale_from_amax(amax, bits)
     best_err, best = None, None
     for ratio in CLIP_GRID:
         scale = scale_from_amax(amax * ratio, bits)
-        err = (fake_quant(weight, scale[:, None], bits) - weight).square().sum(1)
+        e = fake_quant(weight, scale[:, None], bits) - weight
+        if input_power is None:
+            err = e.square().sum(1)
+        elif input_power.dim() == 1:
+            err = (e.square() * input_power).sum(1)
+        else:
+            err = ((e @ input_power) * e).sum(1)
         if best_err is None:
             best_err, best = err, scale
         else:
@@ -52,13 +77,14 @@ def weight_scales(weight: torch.Tensor, bits: int = 8, *, search: bool = True) -
 
 def search_act_scale(
     x: torch.Tensor, weights: Sequence[torch.Tensor], amax: float, *, a_bits: int, w_bits: int,
-    grid: Sequence[float] = CLIP_GRID,
+    grid: Sequence[float] = CLIP_GRID, w_block: int = 0,
 ) -> tuple[float, float]:
     """The clip of ``amax`` (from ``grid``) whose ``Q(x) Q(W)^T`` has least relative error against ``x W^T``.
 
     The error is summed over the Linears sharing ``x``; returns (scale, error).
     """
-    wq = torch.cat([fake_quant(w, weight_scales(w, w_bits, search=False)[:, None], w_bits) for w in weights])
+    wq = torch.cat([fake_quant_weight(w, weight_scales(w, w_bits, search=False, block=block_for(w_block, w.shape[1])),
+                                      w_bits) for w in weights])
     ref = x @ torch.cat(list(weights)).T
     den = float(ref.square().sum()) or 1e-30
     best = (float("inf"), 0.0)
@@ -68,3 +94,79 @@ def search_act_scale(
         if err < best[0]:
             best = (err, scale)
     return best[1], best[0]
+
+
+# -- weight blocks, dynamic activations, Hadamard rotations (W4A8, Q-DiT, ViDiT-Q) ----------------------------------
+
+DYNAMIC_EPS = 2.0**-24  # floor of a dynamic scale (all-zero token); the smallest FP16 subnormal, so FP16 graphs agree
+
+
+def block_for(block: int, k: int) -> int:
+    """The weight block to use on an input of size ``k``: 0 (per output channel) when ``block`` >= ``k`` or 0."""
+    if block <= 0 or block >= k:
+        return 0
+    if k % block:
+        raise ValueError(f"weight block {block} does not divide the input size {k}")
+    return block
+
+
+def fake_quant_weight(weight: torch.Tensor, scale: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    """Fake-quantize ``weight`` [N, K] with per-channel scales [N] or block scales [N, K / block]."""
+    if scale.dim() == 1:
+        return fake_quant(weight, scale[:, None], bits)
+    n, k = weight.shape
+    blocks = scale.shape[1]
+    return fake_quant(weight.reshape(n, blocks, k // blocks), scale[:, :, None], bits).reshape(n, k)
+
+
+def quantize_weight(weight: torch.Tensor, scale: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    """Integer codes of ``weight`` [N, K] (float tensor of integers) for per-channel or block scales."""
+    if scale.dim() == 1:
+        return quantize(weight, scale[:, None], bits)
+    n, k = weight.shape
+    blocks = scale.shape[1]
+    return quantize(weight.reshape(n, blocks, k // blocks), scale[:, :, None], bits).reshape(n, k)
+
+
+def dynamic_fake_quant(x: torch.Tensor, bits: int = 8, group: int = 0) -> torch.Tensor:
+    """Symmetric fake quantization with a scale per token (``group`` = 0) or per token and channel group.
+
+    ``scale = max(amax / qmax, DYNAMIC_EPS)`` computed at run time; the ONNX export spells the same float ops.
+    """
+    qmin, qmax = qrange(bits)
+    shape = x.shape
+    if group:
+        x = x.reshape(*shape[:-1], shape[-1] // group, group)
+    scale = torch.clamp(x.abs().amax(-1, keepdim=True) / qmax, min=DYNAMIC_EPS)
+    return (torch.clamp(torch.round(x / scale), qmin, qmax) * scale).reshape(shape)
+
+
+def largest_pow2_divisor(k: int) -> int:
+    return k & -k
+
+
+def hadamard(n: int) -> torch.Tensor:
+    """The normalised Sylvester Hadamard matrix of order ``n`` (a power of two): orthogonal and symmetric."""
+    if n < 1 or n & (n - 1):
+        raise ValueError(f"a Sylvester Hadamard matrix needs a power-of-two order, got {n}")
+    h = torch.ones(1, 1, dtype=torch.float64)
+    while h.shape[0] < n:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    return h / h.shape[0] ** 0.5
+
+
+def rotation_matrix(k: int, block: int) -> torch.Tensor:
+    """Block-diagonal Hadamard [k, k] (float64) with blocks of ``block`` (a power of two dividing ``k``).
+
+    ``x @ R`` rotates activations online; ``W @ R`` folds into the weight, since ``(x R)(W R)^T = x W^T``.
+    """
+    if block < 1 or block & (block - 1) or k % block:
+        raise ValueError(f"rotation block {block} must be a power of two dividing the input size {k}")
+    return torch.block_diag(*[hadamard(block)] * (k // block))
+
+
+def rotate_weight(weight: torch.Tensor, rotation: int) -> torch.Tensor:
+    """The float weight [N, K] a Linear quantizes: ``W @ R`` for an online rotation of block ``rotation``, else W."""
+    if not rotation:
+        return weight.float()
+    return (weight.double() @ rotation_matrix(weight.shape[1], rotation)).float()

@@ -3,6 +3,13 @@
 ``recipe/`` = ``manifest.json`` + ``recipe.json`` (method, bits, groups as timestep intervals, per-site options)
 + ``scales.safetensors`` with keys ``g{group}/{site}.shift``, ``g{group}/{site}.act_scale``, ``{site}.smooth``
 and ``{linear}.w_scale``.
+
+Per-linear quantizer specs (``recipe.json`` ``"linears"``; format additions, all optional): weight bits (8 | 4) and
+block along the input (0 = per output channel, scales [N]; else scales [N, K / block]), activation mode
+(``static`` per-tensor per group | ``dynamic_token`` | ``dynamic_group`` with ``a_group`` channels) and an online
+block-Hadamard ``rotation`` (block size, 0 = none; the weight is quantized after ``W @ R``). A recipe without them
+(or a linear missing from them) is the original W8A8 static per-tensor / per-channel recipe.
+``"dynamic_activations": true`` marks a recipe with any dynamic site (not TensorRT-INT8-deployable).
 """
 
 from __future__ import annotations
@@ -35,6 +42,44 @@ class SiteSpec:
     alpha: float | None = None  # smoothing exponent chosen (None: no smoothing)
 
 
+ACT_MODES = ("static", "dynamic_token", "dynamic_group")
+
+
+@dataclass(frozen=True)
+class LinearSpec:
+    """How one quantized Linear is quantized (defaults: the original W8A8 static recipe)."""
+
+    w_bits: int = 8
+    w_block: int = 0  # 0: one scale per output channel; else blocks of w_block input channels
+    act: str = "static"  # static (per tensor, per group) | dynamic_token | dynamic_group
+    a_bits: int = 8
+    a_group: int = 0  # channels per dynamic group (act = dynamic_group)
+    rotation: int = 0  # online block-Hadamard size applied to the input (0: none)
+
+    def __post_init__(self) -> None:
+        if self.w_bits not in (4, 8) or not 2 <= self.a_bits <= 8:
+            raise DitqError(f"unsupported bits W{self.w_bits}A{self.a_bits}; weights take 8 or 4, activations 2..8")
+        if self.act not in ACT_MODES:
+            raise DitqError(f"activation mode {self.act!r} is not one of {', '.join(ACT_MODES)}")
+        if (self.act == "dynamic_group") != (self.a_group > 0) or self.w_block < 0:
+            raise DitqError(f"a_group must be > 0 exactly for dynamic_group activations, got {self.act}/{self.a_group}")
+        if self.rotation < 0 or self.rotation & (self.rotation - 1):
+            raise DitqError(f"rotation must be 0 or a power of two, got {self.rotation}")
+
+    @property
+    def dynamic(self) -> bool:
+        return self.act != "static"
+
+    def body(self) -> dict[str, Any]:
+        return {"w_bits": self.w_bits, "w_block": self.w_block, "act": self.act, "a_bits": self.a_bits,
+                "a_group": self.a_group, "rotation": self.rotation}
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> LinearSpec:
+        return cls(w_bits=int(body["w_bits"]), w_block=int(body["w_block"]), act=str(body["act"]),
+                   a_bits=int(body["a_bits"]), a_group=int(body["a_group"]), rotation=int(body["rotation"]))
+
+
 @dataclass
 class Recipe:
     KIND: ClassVar[str] = "ditq.recipe"
@@ -51,6 +96,7 @@ class Recipe:
     tensors: dict[str, torch.Tensor]
     calibration: dict[str, Any] = field(default_factory=dict)
     cost_curve: tuple[float, ...] = ()
+    linear_specs: dict[str, LinearSpec] = field(default_factory=dict)  # missing: LinearSpec(w_bits, 0, static)
 
     # -- accessors -------------------------------------------------------------------------------------------
     @property
@@ -68,6 +114,17 @@ class Recipe:
 
     def w_scale(self, linear: str) -> torch.Tensor:
         return self.tensors[f"{linear}.w_scale"]
+
+    def linear_spec(self, linear: str) -> LinearSpec:
+        return self.linear_specs.get(linear) or LinearSpec(w_bits=self.w_bits, a_bits=self.a_bits)
+
+    @property
+    def dynamic_activations(self) -> bool:
+        """Whether any Linear quantizes its input at run time (then TensorRT INT8 cannot build the graphs)."""
+        return any(self.linear_spec(lin).dynamic for s in self.sites for lin in s.linears)
+
+    def site_is_static(self, site: SiteSpec) -> bool:
+        return any(not self.linear_spec(lin).dynamic for lin in site.linears)
 
     def group_of(self, timestep: float) -> int:
         t = int(round(float(timestep)))
@@ -89,6 +146,8 @@ class Recipe:
             "cost_curve": list(self.cost_curve),
             "sites": [{"name": s.name, "linears": list(s.linears), "alpha": s.alpha} for s in self.sites],
             "calibration": self.calibration,
+            "dynamic_activations": self.dynamic_activations,
+            "linears": {lin: spec.body() for lin, spec in self.linear_specs.items()},
         }
 
     # -- persistence -----------------------------------------------------------------------------------------
@@ -100,7 +159,8 @@ class Recipe:
         save_file({k: v.contiguous() for k, v in self.tensors.items()}, str(root / SCALES))
         write_json(root / RECIPE_JSON, self.body())
         write_manifest(root, self.KIND, {"method": self.method, "num_groups": self.num_groups,
-                                         "model_sha256": self.model_sha256})
+                                         "model_sha256": self.model_sha256,
+                                         "dynamic_activations": self.dynamic_activations})
 
     @classmethod
     def load(cls, root: Path) -> Recipe:
@@ -132,6 +192,7 @@ class Recipe:
                 tensors=tensors,
                 calibration=dict(body.get("calibration", {})),
                 cost_curve=tuple(float(c) for c in body.get("cost_curve", [])),
+                linear_specs={lin: LinearSpec.from_body(spec) for lin, spec in body.get("linears", {}).items()},
             )
         except (KeyError, TypeError, ValueError, IndexError) as err:
             raise DitqError(f"{root / RECIPE_JSON} is malformed (bad or missing field {err}); "
@@ -149,8 +210,27 @@ class Recipe:
         if not ok:
             raise DitqError(f"recipe group intervals {edges} do not tile [0, {self.num_train_timesteps - 1}]")
         need = [f"{s.name}.smooth" for s in self.sites] + [f"{lin}.w_scale" for s in self.sites for lin in s.linears]
-        need += [f"g{g.group_id}/{s.name}.{k}" for g in self.groups for s in self.sites for k in ("shift", "act_scale")]
+        need += [f"g{g.group_id}/{s.name}.shift" for g in self.groups for s in self.sites]
+        need += [f"g{g.group_id}/{s.name}.act_scale" for g in self.groups for s in self.sites if self.site_is_static(s)]
         missing = [k for k in need if k not in self.tensors]
         if missing:
             raise DitqError(f"{SCALES} lacks {len(missing)} tensors the recipe names (first: {missing[0]}); "
                             "re-run `ditq calibrate`")
+        linears = {lin for s in self.sites for lin in s.linears}
+        if unknown := sorted(set(self.linear_specs) - linears):
+            raise DitqError(f"recipe.json gives a quantizer spec for {unknown[0]}, which no site reads; "
+                            "re-run `ditq calibrate`")
+        for s in self.sites:
+            static_bits = {self.linear_spec(lin).a_bits for lin in s.linears if not self.linear_spec(lin).dynamic}
+            if len(static_bits) > 1:
+                raise DitqError(f"site {s.name} shares one static activation scale but its Linears ask for "
+                                f"{sorted(static_bits)} bits; re-run `ditq calibrate`")
+            for lin in s.linears:
+                spec, scale = self.linear_spec(lin), self.tensors[f"{lin}.w_scale"]
+                if (scale.dim() == 2) != (spec.w_block > 0) or (spec.w_block and scale.shape[1] * spec.w_block
+                                                                  != self._in_features(s)):
+                    raise DitqError(f"{lin}.w_scale has shape {list(scale.shape)}, which does not fit a weight "
+                                    f"block of {spec.w_block}; re-run `ditq calibrate`")
+
+    def _in_features(self, site: SiteSpec) -> int:
+        return int(self.tensors[f"{site.name}.smooth"].numel())

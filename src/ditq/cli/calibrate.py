@@ -1,28 +1,61 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+from typing import Any
 
 from ditq.artifacts import staging_dir
+
+DEFAULT_STEPS, DEFAULT_SAMPLES = 100, 16
+
+
+def method_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The method options from --groups, --alpha and --param KEY=VALUE (values as JSON, else strings)."""
+    from ditq.errors import DitqError
+
+    params: dict[str, Any] = {}
+    if args.method == "htg":
+        params["groups"] = args.groups
+    elif args.groups not in ("auto", 1):
+        raise DitqError(f"--groups applies to --method htg; {args.method} always uses one group")
+    if args.alpha is not None:
+        if args.method not in ("smoothquant", "viditq"):
+            raise DitqError(f"--alpha applies to --method smoothquant or viditq, not {args.method}; "
+                            "htg searches its alphas (--param alphas=[...])")
+        params["alpha"] = args.alpha
+    for item in args.param:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise DitqError(f"--param takes KEY=VALUE, got {item!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        params[key.replace("-", "_")] = tuple(value) if isinstance(value, list) else value
+    return params
 
 
 def run(args: argparse.Namespace) -> int:
     from ditq.calibration.calibrate import CalibConfig, calibrate
     from ditq.calibration.methods import method_config
-    from ditq.errors import DitqError
     from ditq.models.dit import load_model
 
-    if args.method != "htg" and args.groups not in ("auto", 1):
-        raise DitqError(f"--groups applies to --method htg; {args.method} always uses one group")
-    params = {"groups": args.groups} if args.method == "htg" else {}
-    method = method_config(args.method, **params)
-    config = CalibConfig(steps=args.steps, samples=args.samples, cfg_scale=args.cfg, seed=args.seed,
-                         scheduler=args.scheduler, progress=not args.quiet)
+    method = method_config(args.method, **method_params(args))
+    own = method.calibration_defaults
+    steps = args.steps if args.steps is not None else own.get("steps", DEFAULT_STEPS)
+    samples = args.samples if args.samples is not None else own.get("samples", DEFAULT_SAMPLES)
+    config = CalibConfig(steps=steps, samples=samples, cfg_scale=args.cfg,
+                         seed=args.seed, scheduler=args.scheduler, w_bits=args.w_bits, w_block=args.w_block,
+                         weight_clip=args.weight_clip,
+                         progress=not args.quiet)
     out = Path(args.output)
     with staging_dir(out, force=args.force) as tmp:  # refuse an existing output before the long work
         model = load_model(args.model)
         recipe = calibrate(model, method, config)
         recipe.save(tmp)
-    print(f"recipe: {out}  method={recipe.method}  groups={recipe.num_groups}  "
-          f"intervals={[g.interval for g in recipe.groups]}  ({recipe.calibration['seconds']:.1f} s)")
+    dynamic = "  dynamic activations (ONNX Runtime / torch only)" if recipe.dynamic_activations else ""
+    print(f"recipe: {out}  method={recipe.method}  W{config.w_bits}A{config.a_bits}"
+          f"{f' block {config.w_block}' if config.w_block else ''}  groups={recipe.num_groups}  "
+          f"intervals={[g.interval for g in recipe.groups]}  ({recipe.calibration['seconds']:.1f} s){dynamic}")
     return 0

@@ -11,7 +11,8 @@ from ditq import __version__
 from ditq.errors import CheckFailed, DitqError
 
 EXIT_OK, EXIT_USER_ERROR, EXIT_USAGE, EXIT_CHECK_FAILED = 0, 1, 2, 3
-METHODS = ("htg", "minmax")  # kept in sync with ditq.calibration.methods by a test, without importing torch here
+# kept in sync with ditq.calibration.methods by a test, without importing torch here
+METHODS = ("htg", "minmax", "smoothquant", "ptq4dit", "qdit", "viditq")
 
 
 def _groups(value: str) -> int | str:
@@ -58,8 +59,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="recipe directory to write")
     p.add_argument("--method", default="htg", choices=METHODS)
     p.add_argument("--groups", type=_groups, default="auto", help="number of timestep groups, or 'auto' (htg)")
-    p.add_argument("--samples", type=int, default=16, help="samples per calibration run (default: %(default)s)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="samples per calibration run (default: the method's own, e.g. ptq4dit 32, else 16)")
     _sampling_args(p, steps=100)
+    p.set_defaults(steps=None)  # the method's own calibration steps (ptq4dit: 25), else 100
+    p.add_argument("--w-bits", type=int, choices=(8, 4), default=8, help="weight bits (default: %(default)s)")
+    p.add_argument("--w-block", type=int, choices=(0, 32, 64, 128), default=0,
+                   help="weight block along the input channels; 0: per output channel (default: %(default)s)")
+    p.add_argument("--alpha", type=float, default=None, help="smoothing exponent (smoothquant, viditq)")
+    p.add_argument("--weight-clip", choices=("output", "mse"), default="output",
+                   help="weight clip search criterion of htg/ptq4dit/qdit/viditq: output error (H-weighted) or "
+                        "weight MSE (default: %(default)s)")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="a method option, e.g. --param population=20 for qdit (repeatable; values parsed as JSON)")
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
 
     p = add("export", "fold a recipe into the model and write one QDQ ONNX graph per timestep group")
@@ -76,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("sample", "generate images with the grouped runtime")
     p.add_argument("artifact", help="ONNX directory (or a recipe directory with --backend torch)")
-    p.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime")
+    p.add_argument("--backend", choices=("onnxruntime", "torch", "tensorrt"), default="onnxruntime")
     p.add_argument("--fp", action="store_true", help="run the unquantized model instead")
     p.add_argument("--classes", default="0,1,2,3,4,5,6,7,8,9", help="comma-separated class labels")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
@@ -91,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--min-sqnr", type=float, default=15.0, help="QDQ graph SQNR floor in dB (default: %(default)s)")
     p.add_argument("--min-cosine", type=float, default=0.98, help="QDQ graph cosine floor (default: %(default)s)")
+    p.add_argument("--trt", metavar="ENGINE_DIR", default=None,
+                   help="also run these TensorRT engines (`ditq build` of ARTIFACT) on the same feeds, same floors")
 
     p = add("demo", "calibrate, export, lint, validate and sample the bundled demo model (FP vs INT8)")
     p.add_argument("-o", "--output", default="ditq-demo", help="output directory (default: %(default)s)")
@@ -108,7 +122,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-steps", type=int, default=None, help="optimizer steps (default: the shipped recipe)")
     p.add_argument("--force", action="store_true")
+
+    p = add("build", "build one TensorRT engine per timestep group from an ONNX directory (needs tensorrt)")
+    p.add_argument("onnx_dir", help="ONNX directory from `ditq export`")
+    p.add_argument("-o", "--output", required=True, help="engine directory to write")
+    p.add_argument("--min-batch", type=int, default=1, help="smallest batch, CFG included (default: %(default)s)")
+    p.add_argument("--opt-batch", type=int, default=8, help="batch TensorRT tunes for (default: %(default)s)")
+    p.add_argument("--max-batch", type=int, default=32, help="largest batch (default: %(default)s)")
+    p.add_argument("--workspace-gib", type=float, default=4.0, help="workspace limit (default: %(default)s)")
+    p.add_argument("--opt-level", type=int, default=3, help="builder optimization level 0-5 (default: %(default)s)")
+    p.add_argument("--timing-cache", default=None, help="timing cache file to load and update (shared by builds)")
+    p.add_argument("--force", action="store_true")
+
+    p = add("doctor", "which backends work on this machine, and why not")
+
+    p = add("bench", "measurements that write files: speed (FP vs INT8 latency per backend, batch and model), "
+                     "quality (methods x bits x steps vs FP)")
+    kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND", parser_class=_Parser)
+    from ditq.cli.bench import add_quality_args, add_speed_args  # flag definitions only: no heavy imports
+
+    add_speed_args(kinds.add_parser("speed", help="FP vs INT8 latency: ORT on CPU, torch-int8 on CUDA",
+                                    description="FP vs INT8 latency (ORT on CPU, torch-int8 on CUDA), speed.json/.md"))
+    add_quality_args(kinds.add_parser("quality", help="method x W8A8/W4A8 x steps quality grid vs FP",
+                                      description="quality of every method at W8A8 and W4A8 and several step "
+                                                  "counts vs FP: quality.md/.csv/.json and plots"))
     return parser
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,12 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     except CheckFailed as err:
         if args.debug:
             raise
-        print(f"ditq {args.command}: check failed: {err}", file=sys.stderr)
+        print(f"ditq {args.command}: check failed: {_one_line(err)}", file=sys.stderr)
         return EXIT_CHECK_FAILED
     except DitqError as err:
         if args.debug:
             raise
-        print(f"ditq {args.command}: error: {err}", file=sys.stderr)
+        print(f"ditq {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"ditq {args.command}: interrupted", file=sys.stderr)

@@ -19,7 +19,16 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output) if args.output else art.root / "validation"
     config = ValidateConfig(steps=args.steps, thresholds={
         "onnxrt-qdq": Thresholds(min_cosine=args.min_cosine, min_sqnr_db=args.min_sqnr)})
+    if args.trt:  # fail before the ONNX validation if the engines cannot run here or come from another set
+        from ditq.validate.trt import open_engines
+
+        open_engines(Path(args.trt), art)
     report = validate(art, model, recipe, out, config)
+    if args.trt:  # the engines on the same feeds, against golden and ONNX Runtime QDQ, QDQ floors
+        from ditq.validate.trt import validate_trt
+
+        report = validate_trt(Path(args.trt), art, report, out,
+                              Thresholds(min_cosine=args.min_cosine, min_sqnr_db=args.min_sqnr))
     print(format_report(report))
     print(f"report: {out / 'validation.json'}")
     if not report["passed"]:

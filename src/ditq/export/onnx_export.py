@@ -101,15 +101,22 @@ def _externalize(models: dict[str, onnx.ModelProto], out: Path) -> None:
 
 def export_onnx(model: LoadedModel, recipe: Recipe, out: Path, *, recipe_dir: Path | None = None,
                 opset: int = DEFAULT_OPSET, precision: str = "fp32", force: bool = False,
-                progress: bool = True) -> OnnxArtifact:
+                progress: bool = True, reference: onnx.ModelProto | None = None) -> OnnxArtifact:
     """Write ``out/``: ``group_{g}.onnx`` per group, ``reference.onnx``, ``weights.bin``, ``io.json``, manifest.
 
-    ``precision`` is the float type of everything that is not INT8 (Q/DQ scales included).
+    ``precision`` is the float type of everything that is not INT8 (Q/DQ scales included). ``reference``: the
+    ``export_reference(model, opset, precision)`` graph, when the caller exports several recipes of one model
+    (the dynamo export dominates the time); it is copied, not modified.
     """
     if precision not in PRECISIONS:
         raise DitqError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if opset < 19:
         raise DitqError(f"--opset must be >= 19 (FP16 Q/DQ scales and the dynamo exporter need it), got {opset}")
+    blocked = [lin for site in recipe.sites for lin in site.linears
+               if recipe.linear_spec(lin).w_bits == 4 or recipe.linear_spec(lin).w_block]
+    if blocked and opset < 21:
+        raise DitqError(f"INT4 or block-quantized weights ({blocked[0]}) need DequantizeLinear with block_size, "
+                        f"opset >= 21; got --opset {opset}")
     if model.sha256 != recipe.model_sha256:
         raise DitqError(f"the model {model.source} (sha256 {model.sha256[:12]}) is not the one the recipe was "
                         f"calibrated on ({recipe.model_sha256[:12]}); re-run `ditq calibrate`")
@@ -119,7 +126,14 @@ def export_onnx(model: LoadedModel, recipe: Recipe, out: Path, *, recipe_dir: Pa
     if [s.name for s in sites] != [s.name for s in recipe.sites]:
         raise DitqError("the recipe's quantized sites do not match the model's; re-run `ditq calibrate`")
     state = model.transformer.state_dict()
-    reference = export_reference(model, opset, precision)
+    if reference is None:
+        reference = export_reference(model, opset, precision)
+    else:
+        wanted = {"fp32": onnx.TensorProto.FLOAT, "fp16": onnx.TensorProto.FLOAT16}[precision]
+        if reference.graph.input[0].type.tensor_type.elem_type != wanted:
+            raise DitqError(f"the reference graph passed to export_onnx is not {precision}; export it with "
+                            "export_reference(model, opset, precision)")
+        reference = copy.deepcopy(reference)
     gemms = find_gemms(reference, {lin for s in sites for lin in s.linears})
     smooth = {s.name: recipe.smooth(s.name) for s in sites}
     graphs: dict[str, onnx.ModelProto] = {"reference.onnx": reference}
@@ -151,7 +165,11 @@ def export_onnx(model: LoadedModel, recipe: Recipe, out: Path, *, recipe_dir: Pa
             scheduler_config=dict(model.scheduler_config),
             recipe={"dir": os.path.relpath(Path(recipe_dir).resolve(), out.resolve()) if recipe_dir else None,
                     "method": recipe.method,
-                    "w_bits": recipe.w_bits, "a_bits": recipe.a_bits},
+                    "w_bits": recipe.w_bits, "a_bits": recipe.a_bits,
+                    "dynamic_activations": recipe.dynamic_activations,
+                    "weight_formats": sorted({f"INT{s.w_bits}" + (f"/block{s.w_block}" if s.w_block else "/channel")
+                                              for s in (recipe.linear_spec(lin) for site in recipe.sites
+                                                        for lin in site.linears)})},
             parent_sha256=manifest_sha256(recipe_dir) if recipe_dir else None,
             seconds=round(time.perf_counter() - start, 3),
         )

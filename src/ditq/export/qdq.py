@@ -5,6 +5,16 @@ Per quantized Linear (``MatMul(x, W^T)`` from the dynamo exporter, found by its 
 - activation: [Sub(z) -> Mul(1/s) ->] QuantizeLinear(scalar scale) -> DequantizeLinear -> MatMul A, one pair per
   consumer (ONNX Runtime fuses a DQ->MatMul into an integer kernel only when the pair is not shared).
 Zero points are INT8 zeros; scales have the graph's float type (TensorRT's strongly-typed rule).
+
+Recipe specs beyond W8A8 static (``LinearSpec``):
+- INT4 weights: an INT4 initializer [K, N] -> DequantizeLinear(axis=0, block_size=B, scale [K/B, N]); per output
+  channel INT4 is the single block B = K (scale [1, N]), since TensorRT and the lint take INT4 only block-wise.
+  INT8 weights in blocks (Q-DiT) use the same block layout with an INT8 initializer.
+- rotation: ``MatMul(x, R)`` with the constant block-Hadamard R before the quantizer; the weight is ``W @ R``.
+- dynamic activations: a fake-quant in float ops, exact vs torch's ``dynamic_fake_quant``:
+  ``s = Max(ReduceMax(Abs(x), -1) / qmax, eps); Mul(Clip(Round(x / s), qmin, qmax), s)``, per token, or per token
+  and channel group after a Reshape to [-1, K/g, g] (and back). No Q/DQ with runtime scales: TensorRT needs constant
+  scales, so these graphs run on ONNX Runtime (and the torch backend), not as TensorRT INT8 engines.
 """
 
 from __future__ import annotations
@@ -17,8 +27,16 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
-from ditq.calibration.quantizers import quantize
-from ditq.calibration.recipe import Recipe
+from ditq.calibration.quantizers import (
+    DYNAMIC_EPS,
+    qrange,
+    quantize,
+    quantize_weight,
+    rotate_weight,
+    rotation_matrix,
+)
+from ditq.calibration.recipe import LinearSpec, Recipe
+from ditq.errors import DitqError
 from ditq.export.fold import PreAffine
 from ditq.models.dit import Site
 
@@ -111,16 +129,27 @@ def apply_group(
         if recipe is None:
             old.CopyFrom(numpy_helper.from_array(w.T.numpy().astype(npf), gs.weight))
             continue
+        spec = recipe.linear_spec(lin)
+        if not spec.dynamic and spec.a_bits != 8:
+            raise DitqError(f"{lin}: static {spec.a_bits}-bit activations have no INT8 Q/DQ form; re-calibrate")
         w_scale = recipe.w_scale(lin)
-        q = quantize(w, w_scale[:, None], recipe.w_bits).to(torch.int8).T.contiguous()
         graph.initializer.remove(old)
-        graph.initializer.extend([
-            numpy_helper.from_array(q.numpy(), f"{lin}.weight_int8"),
-            numpy_helper.from_array(w_scale.numpy().astype(npf), f"{lin}.w_scale"),
-            numpy_helper.from_array(np.zeros(w.shape[0], np.int8), f"{lin}.w_zero_point"),
-        ])
-        dq_w = helper.make_node("DequantizeLinear", [f"{lin}.weight_int8", f"{lin}.w_scale", f"{lin}.w_zero_point"],
-                                [f"{lin}.weight_dq"], name=f"{lin}.weight_dq", axis=1)
+        if spec.w_bits == 8 and w_scale.dim() == 1 and not spec.rotation:  # the original W8 per-channel path
+            q = quantize(w, w_scale[:, None], 8).to(torch.int8).T.contiguous()
+            graph.initializer.extend([
+                numpy_helper.from_array(q.numpy(), f"{lin}.weight_int8"),
+                numpy_helper.from_array(w_scale.numpy().astype(npf), f"{lin}.w_scale"),
+                numpy_helper.from_array(np.zeros(w.shape[0], np.int8), f"{lin}.w_zero_point"),
+            ])
+            dq_w = helper.make_node("DequantizeLinear",
+                                    [f"{lin}.weight_int8", f"{lin}.w_scale", f"{lin}.w_zero_point"],
+                                    [f"{lin}.weight_dq"], name=f"{lin}.weight_dq", axis=1)
+        else:
+            graph.initializer.extend(_block_weight(lin, rotate_weight(w, spec.rotation), w_scale, spec.w_bits, npf))
+            dq_w = helper.make_node("DequantizeLinear", [f"{lin}.weight_int{spec.w_bits}", f"{lin}.w_scale",
+                                                         f"{lin}.w_zero_point"], [f"{lin}.weight_dq"],
+                                    name=f"{lin}.weight_dq", axis=0,
+                                    block_size=w.shape[1] // (w_scale.shape[1] if w_scale.dim() == 2 else 1))
         node.input[1] = f"{lin}.weight_dq"
         site = next(s for s in sites if lin in s.linears)
         x = node.input[0]
@@ -133,6 +162,21 @@ def apply_group(
                       helper.make_node("Mul", [f"{lin}.shifted", f"{lin}.pre_scale"], [f"{lin}.scaled"],
                                        name=f"{lin}.pre_mul")]
             x = f"{lin}.scaled"
+        if spec.rotation:
+            k = w.shape[1]
+            rot = f"hadamard_{k}_{spec.rotation}"
+            if rot not in {t.name for t in graph.initializer}:
+                graph.initializer.append(numpy_helper.from_array(rotation_matrix(k, spec.rotation).numpy()
+                                                                 .astype(npf), rot))
+            chain.append(helper.make_node("MatMul", [x, rot], [f"{lin}.rotated"], name=f"{lin}.rotate"))
+            x = f"{lin}.rotated"
+        if spec.dynamic:
+            dyn_nodes, dyn_inits = _dynamic_fake_quant(lin, x, spec, w.shape[1], npf)
+            graph.initializer.extend(dyn_inits)
+            chain += [*dyn_nodes, dq_w]
+            node.input[0] = f"{lin}.input_fq"
+            new_nodes[gs.node] = chain
+            continue
         graph.initializer.extend([
             numpy_helper.from_array(np.array(float(recipe.act_scale(site.name, group_id)), npf), f"{lin}.a_scale"),
             numpy_helper.from_array(np.array(0, np.int8), f"{lin}.a_zero_point"),
@@ -159,3 +203,50 @@ def apply_group(
     del graph.node[:]
     graph.node.extend(ordered)
     return model
+
+
+def _block_weight(lin: str, w: torch.Tensor, w_scale: torch.Tensor, bits: int, npf: np.dtype
+                  ) -> list[onnx.TensorProto]:
+    """INT4/INT8 codes [K, N], block scales [K/B, N] and zero points for a DequantizeLinear(axis=0, block_size=B)."""
+    import ml_dtypes
+
+    scale = w_scale if w_scale.dim() == 2 else w_scale[:, None]  # per channel = one block spanning K
+    codes = quantize_weight(w, scale, bits).to(torch.int8).T.contiguous().numpy()
+    qdtype = ml_dtypes.int4 if bits == 4 else np.int8
+    return [
+        numpy_helper.from_array(codes.astype(qdtype), f"{lin}.weight_int{bits}"),
+        numpy_helper.from_array(scale.T.contiguous().numpy().astype(npf), f"{lin}.w_scale"),
+        numpy_helper.from_array(np.zeros(tuple(scale.T.shape), qdtype), f"{lin}.w_zero_point"),
+    ]
+
+
+def _dynamic_fake_quant(lin: str, x: str, spec: LinearSpec, k: int, npf: np.dtype
+                        ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Float ops quantizing ``x`` per token (or per token and group) at run time; output ``{lin}.input_fq``."""
+    qmin, qmax = qrange(spec.a_bits)
+    p = f"{lin}.dyn"
+    inits = [numpy_helper.from_array(np.array(v, npf), f"{p}_{n}")
+             for n, v in (("qmax", qmax), ("qmin", qmin), ("eps", DYNAMIC_EPS))]
+    inits.append(numpy_helper.from_array(np.array([-1], np.int64), f"{p}_axes"))
+    nodes: list[onnx.NodeProto] = []
+    src = x
+    if spec.a_group:
+        inits.append(numpy_helper.from_array(np.array([-1, k // spec.a_group, spec.a_group], np.int64),
+                                             f"{p}_group_shape"))
+        nodes += [helper.make_node("Shape", [x], [f"{p}_shape"], name=f"{p}_shape"),
+                  helper.make_node("Reshape", [x, f"{p}_group_shape"], [f"{p}_grouped"], name=f"{p}_group")]
+        src = f"{p}_grouped"
+    out = f"{p}_q" if spec.a_group else f"{lin}.input_fq"
+    nodes += [
+        helper.make_node("Abs", [src], [f"{p}_abs"], name=f"{p}_abs"),
+        helper.make_node("ReduceMax", [f"{p}_abs", f"{p}_axes"], [f"{p}_amax"], name=f"{p}_amax", keepdims=1),
+        helper.make_node("Div", [f"{p}_amax", f"{p}_qmax"], [f"{p}_raw_scale"], name=f"{p}_raw_scale"),
+        helper.make_node("Max", [f"{p}_raw_scale", f"{p}_eps"], [f"{p}_scale"], name=f"{p}_scale"),
+        helper.make_node("Div", [src, f"{p}_scale"], [f"{p}_div"], name=f"{p}_div"),
+        helper.make_node("Round", [f"{p}_div"], [f"{p}_round"], name=f"{p}_round"),
+        helper.make_node("Clip", [f"{p}_round", f"{p}_qmin", f"{p}_qmax"], [f"{p}_clip"], name=f"{p}_clip"),
+        helper.make_node("Mul", [f"{p}_clip", f"{p}_scale"], [out], name=f"{p}_mul"),
+    ]
+    if spec.a_group:
+        nodes.append(helper.make_node("Reshape", [out, f"{p}_shape"], [f"{lin}.input_fq"], name=f"{p}_ungroup"))
+    return nodes, inits

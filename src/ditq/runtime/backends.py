@@ -18,7 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ditq.calibration.quantizers import fake_quant
+from ditq.calibration.quantizers import (
+    dynamic_fake_quant,
+    fake_quant,
+    fake_quant_weight,
+    rotate_weight,
+    rotation_matrix,
+)
 from ditq.calibration.recipe import Recipe
 from ditq.errors import DitqError
 from ditq.export.fold import fold_state
@@ -53,29 +59,50 @@ class GroupedBackend:
 
 
 class QLinear(nn.Module):
-    """A Linear with an optional explicit pre-affine ``(x - shift) * scale`` and fake-quantized input/weight."""
+    """A Linear with an optional explicit pre-affine ``(x - shift) * scale`` and fake-quantized input/weight.
+
+    ``rotation`` > 0: an online block-Hadamard ``x @ R`` with ``W @ R`` folded into the weight (exact in FP).
+    ``w_scale`` of shape [N] is per output channel, [N, K / block] per block. The input is quantized statically
+    with ``act_scale``, or at run time per token (``dynamic_group=0``) or per token and channel group
+    (``dynamic_group`` > 0); ``None`` for both leaves it in float.
+    """
 
     def __init__(self, linear: nn.Linear, *, w_scale: torch.Tensor | None = None, act_scale: float | None = None,
-                 pre: tuple[torch.Tensor, torch.Tensor] | None = None, w_bits: int = 8, a_bits: int = 8) -> None:
+                 pre: tuple[torch.Tensor, torch.Tensor] | None = None, w_bits: int = 8, a_bits: int = 8,
+                 dynamic_group: int | None = None, rotation: int = 0) -> None:
         super().__init__()
         weight = linear.weight.detach()
+        if rotation:
+            weight = rotate_weight(weight, rotation).to(linear.weight.dtype)
         if w_scale is not None:
-            weight = fake_quant(weight, w_scale[:, None], w_bits)
+            weight = fake_quant_weight(weight, w_scale, w_bits)
         self.register_buffer("weight", weight)
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach())
+        self.rotation: torch.Tensor | None
+        self.register_buffer("rotation", rotation_matrix(weight.shape[1], rotation).to(weight.dtype)
+                             if rotation else None)
         self.act_scale, self.a_bits = act_scale, a_bits
+        self.dynamic_group = dynamic_group
         self.pre = pre
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pre is not None:
             x = (x - self.pre[0]) * self.pre[1]
+        if self.rotation is not None:
+            x = x @ self.rotation
         if self.act_scale is not None:
             x = fake_quant(x, self.act_scale, self.a_bits)
+        elif self.dynamic_group is not None:
+            x = dynamic_fake_quant(x, self.a_bits, self.dynamic_group)
         return F.linear(x, self.weight, self.bias)
 
 
 def group_denoiser(model: LoadedModel, recipe: Recipe, group_id: int, *, quantize: bool = True) -> Denoiser:
-    """The model with group ``group_id``'s shifts and scales folded in, fake-quantized unless ``quantize=False``."""
+    """The model with group ``group_id``'s shifts and scales folded in, fake-quantized unless ``quantize=False``.
+
+    Each Linear follows its recipe spec (weight bits and blocks, static or dynamic activations, rotation); with
+    ``quantize=False`` only the exact re-parameterisations remain (folding and rotations).
+    """
     sites = quant_sites(model.transformer)
     folded, pre = fold_state(model.transformer.state_dict(), sites,
                              {s.name: recipe.shift(s.name, group_id) for s in sites},
@@ -86,11 +113,13 @@ def group_denoiser(model: LoadedModel, recipe: Recipe, group_id: int, *, quantiz
     for site in sites:
         for lin in site.linears:
             parent, _, attr = lin.rpartition(".")
+            spec = recipe.linear_spec(lin)
             q = QLinear(
                 modules[lin],  # type: ignore[arg-type]
                 w_scale=recipe.w_scale(lin) if quantize else None,
-                act_scale=float(recipe.act_scale(site.name, group_id)) if quantize else None,
-                pre=pre.get(site.name), w_bits=recipe.w_bits, a_bits=recipe.a_bits,
+                act_scale=float(recipe.act_scale(site.name, group_id)) if quantize and not spec.dynamic else None,
+                pre=pre.get(site.name), w_bits=spec.w_bits, a_bits=spec.a_bits,
+                dynamic_group=spec.a_group if quantize and spec.dynamic else None, rotation=spec.rotation,
             )
             setattr(modules[parent], attr, q)
     return Denoiser(transformer).eval()
@@ -171,6 +200,10 @@ def open_backend(path: Path, kind: str, *, fp: bool = False, threads: int | None
         art = OnnxArtifact.load(path)
         info = {**art.model, "scheduler_config": art.scheduler_config}
         return onnxruntime_backend(art, fp=fp, threads=threads, fuse=fuse), info
+    if kind == "tensorrt":  # an engine directory from `ditq build`; tensorrt is imported only here
+        from ditq.runtime.tensorrt_backend import open_tensorrt
+
+        return open_tensorrt(path, fp=fp)
     if kind != "torch":
         raise DitqError(f"unknown backend {kind!r}; choose onnxruntime or torch")
     if kind_found == OnnxArtifact.KIND:

@@ -125,13 +125,24 @@ def metrics(outputs: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> M
 
 
 def run_onnxrt(
-    onnx_path: Path, feeds: Sequence[Feed], output_name: str, *, runner_name: str | None = None
+    onnx_path: Path, feeds: Sequence[Feed], output_name: str, *, runner_name: str | None = None,
+    fuse: bool | None = None,
 ) -> RunResults:
     """Run ``onnx_path`` (loaded by path, so external data works) with Polygraphy's ONNX Runtime
-    runner on the CPU provider; returns a one-runner ``RunResults`` holding only ``output_name``."""
+    runner on the CPU provider; returns a one-runner ``RunResults`` holding only ``output_name``.
+
+    ``fuse=None`` uses Polygraphy's default session; True/False use ditq's runtime session with integer-kernel
+    fusion on or off (off: exact Q/DQ arithmetic, the numerics TensorRT and the torch reference share)."""
     if not Path(onnx_path).is_file():
         raise DitqError(f"ONNX model {onnx_path} does not exist; export it first")
-    runner = OnnxrtRunner(SessionFromOnnx(str(onnx_path), providers=["cpu"]), name=runner_name)
+    if fuse is None:
+        session = SessionFromOnnx(str(onnx_path), providers=["cpu"])
+    else:
+        from ditq.runtime.backends import ort_session
+
+        def session() -> object:
+            return ort_session(Path(onnx_path), fuse=fuse)
+    runner = OnnxrtRunner(session, name=runner_name)
     iterations = []
     try:
         with runner:
@@ -169,11 +180,13 @@ def compare_group(
     output_name: str,
     out_dir: Path,
     thresholds: Mapping[str, Thresholds],
+    fuse: Mapping[str, bool] | None = None,
     quiet: bool = True,
 ) -> GroupComparison:
     """Run every graph on ``feeds`` and compare it with ``golden``; writes ``inputs.json``,
     ``golden.json`` and ``<name>.json`` into ``out_dir``. Threshold misses are returned, not raised.
-    ``quiet`` limits Polygraphy's logging to warnings and errors (its per-output stats are long)."""
+    ``fuse`` picks ditq's session per graph name (see ``run_onnxrt``); ``quiet`` limits Polygraphy's logging
+    to warnings and errors (its per-output stats are long)."""
     if missing := sorted(set(graphs) - set(thresholds)):
         raise DitqError(f"no thresholds for graph(s) {missing}; give thresholds for every graph")
     if reserved := sorted(set(graphs) & _RESERVED_NAMES):
@@ -193,7 +206,7 @@ def compare_group(
         golden_run.save(str(out_dir / "golden.json"))
         for name, path in graphs.items():
             th = thresholds[name]
-            run = run_onnxrt(path, feeds, output_name, runner_name=name)
+            run = run_onnxrt(path, feeds, output_name, runner_name=name, fuse=(fuse or {}).get(name))
             run.save(str(results_path := out_dir / f"{name}.json"))
             verdict = Comparator.compare_accuracy(
                 [golden_run, run],  # golden first: it is the signal in Polygraphy's SNR

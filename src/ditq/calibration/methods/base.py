@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 import torch
+from torch import nn
 
 from ditq.calibration.groups import Grouping
-from ditq.calibration.quantizers import scale_from_amax, search_act_scale
+from ditq.calibration.quantizers import block_for, rotation_matrix, scale_from_amax, search_act_scale
+from ditq.calibration.recipe import LinearSpec
 from ditq.calibration.stats import SiteStats
 from ditq.errors import DitqError
 from ditq.models.dit import Site
@@ -24,6 +26,15 @@ class Context:
     num_train_timesteps: int
     w_bits: int
     a_bits: int
+    w_block: int = 0  # requested weight block (0: per output channel); block_for() resolves it per Linear
+    weight_clip: str = "output"  # weight clip search criterion: "output" (H-weighted) or "mse"
+    transformer: nn.Module | None = None  # the FP transformer (methods that evaluate the model: qdit, viditq)
+    probes: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (x, t, y) inputs
+
+    def default_spec(self, site: Site) -> LinearSpec:
+        """The quantizer a Linear of ``site`` gets unless the method decides otherwise (static, per config)."""
+        k = self.stats[site.name].ch_max.shape[1]
+        return LinearSpec(w_bits=self.w_bits, w_block=block_for(self.w_block, k), a_bits=self.a_bits)
 
     def rows_of(self, grouping: Grouping, group_id: int) -> list[int]:
         index = {t: i for i, t in enumerate(self.timesteps)}
@@ -38,11 +49,15 @@ class Solution:
     act_scales: dict[str, torch.Tensor]  # site -> [G]
     alphas: dict[str, float | None]
     weight_clip_search: bool = True
+    linear_specs: dict[str, LinearSpec] = field(default_factory=dict)  # overrides of Context.default_spec
+    info: dict[str, Any] = field(default_factory=dict)  # what the method wants recorded (search traces, ...)
 
 
 @dataclass(frozen=True)
 class MethodConfig:
     name: ClassVar[str] = ""
+    needs_model: ClassVar[bool] = False  # solve() runs the model on Context.probes
+    calibration_defaults: ClassVar[dict[str, int]] = {}  # the method's own calibration steps/samples, if any
 
     def solve(self, ctx: Context) -> Solution:
         raise NotImplementedError
@@ -76,6 +91,21 @@ def method_config(name: str, **params: Any) -> MethodConfig:
         raise DitqError(f"bad options for method {name!r}: {err}") from err
 
 
+def folded_inputs(ctx: Context, site: Site, grouping: Grouping, shifts: torch.Tensor,
+                  smooth: torch.Tensor) -> torch.Tensor:
+    """The reservoir rows of ``site`` as its Linears see them after folding, ``(x - z_g) / s``, all groups [n, C]."""
+    st = ctx.stats[site.name]
+    rows = [(st.reservoir[ctx.rows_of(grouping, g)].reshape(-1, st.reservoir.shape[-1]) - shifts[g]) / smooth
+            for g in range(len(grouping.segments))]
+    return torch.cat(rows).float()
+
+
+def input_moments(inputs: torch.Tensor, rotation: int = 0) -> torch.Tensor:
+    """``H = E[x^T x]`` [C, C] of a Linear's (rotated) input: what the output-aware weight clip search weighs."""
+    x = inputs @ rotation_matrix(inputs.shape[1], rotation).float() if rotation else inputs
+    return x.T @ x / max(x.shape[0], 1)
+
+
 def pooled_range(st: SiteStats, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     return st.ch_max[rows].amax(0), st.ch_min[rows].amin(0)
 
@@ -88,6 +118,7 @@ def act_scales_for(ctx: Context, site: Site, grouping: Grouping, shifts: torch.T
     """
     st = ctx.stats[site.name]
     weights = [w * smooth for w in ctx.weights[site.name]]
+    w_block = ctx.default_spec(site).w_block
     scales, total = [], 0.0
     for g in range(len(grouping.segments)):
         rows = ctx.rows_of(grouping, g)
@@ -95,9 +126,82 @@ def act_scales_for(ctx: Context, site: Site, grouping: Grouping, shifts: torch.T
         amax = float(torch.maximum(hi - shifts[g], shifts[g] - lo).div(smooth).amax())
         if search:
             x = (st.reservoir[rows].reshape(-1, st.reservoir.shape[-1]) - shifts[g]) / smooth
-            scale, err = search_act_scale(x, weights, amax, a_bits=ctx.a_bits, w_bits=ctx.w_bits)
+            scale, err = search_act_scale(x, weights, amax, a_bits=ctx.a_bits, w_bits=ctx.w_bits, w_block=w_block)
             total += err
         else:
             scale = float(scale_from_amax(amax, ctx.a_bits))
         scales.append(scale)
     return torch.tensor(scales, dtype=torch.float32), total
+
+
+class ProbeEvaluator:
+    """Output SQNR of the transformer, with some Linears swapped for quantized ones, on recorded calibration inputs.
+
+    Picks ``n_timesteps`` calibration calls spread over the sampler's trajectory (``Context.probes``) and
+    ``batch`` rows of each (conditional and unconditional rows alike); the reference is the FP output.
+    ``state`` replaces the transformer's parameters first (a folded state: the same function, other weights) and
+    ``pre`` adds the explicit pre-affines folding returned, keyed by site name. ``modules`` keeps the plain
+    Linears (with ``state``'s weights) to build replacements from.
+    """
+
+    def __init__(self, ctx: Context, *, n_timesteps: int = 4, batch: int = 8,
+                 state: dict[str, torch.Tensor] | None = None,
+                 pre: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
+        import copy
+
+        from ditq.models.dit import Denoiser
+
+        if ctx.transformer is None or not ctx.probes:
+            raise DitqError("this method evaluates the model during calibration; give calibrate() the model and a "
+                            "forward loop that calls it with (hidden_states, timestep=, class_labels=)")
+        picks = torch.linspace(0, len(ctx.probes) - 1, min(n_timesteps, len(ctx.probes))).round().long().unique()
+        self.inputs = []
+        for i in picks.tolist():
+            x, t, y = ctx.probes[i]
+            rows = torch.linspace(0, x.shape[0] - 1, min(batch, x.shape[0])).round().long().unique()
+            self.inputs.append((x[rows], t[rows], y[rows]))
+        transformer = copy.deepcopy(ctx.transformer)
+        if state is not None:
+            transformer.load_state_dict(state)
+        self.model = Denoiser(transformer).eval()
+        self.modules = dict(transformer.named_modules())
+        if pre:
+            from ditq.runtime.backends import QLinear
+
+            for site in ctx.sites:
+                if site.name in pre:
+                    for lin in site.linears:
+                        parent, _, attr = lin.rpartition(".")
+                        setattr(self.modules[parent], attr, QLinear(self.modules[lin], pre=pre[site.name]))
+        with torch.no_grad():
+            self.reference = [self.model(*inp) for inp in self.inputs]
+
+    @property
+    def timesteps(self) -> list[float]:
+        return [float(t[0]) for _, t, _ in self.inputs]
+
+    @torch.no_grad()
+    def noise_ratios(self, replacements: Mapping[str, nn.Module]) -> list[float]:
+        """Per probe: ||out - ref||^2 / ||ref||^2 with ``replacements`` (linear name -> module) swapped in."""
+        originals = {}
+        for name, module in replacements.items():
+            parent, _, attr = name.rpartition(".")
+            originals[name] = getattr(self.modules[parent], attr)
+            setattr(self.modules[parent], attr, module)
+        try:
+            ratios = []
+            for inp, ref in zip(self.inputs, self.reference):
+                out = self.model(*inp)
+                ratios.append(float((out - ref).double().square().sum() / ref.double().square().sum().clamp_min(1e-30)))
+            return ratios
+        finally:
+            for name, module in originals.items():
+                parent, _, attr = name.rpartition(".")
+                setattr(self.modules[parent], attr, module)
+
+    def sqnr_db(self, replacements: Mapping[str, nn.Module]) -> float:
+        """Mean over probes of the output SQNR in dB."""
+        import math
+
+        return float(sum(-10 * math.log10(max(r, 1e-30)) for r in self.noise_ratios(replacements))
+                     / len(self.inputs))

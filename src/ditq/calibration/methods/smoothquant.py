@@ -1,0 +1,61 @@
+"""SmoothQuant baseline (Xiao et al., 2023): one group, no shift, s = a^alpha / w^(1-alpha), folded like HTG.
+
+a_c = max over all calibration timesteps and tokens of |X_c|, w_c = max |W[:, c]| over the Linears reading X.
+Smoothed sites: those with a linear producer to fold into (qkv and fc1 into the adaLN modulation, out-proj into
+to_v); fc2 (after GELU) keeps s = 1 unless ``explicit`` asks for an explicit Mul there. Activation scales are
+per-tensor max (the paper's static calibration; ``act_clip_search`` switches on HTG's MSE clip search), weights
+per-channel max.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ditq.calibration.groups import Grouping, SiteRange, group_timesteps
+from ditq.calibration.methods.base import Context, MethodConfig, Solution, act_scales_for, register_method
+from ditq.errors import DitqError
+
+
+def smoothing_scale(a: torch.Tensor, w: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``a^alpha / w^(1-alpha)``, guarded against dead channels and clamped to [1e-4, 1e4] (as HTG does)."""
+    a_, w_ = a.clamp_min(1e-5), w.clamp_min(1e-5)
+    return (a_.pow(alpha) / w_.pow(1 - alpha)).clamp(1e-4, 1e4)
+
+
+def one_group(ctx: Context) -> Grouping:
+    """All calibration timesteps in one group (G = 1) tiling the whole timestep axis."""
+    ranges = [SiteRange(st.ch_max.numpy(), st.ch_min.numpy(), max(st.power, 1e-12)) for st in ctx.stats.values()]
+    return group_timesteps(ctx.timesteps, ranges, 1, num_train_timesteps=ctx.num_train_timesteps,
+                           bits=ctx.a_bits, max_groups=1)
+
+
+@register_method("smoothquant")
+@dataclass(frozen=True)
+class SmoothQuantConfig(MethodConfig):
+    alpha: float = 0.5
+    explicit: bool = False  # also smooth fc2 with an explicit per-channel Mul
+    act_clip_search: bool = False
+    weight_clip_search: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.alpha < 1.0:
+            raise DitqError(f"smoothquant alpha must lie in (0, 1), got {self.alpha}")
+
+    def solve(self, ctx: Context) -> Solution:
+        grouping = one_group(ctx)
+        shifts, smooth, scales = {}, {}, {}
+        alphas: dict[str, float | None] = {}
+        for site in ctx.sites:
+            st = ctx.stats[site.name]
+            a = torch.maximum(st.ch_max.abs(), st.ch_min.abs()).amax(0)
+            w = torch.cat(ctx.weights[site.name]).abs().amax(0)
+            shifts[site.name] = torch.zeros(1, a.numel())
+            if site.fold == "explicit" and not self.explicit:
+                smooth[site.name], alphas[site.name] = torch.ones_like(a), None
+            else:
+                smooth[site.name], alphas[site.name] = smoothing_scale(a, w, self.alpha), self.alpha
+            scales[site.name], _ = act_scales_for(ctx, site, grouping, shifts[site.name], smooth[site.name],
+                                                  search=self.act_clip_search)
+        return Solution(grouping, shifts, smooth, scales, alphas, weight_clip_search=self.weight_clip_search)

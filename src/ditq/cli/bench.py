@@ -1,0 +1,116 @@
+"""``ditq bench KIND``: measurements that write files (``speed``, ``quality``; one handler per kind)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from ditq.errors import DitqError
+
+KINDS = ("speed", "quality")  # main.py lists the same choices; add a kind here and a handler below
+
+
+def _csv(value: str | None, cast: Callable[[str], object] = str) -> tuple | None:
+    if value is None:
+        return None
+    try:
+        items = tuple(cast(v.strip()) for v in value.split(",") if v.strip())
+    except ValueError as err:
+        raise DitqError(f"cannot parse the list {value!r}: {err}") from err
+    return items
+
+
+def add_speed_args(p: argparse.ArgumentParser) -> None:
+    """The ``bench speed`` flags (the defaults live in ``ditq.bench.speed.SpeedConfig``)."""
+    p.add_argument("-o", "--output", required=True, help="directory for speed.json and speed.md")
+    p.add_argument("--quick", action="store_true", help="CI smoke set: tiny model, batch 1-2, few repeats")
+    p.add_argument("--models", default=None,
+                   help="comma-separated: demo, tiny, demo-arch, dit-s2-like, dit-xl2-256, dit-xl2-512 or model dirs")
+    p.add_argument("--batches", default=None, help="comma-separated batch sizes (default: 1,8,32)")
+    p.add_argument("--backends", default=None,
+                   help="comma-separated: onnxruntime, torch (default: onnxruntime on CPU, torch on CUDA)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads, ORT and torch (default: 2)")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (default: 10)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed runs first (default: 3)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="torch backend device")
+    p.add_argument("--torch-dtype", choices=("float32", "float16", "bfloat16"), default=None,
+                   help="float parts of the torch pair (default: float32)")
+    p.add_argument("--sampling-steps", type=int, default=None, help="DDIM steps of the sampling timing; 0: skip")
+    p.add_argument("--sampling-batch", type=int, default=None, help="images per sampling run (default: 4)")
+    p.add_argument("--spin", action=argparse.BooleanOptionalAction, default=None,
+                   help="ORT intra-op thread spinning (default: off; spinning burns CPU on a shared machine)")
+    p.add_argument("--profile", action="store_true", help="ORT per-op-type time breakdown (FP and INT8)")
+    p.add_argument("--method", default=None, help="calibration method of the quick recipe (default: htg/minmax)")
+    p.add_argument("--keep-artifacts", action="store_true", help="keep the ONNX sets under OUTPUT/artifacts")
+
+
+def run_speed(args: argparse.Namespace) -> int:
+    from ditq.bench.speed import benchmark_speed, default_config, format_markdown, with_overrides
+
+    cuda = None if args.device is None else args.device == "cuda"
+    config = with_overrides(
+        default_config(quick=args.quick, cuda=cuda),
+        models=_csv(args.models), batches=_csv(args.batches, int), backends=_csv(args.backends),
+        threads=args.threads, repeats=args.repeats, warmup=args.warmup, device=args.device,
+        torch_dtype=args.torch_dtype, sampling_steps=args.sampling_steps, sampling_batch=args.sampling_batch,
+        spinning=args.spin, profile=args.profile or None, method=args.method,
+        keep_artifacts=args.keep_artifacts or None,
+    )
+
+    def say(msg: str) -> None:
+        if not args.quiet:
+            print(f"bench speed: {msg}", file=sys.stderr, flush=True)
+
+    result = benchmark_speed(config, Path(args.output), progress=say)
+    print(format_markdown(result))
+    print(f"wrote {Path(args.output) / 'speed.json'} and speed.md")
+    return 0
+
+
+def add_quality_args(p: argparse.ArgumentParser) -> None:
+    """The ``bench quality`` flags (the defaults live in ``ditq.bench.quality_grid.QualityConfig``)."""
+    p.add_argument("-o", "--output", required=True, help="directory for quality.md/.csv/.json and plots")
+    p.add_argument("--quick", action="store_true", help="CI smoke set: tiny model, minmax + htg, 5 steps")
+    p.add_argument("--model", default=None, help="'demo' (default) or a local DiT directory")
+    p.add_argument("--methods", default=None, help="comma-separated (default: minmax,smoothquant,ptq4dit,htg,qdit,"
+                                                   "viditq)")
+    p.add_argument("--bits", default=None, help="comma-separated: W8A8, W4A8 (default: both)")
+    p.add_argument("--steps", default=None, help="comma-separated sampler step counts (default: 100,50,25)")
+    p.add_argument("--eval-samples", type=int, default=None, help="images per cell (default: 100)")
+    p.add_argument("--w-block", type=int, choices=(0, 32, 64, 128), default=None,
+                   help="W4A8 weight block along the input; 0: per output channel (default: 0)")
+    p.add_argument("--peer", action=argparse.BooleanOptionalAction, default=None,
+                   help="Model Optimizer rows when nvidia-modelopt is installed (default: on)")
+    p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=None, help="write plots (default: on)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--force", action="store_true", help="replace an existing output directory")
+
+
+def run_quality(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from ditq.bench.quality_grid import QualityConfig, format_markdown, quick_config, run_quality_grid
+
+    base = quick_config() if args.quick else QualityConfig()
+    overrides = {"model": args.model, "methods": _csv(args.methods), "bits": _csv(args.bits),
+                 "steps": _csv(args.steps, int), "eval_samples": args.eval_samples, "w4_block": args.w_block,
+                 "peer": args.peer, "plots": args.plots, "threads": args.threads}
+    config = replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+    def say(msg: str) -> None:
+        if not args.quiet:
+            print(f"bench quality: {msg}", file=sys.stderr, flush=True)
+
+    result = run_quality_grid(Path(args.output), config, force=args.force, progress=say)
+    print(format_markdown(result))
+    print(f"wrote {Path(args.output) / 'quality.md'}, quality.csv and quality.json")
+    return 0
+
+
+HANDLERS = {"speed": run_speed, "quality": run_quality}
+
+
+def run(args: argparse.Namespace) -> int:
+    return HANDLERS[args.kind](args)

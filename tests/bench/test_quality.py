@@ -1,0 +1,80 @@
+"""``ditq bench quality``: the quick grid end to end through the CLI, and the pieces it is built from."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from ditq.bench.quality_grid import QualityConfig, modelopt_config
+from ditq.errors import DitqError
+
+
+def test_quick_quality_grid_through_the_cli(tmp_path, capsys):
+    from ditq._deps import has_module
+    from ditq.cli.main import main
+
+    out = tmp_path / "quality"
+    assert main(["-q", "bench", "quality", "--quick", "-o", str(out)]) == 0
+    assert "| htg | W4A8 |" in capsys.readouterr().out
+    body = json.loads((out / "quality.json").read_text())
+    cells = {(c["method"], c["bits"]): c for c in body["cells"]}
+    assert set(cells) == {(m, b) for m in ("minmax", "htg") for b in ("W8A8", "W4A8")}
+    for c in cells.values():
+        assert c["sqnr_mean_db"] > 20 and c["psnr_db"] > 15 and c["artifact_bytes"] > 0
+        assert c["ort_vs_torch_sqnr_db"] > 60  # exact-QDQ graphs and the torch fake-quant agree
+        assert len(c["sqnr_per_step_db"]) == c["steps"] == 5
+    assert cells["htg", "W4A8"]["artifact_bytes"] < cells["htg", "W8A8"]["artifact_bytes"]  # INT4 weights
+    ag = body["agreement"]
+    assert abs(ag["onnxruntime"]["sqnr_mean_db"] - ag["torch"]["sqnr_mean_db"]) < 0.5
+    rows = list(csv.DictReader(open(out / "quality.csv")))
+    assert rows[0]["method"] == "fp" and len(rows) == 1 + len(cells)
+    assert (out / "samples_w4a8.png").stat().st_size > 0
+    assert (out / "sqnr_over_timesteps.png").exists() == has_module("matplotlib")
+    assert "| FP32 (floor) | FP32 | 5 |" in (out / "quality.md").read_text()
+
+
+def test_config_errors_are_one_line():
+    with pytest.raises(DitqError, match="unknown method"):
+        QualityConfig(methods=("awq",))
+    with pytest.raises(DitqError, match="W8A8"):
+        QualityConfig(bits=("W2A2",))
+
+
+def test_cfg_rows_keep_conditional_and_unconditional_twins():
+    from ditq.bench.quality import _cfg_rows
+
+    assert torch.equal(_cfg_rows(20, 3), torch.tensor([0, 1, 2, 10, 11, 12]))
+    assert _cfg_rows(20, 10) == slice(None) and _cfg_rows(20, None) == slice(None)
+
+
+def test_modelopt_config_touches_only_the_quantized_linears():
+    linears = ["transformer_blocks.0.attn1.to_q", "transformer_blocks.0.ff.net.2"]
+    cfg = modelopt_config(linears, "w4a8-max", w4_block=64)
+    assert cfg["algorithm"] == "max" and cfg["quant_cfg"][0] == {"quantizer_name": "*", "enable": False}
+    weights = [e for e in cfg["quant_cfg"] if e["quantizer_name"].endswith("weight_quantizer")]
+    assert [e["quantizer_name"] for e in weights] == [f"*{lin}.weight_quantizer" for lin in linears]
+    assert weights[0]["cfg"] == {"num_bits": 4, "block_sizes": {-1: 64, "type": "static"}}
+    inputs = [e for e in cfg["quant_cfg"] if e["quantizer_name"].endswith("input_quantizer")]
+    assert all(e["cfg"] == {"num_bits": 8, "axis": None} for e in inputs)
+    assert modelopt_config(linears, "int8-smoothquant")["algorithm"]["method"] == "smoothquant"
+
+
+def test_peer_rows_are_skipped_with_a_note_without_modelopt(monkeypatch):
+    import ditq._deps
+    from ditq.bench import quality_grid
+
+    monkeypatch.setattr(ditq._deps, "has_module", lambda name: False)
+    rows, note = quality_grid._peers(None, QualityConfig(), {}, {}, None, lambda _m: None)
+    assert rows == [] and "nvidia-modelopt is not installed" in note
+
+
+def test_method_variants_parse():
+    from ditq.bench.quality_grid import parse_method
+
+    assert parse_method("htg") == ("htg", {})
+    assert parse_method("qdit:min_mean_group=64:population=8") == ("qdit", {"min_mean_group": 64, "population": 8})
+    assert parse_method("htg:alphas=[0.5]") == ("htg", {"alphas": (0.5,)})
+    with pytest.raises(DitqError, match="key=value"):
+        parse_method("htg:groups")
+    QualityConfig(methods=("qdit:min_mean_group=64",))
