@@ -160,6 +160,7 @@ def format_markdown(report: dict[str, Any], methods: list[str]) -> str:
                          f"{v['onnxrt-qdq_sqnr_db']:.2f} | {v['onnxrt-qdq_cosine']:.5f} | "
                          f"{v.get('torch-fakequant_sqnr_db', math.nan):.2f} | "
                          f"{v.get('onnxrt-qdq-fused_sqnr_db', math.nan):.2f} | {v['passed']} |")
-    lines += ["", "Files: `grid.png` (rows: FP, then each method; two images per class), `sqnr_per_step.csv`, "
+    lines += ["", "The demo's exit status gates on HTG's validation; the min-max baseline's verdict is reported only. "
+              "Files: `grid.png` (rows: FP, then each method; two images per class), `sqnr_per_step.csv`, "
               "`report.json`, `recipe-*/`, `onnx-*/` (with `validation/`).", ""]
     return "\n".join(lines)

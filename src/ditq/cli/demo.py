@@ -12,9 +12,8 @@ def run(args: argparse.Namespace) -> int:
     report = run_demo(Path(args.output), config, force=args.force)
     print((Path(args.output) / "report.md").read_text())
     print(f"done in {report['total_seconds']:.0f} s: {Path(args.output).resolve()}")
-    failed = [m for m, r in report["methods"].items() if not r["validation_passed"]]
-    if failed:
+    if not report["methods"]["htg"]["validation_passed"]:  # the baseline's verdict is reported, not gated
         from ditq.errors import CheckFailed
 
-        raise CheckFailed(f"validation failed for {', '.join(failed)}; see {args.output}/onnx-*/validation")
+        raise CheckFailed(f"validation failed for htg; see {args.output}/onnx-htg/validation")
     return 0

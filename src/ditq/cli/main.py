@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="demo", help="model directory (default: the bundled demo)")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--samples", type=int, default=16, help="calibration samples")
-    p.add_argument("--eval-samples", type=int, default=100, help="images generated per variant for the metrics")
+    p.add_argument("--eval-samples", type=int, default=50, help="images generated per variant for the metrics")
     p.add_argument("--groups", type=_groups, default="auto")
     p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
                    help="also run the minmax baseline for comparison (default: on)")

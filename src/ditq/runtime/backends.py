@@ -27,8 +27,8 @@ from ditq.calibration.quantizers import (
 )
 from ditq.calibration.recipe import Recipe
 from ditq.errors import DitqError
-from ditq.export.fold import fold_state
-from ditq.models.dit import Denoiser, LoadedModel, quant_sites
+from ditq.export.fold import PreAffine, fold_state
+from ditq.models.dit import Denoiser, LoadedModel, Site, quant_sites
 
 Fn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -97,18 +97,25 @@ class QLinear(nn.Module):
         return F.linear(x, self.weight, self.bias)
 
 
-def group_denoiser(model: LoadedModel, recipe: Recipe, group_id: int, *, quantize: bool = True) -> Denoiser:
-    """The model with group ``group_id``'s shifts and scales folded in, fake-quantized unless ``quantize=False``.
-
-    Each Linear follows its recipe spec (weight bits and blocks, static or dynamic activations, rotation); with
-    ``quantize=False`` only the exact re-parameterisations remain (folding and rotations).
-    """
+def folded_transformer(model: LoadedModel, recipe: Recipe, group_id: int) -> tuple[nn.Module, PreAffine, list[Site]]:
+    """A copy of the transformer with group ``group_id``'s shifts and the recipe's smoothing folded in (exact),
+    the explicit pre-affines still to apply, and the quantized sites."""
     sites = quant_sites(model.transformer)
     folded, pre = fold_state(model.transformer.state_dict(), sites,
                              {s.name: recipe.shift(s.name, group_id) for s in sites},
                              {s.name: recipe.smooth(s.name) for s in sites})
     transformer = copy.deepcopy(model.transformer)
     transformer.load_state_dict(folded)
+    return transformer, pre, sites
+
+
+def group_denoiser(model: LoadedModel, recipe: Recipe, group_id: int, *, quantize: bool = True) -> Denoiser:
+    """The model with group ``group_id``'s shifts and scales folded in, fake-quantized unless ``quantize=False``.
+
+    Each Linear follows its recipe spec (weight bits and blocks, static or dynamic activations, rotation); with
+    ``quantize=False`` only the exact re-parameterisations remain (folding and rotations).
+    """
+    transformer, pre, sites = folded_transformer(model, recipe, group_id)
     modules = dict(transformer.named_modules())
     for site in sites:
         for lin in site.linears:

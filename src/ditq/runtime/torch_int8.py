@@ -22,7 +22,6 @@ CUDA: ``compile=True`` lets torch.compile (Inductor, Triton) fuse quantize/epilo
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,9 +34,8 @@ from torch import nn
 from ditq.calibration.quantizers import DYNAMIC_EPS, qrange, quantize_weight, rotate_weight, rotation_matrix
 from ditq.calibration.recipe import Recipe
 from ditq.errors import DitqError
-from ditq.export.fold import fold_state
-from ditq.models.dit import Denoiser, LoadedModel, quant_sites
-from ditq.runtime.backends import GroupedBackend
+from ditq.models.dit import Denoiser, LoadedModel
+from ditq.runtime.backends import GroupedBackend, folded_transformer
 
 log = logging.getLogger(__name__)
 
@@ -133,12 +131,7 @@ def int8_group_denoiser(model: LoadedModel, recipe: Recipe, group_id: int, *, dy
     """
     if recipe.model_sha256 != model.sha256:
         raise DitqError("the recipe was calibrated on another model (sha256 differs); re-run `ditq calibrate`")
-    sites = quant_sites(model.transformer)
-    folded, pre = fold_state(model.transformer.state_dict(), sites,
-                             {s.name: recipe.shift(s.name, group_id) for s in sites},
-                             {s.name: recipe.smooth(s.name) for s in sites})
-    transformer = copy.deepcopy(model.transformer)
-    transformer.load_state_dict(folded)
+    transformer, pre, sites = folded_transformer(model, recipe, group_id)
     modules = dict(transformer.named_modules())
     for site in sites:
         for lin in site.linears:
