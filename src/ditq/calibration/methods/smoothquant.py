@@ -16,6 +16,7 @@ import torch
 from ditq.calibration.groups import Grouping, SiteRange, group_timesteps
 from ditq.calibration.methods.base import Context, MethodConfig, Solution, act_scales_for, register_method
 from ditq.errors import DitqError
+from ditq.models.dit import Site
 
 
 def smoothing_scale(a: torch.Tensor, w: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -48,14 +49,22 @@ class SmoothQuantConfig(MethodConfig):
         shifts, smooth, scales = {}, {}, {}
         alphas: dict[str, float | None] = {}
         for site in ctx.sites:
-            st = ctx.stats[site.name]
-            a = torch.maximum(st.ch_max.abs(), st.ch_min.abs()).amax(0)
-            w = torch.cat(ctx.weights[site.name]).abs().amax(0)
-            shifts[site.name] = torch.zeros(1, a.numel())
-            if site.fold == "explicit" and not self.explicit:
-                smooth[site.name], alphas[site.name] = torch.ones_like(a), None
-            else:
-                smooth[site.name], alphas[site.name] = smoothing_scale(a, w, self.alpha), self.alpha
+            shifts[site.name], smooth[site.name], alphas[site.name] = site_smoothing(
+                ctx, site, self.alpha, smooth_explicit=self.explicit)
             scales[site.name], _ = act_scales_for(ctx, site, grouping, shifts[site.name], smooth[site.name],
                                                   search=self.act_clip_search)
         return Solution(grouping, shifts, smooth, scales, alphas, weight_clip_search=self.weight_clip_search)
+
+
+def site_smoothing(ctx: Context, site: Site, alpha: float, *, smooth_explicit: bool
+                   ) -> tuple[torch.Tensor, torch.Tensor, float | None]:
+    """SmoothQuant on one site, no shift: (zero shift [1, C], s = a^alpha / w^(1-alpha), alpha or None).
+
+    Sites without a linear producer keep s = 1 unless ``smooth_explicit`` (they would need an explicit Mul).
+    """
+    st = ctx.stats[site.name]
+    a = torch.maximum(st.ch_max.abs(), st.ch_min.abs()).amax(0)
+    w = torch.cat(ctx.weights[site.name]).abs().amax(0)
+    if site.fold == "explicit" and not smooth_explicit:
+        return torch.zeros(1, a.numel()), torch.ones_like(a), None
+    return torch.zeros(1, a.numel()), smoothing_scale(a, w, alpha), alpha

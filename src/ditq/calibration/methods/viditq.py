@@ -32,7 +32,7 @@ from ditq.calibration.methods.base import (
     input_moments,
     register_method,
 )
-from ditq.calibration.methods.smoothquant import one_group, smoothing_scale
+from ditq.calibration.methods.smoothquant import one_group, site_smoothing
 from ditq.calibration.quantizers import largest_pow2_divisor, rotate_weight, weight_scales
 from ditq.calibration.recipe import LinearSpec
 from ditq.errors import DitqError
@@ -74,18 +74,13 @@ class ViDiTQConfig(MethodConfig):
         alphas: dict[str, float | None] = {}
         specs: dict[str, LinearSpec] = {}
         for site in ctx.sites:
-            st = ctx.stats[site.name]
-            a = torch.maximum(st.ch_max.abs(), st.ch_min.abs()).amax(0)
-            w = torch.cat(ctx.weights[site.name]).abs().amax(0)
-            shifts[site.name] = torch.zeros(1, a.numel())
-            if site.fold == "explicit" and not self.smooth_fc2:
-                smooth[site.name], alphas[site.name] = torch.ones_like(a), None
-            else:
-                smooth[site.name], alphas[site.name] = smoothing_scale(a, w, self.alpha), self.alpha
+            shifts[site.name], smooth[site.name], alphas[site.name] = site_smoothing(
+                ctx, site, self.alpha, smooth_explicit=self.smooth_fc2)
             base = ctx.default_spec(site)
+            rotation = rotation_block(smooth[site.name].numel(), self.rotation_block)
             for lin in site.linears:
                 specs[lin] = LinearSpec(w_bits=base.w_bits, w_block=base.w_block, act="dynamic_token",
-                                        a_bits=ctx.a_bits, rotation=rotation_block(a.numel(), self.rotation_block))
+                                        a_bits=ctx.a_bits, rotation=rotation)
         info: dict = {"mixed_precision": "off"}
         if self.mixed_precision and ctx.w_bits < 8:
             specs, info = self._mixed_precision(ctx, shifts, smooth, specs)
