@@ -57,11 +57,11 @@ def tiny_onnx(tiny_model, tiny_recipe, tiny_recipe_dir: Path, tmp_path_factory: 
 
 @pytest.fixture
 def feeds():
-    """``feeds(timesteps)`` -> model inputs (x, t, y) at those timesteps, CFG null label included."""
+    """``feeds(timesteps)`` -> model inputs (x, t, cond) at those timesteps, CFG null label included."""
 
     def make(timesteps: list[float], batch: int = 4, seed: int = 0) -> list[tuple[torch.Tensor, ...]]:
         gen = torch.Generator().manual_seed(seed)
         return [(torch.randn(batch, 1, 8, 8, generator=gen), torch.full((batch,), float(t)),
-                 torch.arange(batch) % 11) for t in timesteps]
+                 {"class_labels": torch.arange(batch) % 11}) for t in timesteps]
 
     return make

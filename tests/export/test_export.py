@@ -10,7 +10,9 @@ from ditq.runtime.backends import group_denoiser, ort_session
 
 
 def _run(session, x, t, y):
-    return session.run(None, {"hidden_states": x.numpy(), "timestep": t.numpy(), "class_labels": y.numpy()})[0]
+    from ditq.runtime.backends import onnx_feeds
+
+    return session.run(None, onnx_feeds(x, t, y))[0]
 
 
 def test_export_writes_one_graph_per_group_that_passes_lint_and_checker(tiny_onnx, tiny_recipe):

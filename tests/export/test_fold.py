@@ -39,8 +39,8 @@ def test_fold_is_exact_with_random_shift_and_scale(tiny_model, feeds):
     modules = dict(model.named_modules())
     for name, (z, inv) in pre.items():
         modules[name].register_forward_pre_hook(lambda _m, a, z=z, inv=inv: ((a[0] - z) * inv,))
-    from ditq.models.dit import Denoiser
+    from ditq.models.dit import make_denoiser
 
     for x, t, y in feeds([5, 700]):
         ref = tiny_model.denoiser()(x, t, y)
-        assert float((Denoiser(model)(x, t, y) - ref).norm() / ref.norm()) <= 1e-4
+        assert float((make_denoiser(model)(x, t, y) - ref).norm() / ref.norm()) <= 1e-4

@@ -22,8 +22,8 @@ def _recording_backend(intervals):
 @pytest.mark.parametrize("scheduler,steps", [("ddpm", 100), ("ddim", 25), ("ddim", 37), ("dpmsolver", 20)])
 def test_group_is_chosen_by_timestep_interval_for_any_step_count(tiny_recipe, tiny_model, scheduler, steps):
     backend, seen = _recording_backend([g.interval for g in tiny_recipe.groups])
-    sample(backend, make_scheduler(tiny_model.scheduler_config, scheduler), [1, 2], steps=steps, cfg_scale=2.0,
-           null_class=10, sample_shape=(1, 8, 8))
+    sample(backend, make_scheduler(tiny_model.scheduler_config, scheduler), tiny_model.cond([1, 2]), steps=steps,
+           cfg_scale=2.0, null_cond=tiny_model.null_cond(), sample_shape=(1, 8, 8))
     assert len(seen) == steps
     for t, g in seen:
         lo, hi = tiny_recipe.groups[g].interval
@@ -35,8 +35,9 @@ def test_group_is_chosen_by_timestep_interval_for_any_step_count(tiny_recipe, ti
 def test_same_seed_gives_same_noise_whatever_the_denoiser(tiny_model):
     sched = make_scheduler(tiny_model.scheduler_config)
     fp = torch_backend(tiny_model, None)
-    a = sample(fp, sched, [3], steps=10, cfg_scale=3.0, null_class=10, sample_shape=(1, 8, 8), seed=7)
-    b = sample(fp, sched, [3], steps=10, cfg_scale=3.0, null_class=10, sample_shape=(1, 8, 8), seed=7)
+    kw = dict(steps=10, cfg_scale=3.0, null_cond=tiny_model.null_cond(), sample_shape=(1, 8, 8), seed=7)
+    a = sample(fp, sched, tiny_model.cond([3]), **kw)
+    b = sample(fp, sched, tiny_model.cond([3]), **kw)
     assert torch.equal(a, b)
 
 

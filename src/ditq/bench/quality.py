@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ditq.models.conditioning import Cond, select
 from ditq.models.dit import LoadedModel
-from ditq.runtime.sampler import make_scheduler, sample
+from ditq.runtime.sampler import as_denoise, make_scheduler, sample
 
 Denoise = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -41,18 +42,18 @@ class SamplingSpec:
 
 def run_sampler(model: LoadedModel, denoise: Denoise, labels: torch.Tensor, spec: SamplingSpec,
                 on_step: Any = None) -> torch.Tensor:
-    return sample(denoise, make_scheduler(model.scheduler_config, spec.scheduler), labels, steps=spec.steps,
-                  cfg_scale=spec.cfg_scale, null_class=model.null_class, sample_shape=model.sample_shape,
-                  seed=spec.seed, on_step=on_step)
+    return sample(denoise, make_scheduler(model.scheduler_config, spec.scheduler), model.cond(labels),
+                  steps=spec.steps, cfg_scale=spec.cfg_scale, null_cond=model.null_cond(),
+                  sample_shape=model.sample_shape, seed=spec.seed, on_step=on_step)
 
 
 @torch.no_grad()
 def fp_reference(model: LoadedModel, labels: torch.Tensor, spec: SamplingSpec) -> FPReference:
     ref = FPReference(labels=labels, images=torch.empty(0))
 
-    def record(_i: int, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, eps: torch.Tensor) -> None:
+    def record(_i: int, x: torch.Tensor, t: torch.Tensor, y: Cond, eps: torch.Tensor) -> None:
         ref.timesteps.append(float(t[0]))
-        ref.inputs.append((x.clone(), t.clone(), y.clone()))
+        ref.inputs.append((x.clone(), t.clone(), {k: v.clone() for k, v in y.items()}))
         ref.outputs.append(eps.clone())
 
     ref.images = run_sampler(model, model.denoiser(), labels, spec, on_step=record)
@@ -105,9 +106,10 @@ def evaluate(model: LoadedModel, denoise: Denoise, ref: FPReference, spec: Sampl
     ``sample_images=False``: per-step SQNR only (no sampling run, no image metrics).
     """
     per_step = []
-    for inp, out in zip(ref.inputs, ref.outputs):
-        idx = _cfg_rows(inp[0].shape[0], sqnr_rows)
-        per_step.append(sqnr_db(denoise(*(v[idx] for v in inp)), out[idx]))
+    denoise = as_denoise(denoise)
+    for (x, t, y), out in zip(ref.inputs, ref.outputs):
+        idx = _cfg_rows(x.shape[0], sqnr_rows)
+        per_step.append(sqnr_db(denoise(x[idx], t[idx], select(y, idx)), out[idx]))
     result: dict[str, Any] = {
         "sqnr_per_step_db": per_step, "timesteps": ref.timesteps,
         "sqnr_mean_db": float(np.mean([s for s in per_step if math.isfinite(s)])) if per_step else math.nan,

@@ -258,6 +258,7 @@ def _ort_vs_torch(ref: Any, backend: Any, ort: Any, recipe: Any) -> float:
     """Min over groups of the SQNR (dB) between ONNX Runtime's exact-QDQ output and the torch fake-quant output,
     on one FP-trajectory input per group (the first 8 images and their CFG twins)."""
     from ditq.bench.quality import _cfg_rows, sqnr_db
+    from ditq.models.conditioning import select
 
     worst = math.inf
     for g in recipe.groups:
@@ -266,7 +267,7 @@ def _ort_vs_torch(ref: Any, backend: Any, ort: Any, recipe: Any) -> float:
             continue
         inp = inside[len(inside) // 2]
         idx = _cfg_rows(inp[0].shape[0], 8)
-        x, t, y = (v[idx] for v in inp)
+        x, t, y = inp[0][idx], inp[1][idx], select(inp[2], idx)
         worst = min(worst, sqnr_db(ort(x, t, y), backend(x, t, y)))
     return worst
 
@@ -334,8 +335,9 @@ def _peers(model: Any, config: QualityConfig, refs: dict[int, Any], specs: dict[
         den = copy.deepcopy(model.denoiser())
 
         def loop(m: torch.nn.Module) -> None:
-            sample(m, make_scheduler(model.scheduler_config), torch.arange(calib.samples) % model.num_classes,
-                   steps=calib.steps, cfg_scale=config.cfg_scale, null_class=model.null_class,
+            sample(m, make_scheduler(model.scheduler_config), model.cond(torch.arange(calib.samples) %
+                                                                          model.num_conditions),
+                   steps=calib.steps, cfg_scale=config.cfg_scale, null_cond=model.null_cond(),
                    sample_shape=model.sample_shape, seed=calib.seed)
 
         with torch.no_grad():

@@ -399,11 +399,11 @@ def _time_sampling(bm: BenchModel, fns: dict[str, Callable[..., Any]], config: S
     from ditq.runtime.sampler import make_scheduler, sample
 
     model = bm.model
-    labels = torch.arange(config.sampling_batch) % model.num_classes
+    cond = model.cond(torch.arange(config.sampling_batch) % model.num_conditions)
 
     def run(fn: Callable[..., Any]) -> Callable[[], Any]:
-        return lambda: sample(fn, make_scheduler(model.scheduler_config, "ddim"), labels,
-                              steps=config.sampling_steps, cfg_scale=config.cfg_scale, null_class=model.null_class,
+        return lambda: sample(fn, make_scheduler(model.scheduler_config, "ddim"), cond,
+                              steps=config.sampling_steps, cfg_scale=config.cfg_scale, null_cond=model.null_cond(),
                               sample_shape=model.sample_shape, seed=config.seed)
 
     stats = time_interleaved({k: run(f) for k, f in fns.items()}, warmup=0, repeats=config.sampling_repeats,
@@ -430,7 +430,7 @@ def bench_onnx_artifact(bm: BenchModel, art: Any, config: SpeedConfig,
     """FP32 reference vs INT8 group graphs of an ONNX set: fusion, sizes, memory, latency per batch, sampling."""
     import torch
 
-    from ditq.runtime.backends import GroupedBackend
+    from ditq.runtime.backends import GroupedBackend, onnx_feeds
 
     model = bm.model
     out: dict[str, Any] = {"backend": "onnxruntime", "threads": config.threads, "spinning": config.spinning,
@@ -466,10 +466,8 @@ def bench_onnx_artifact(bm: BenchModel, art: Any, config: SpeedConfig,
                                                              spinning=config.spinning) for g in art.groups[1:]]
 
         def fn(sess: Any) -> Callable[..., torch.Tensor]:
-            def run(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-                return torch.from_numpy(sess.run(None, {"hidden_states": x.numpy().astype(np.float32),
-                                                        "timestep": t.numpy().astype(np.float32),
-                                                        "class_labels": y.numpy().astype(np.int64)})[0])
+            def run(x: torch.Tensor, t: torch.Tensor, y: dict[str, torch.Tensor]) -> torch.Tensor:
+                return torch.from_numpy(sess.run(None, onnx_feeds(x, t, y))[0])
 
             return run
 
@@ -539,8 +537,9 @@ def bench_torch(bm: BenchModel, recipe: Any, config: SpeedConfig,
         progress(f"{bm.name}: torch sampling")
 
         @torch.no_grad()
-        def fp_call(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return fp(x.to(device, dtype), t.to(device), y.to(device)).float().cpu()
+        def fp_call(x: torch.Tensor, t: torch.Tensor, y: dict[str, torch.Tensor]) -> torch.Tensor:
+            c = {k: v.to(device, dtype if v.is_floating_point() else v.dtype) for k, v in y.items()}
+            return fp.predict(x.to(device, dtype), t.to(device), c).float().cpu()
 
         out["sampling"] = _time_sampling(bm, {"fp": fp_call, "int8": q}, config, sync=sync)
     return out

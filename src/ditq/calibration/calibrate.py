@@ -19,6 +19,7 @@ from ditq.calibration.recipe import GroupSpec, LinearSpec, Recipe, SiteSpec
 from ditq.calibration.stats import ActivationCollector
 from ditq.errors import DitqError
 from ditq.export.fold import fold_state
+from ditq.models.conditioning import Cond
 from ditq.models.dit import LoadedModel, quant_sites
 from ditq.runtime.sampler import make_scheduler, sample
 
@@ -58,16 +59,16 @@ def sampler_forward_loop(model: LoadedModel, config: CalibConfig) -> ForwardLoop
     def loop(collector: ActivationCollector) -> None:
         denoiser = model.denoiser()
         scheduler = make_scheduler(model.scheduler_config, config.scheduler)
-        labels = torch.arange(config.samples) % model.num_classes
+        cond = model.cond(torch.arange(config.samples) % model.num_conditions)
         bar = tqdm(total=config.steps, desc="calibrate", disable=not config.progress, leave=False)
 
-        def denoise(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        def denoise(x: torch.Tensor, t: torch.Tensor, c: Cond) -> torch.Tensor:
             collector.set_timestep(int(round(float(t[0]))))
             bar.update(1)
-            return denoiser(x, t, y)
+            return denoiser.predict(x, t, c)
 
-        sample(denoise, scheduler, labels, steps=config.steps, cfg_scale=config.cfg_scale,
-               null_class=model.null_class, sample_shape=model.sample_shape, seed=config.seed)
+        sample(denoise, scheduler, cond, steps=config.steps, cfg_scale=config.cfg_scale,
+               null_cond=model.null_cond(), sample_shape=model.sample_shape, seed=config.seed)
         bar.close()
 
     return loop
@@ -80,9 +81,10 @@ def calibrate(model: LoadedModel, method: MethodConfig, config: CalibConfig,
     start = time.perf_counter()
     sites = quant_sites(model.transformer)
     collector = ActivationCollector(model.transformer, sites, rows_per_call=config.rows_per_call, seed=config.seed)
-    probes: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    probes: list[tuple[torch.Tensor, torch.Tensor, Cond]] = []
     if method.needs_model:  # record the model inputs too: the method evaluates candidate quantizers on them
-        probe_hook = model.transformer.register_forward_pre_hook(_probe_recorder(probes), with_kwargs=True)
+        names = model.denoiser().cond_names
+        probe_hook = model.transformer.register_forward_pre_hook(_probe_recorder(probes, names), with_kwargs=True)
     try:
         (forward_loop or sampler_forward_loop(model, config))(collector)
     finally:
@@ -148,11 +150,13 @@ def _as_json(body: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(body))
 
 
-def _probe_recorder(probes: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> Callable[..., None]:
+def _probe_recorder(probes: list[tuple[torch.Tensor, torch.Tensor, Cond]], names: tuple[str, ...]
+                    ) -> Callable[..., None]:
     def hook(_module: torch.nn.Module, args: tuple[torch.Tensor, ...], kwargs: dict[str, torch.Tensor]) -> None:
         x = args[0] if args else kwargs.get("hidden_states")
-        t, y = kwargs.get("timestep"), kwargs.get("class_labels")
-        if x is not None and t is not None and y is not None:
-            probes.append((x.detach().clone(), t.detach().clone(), y.detach().clone()))
+        t = kwargs.get("timestep")
+        cond = {k: kwargs[k] for k in names if kwargs.get(k) is not None}
+        if x is not None and t is not None and len(cond) == len(names):
+            probes.append((x.detach().clone(), t.detach().clone(), {k: v.detach().clone() for k, v in cond.items()}))
 
     return hook

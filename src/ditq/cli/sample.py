@@ -7,14 +7,14 @@ from pathlib import Path
 from ditq.errors import DitqError
 
 
-def parse_classes(text: str, num_classes: int) -> list[int]:
+def parse_classes(text: str, num_classes: int, what: str = "labels") -> list[int]:
     try:
         labels = [int(c) for c in text.split(",") if c.strip()]
     except ValueError:
         raise DitqError(f"--classes must be comma-separated integers, got {text!r}") from None
     bad = [c for c in labels if not 0 <= c < num_classes]
     if not labels or bad:
-        raise DitqError(f"--classes must name labels in [0, {num_classes - 1}], got {text!r}")
+        raise DitqError(f"--classes must name {what} in [0, {num_classes - 1}], got {text!r}")
     return labels
 
 
@@ -28,11 +28,13 @@ def run(args: argparse.Namespace) -> int:
         raise DitqError(f"-o must name a .png file, got {out}")
     backend, info = open_backend(Path(args.artifact), args.backend, fp=args.fp, threads=args.threads,
                                  fuse=not args.exact_qdq)
-    labels = parse_classes(args.classes, info["num_classes"])
+    conditioning = info["conditioning"]
+    labels = parse_classes(args.classes, conditioning.num,
+                           "labels" if conditioning.kind == "class" else "caption-table rows")
     start = time.perf_counter()
-    images = sample(backend, make_scheduler(info["scheduler_config"], args.scheduler), labels, steps=args.steps,
-                    cfg_scale=args.cfg, null_class=info["null_class"], sample_shape=tuple(info["sample_shape"]),
-                    seed=args.seed)
+    images = sample(backend, make_scheduler(info["scheduler_config"], args.scheduler), conditioning.cond(labels),
+                    steps=args.steps, cfg_scale=args.cfg, null_cond=conditioning.null(),
+                    sample_shape=tuple(info["sample_shape"]), seed=args.seed)
     seconds = time.perf_counter() - start
     tmp = out.with_name(f".{out.name}.partial.png")
     save_grid([images], tmp)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,13 +34,13 @@ from ditq.engines.artifact import (
 )
 from ditq.errors import DitqError
 from ditq.export.artifact import OnnxArtifact
+from ditq.models.conditioning import CAPTIONS_FILE
 
 if TYPE_CHECKING:
     import tensorrt as trt
 
 log = logging.getLogger(__name__)
 
-INPUTS = ("hidden_states", "timestep", "class_labels")  # the names ditq.export.onnx_export gives the graph inputs
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 DYNAMIC_QUANT_OPS = frozenset({"DynamicQuantizeLinear", "MatMulInteger", "DynamicQuantizeMatMul"})
 MAX_OPT_LEVEL = 5
@@ -92,12 +93,12 @@ def check_deployable(onnx: OnnxArtifact) -> None:
 
 
 def profile_shapes(onnx: OnnxArtifact, config: BuildConfig) -> dict[str, dict[str, list[int]]]:
-    """min/opt/max shapes per input: ``hidden_states`` [batch, *sample_shape], ``timestep`` and ``class_labels``
-    [batch]."""
-    sample = [int(d) for d in onnx.model["sample_shape"]]
+    """min/opt/max shapes per input: ``hidden_states`` [batch, *sample_shape], ``timestep`` [batch] and the
+    conditioning (``class_labels`` [batch], or PixArt's caption [batch, L, D] and mask [batch, L])."""
+    per_sample = {"hidden_states": [int(d) for d in onnx.model["sample_shape"]], "timestep": [],
+                  **{k: [int(d) for d in v] for k, v in onnx.model.get("inputs", {"class_labels": []}).items()}}
     batches = {"min": config.min_batch, "opt": config.opt_batch, "max": config.max_batch}
-    return {name: {k: [b, *sample] if name == "hidden_states" else [b] for k, b in batches.items()}
-            for name in INPUTS}
+    return {name: {k: [b, *shape] for k, b in batches.items()} for name, shape in per_sample.items()}
 
 
 def polygraphy_command(onnx_file: str, plan: str, profile: dict[str, dict[str, list[int]]],
@@ -244,6 +245,8 @@ def build_engines(onnx: OnnxArtifact, out: Path, config: BuildConfig = BuildConf
         assert not isinstance(cache, bytes)
         serialized = cache.serialize()
         _write(tmp / TIMING_CACHE, serialized)
+        if (onnx.root / CAPTIONS_FILE).is_file():  # a text-conditioned set: its caption table travels with it
+            shutil.copyfile(onnx.root / CAPTIONS_FILE, tmp / CAPTIONS_FILE)
         EngineArtifact(
             root=tmp, trt_version=version, gpu_name=gpu_name, compute_capability=sm, precision=onnx.precision,
             groups=tuple(groups), profile=profile,

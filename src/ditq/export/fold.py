@@ -4,6 +4,8 @@ Every step below is a function-preserving rewrite of the current state dict, so 
 - a site's consumers:   W' = W diag(s),  b' = b + W z           (its input becomes (x - z) / s)
 - "adaln" producer:     shift rows  W_sh / s, (b_sh - z) / s;  scale rows  W_sc / s, (1 + b_sc) / s - 1
 - "v_proj" producer:    W_v' = diag(1/s) W_v,  b_v' = (b_v - z) / s     (softmax rows sum to one)
+- "table" producer:     PixArt's ``scale_shift_table`` shift row - z; a scale s != 1 stays an explicit ``x * (1/s)``
+                        (zero-shift pre-affine): the time-dependent part comes from a Linear all blocks share
 - "explicit":           an explicit ``(x - z) * (1/s)`` before the quantizer, returned as a pre-affine.
 """
 
@@ -26,10 +28,16 @@ def fold_state(
 ) -> tuple[dict[str, torch.Tensor], PreAffine]:
     """Fold one group's shifts and the shared smoothing scales into a copy of ``state``.
 
-    Returns the folded state dict and the explicit pre-affines of "explicit" sites whose shift or scale is
-    not trivial. Computation is in float64 and cast back, so the folded model matches to ~1e-6.
+    Returns the folded state dict and the explicit pre-affines of sites whose shift or scale does not fold away.
+    Changed tensors are computed in float64 and cast back (the folded model matches to ~1e-6); unchanged ones
+    are the very tensors of ``state`` (not copies: full-size models stay within memory).
     """
-    sd = {k: v.detach().to(torch.float64).clone() for k, v in state.items()}
+    class _CopyOnRead(dict):  # type: ignore[type-arg]
+        def __missing__(self, key: str) -> torch.Tensor:
+            value = self[key] = state[key].detach().to(torch.float64).clone()
+            return value
+
+    sd = touched = _CopyOnRead()
     pre: PreAffine = {}
     for site in sites:
         z = shifts[site.name].to(torch.float64)
@@ -50,9 +58,13 @@ def fold_state(
         elif site.fold == "v_proj":
             w, b = sd[f"{site.producer}.weight"], sd[f"{site.producer}.bias"]
             sd[f"{site.producer}.weight"], sd[f"{site.producer}.bias"] = w / s[:, None], (b - z) / s
+        elif site.fold == "table":
+            table = sd[site.producer]
+            table[site.shift_chunk] = table[site.shift_chunk] - z
+            if (s != 1).any():
+                pre[site.name] = (torch.zeros_like(z).float(), (1 / s).float())
         elif site.fold == "explicit":
             pre[site.name] = (z.float(), (1 / s).float())
         else:
             raise ValueError(f"unknown fold kind {site.fold!r}")
-    dtypes = {k: v.dtype for k, v in state.items()}
-    return {k: v.to(dtypes[k]) for k, v in sd.items()}, pre
+    return {**state, **{k: v.to(state[k].dtype) for k, v in touched.items()}}, pre

@@ -17,6 +17,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 from tqdm.auto import tqdm
@@ -27,20 +28,29 @@ from ditq.errors import DitqError
 from ditq.export.artifact import OnnxArtifact, OnnxGroup
 from ditq.export.fold import fold_state
 from ditq.export.qdq import SCOPE_KEY, apply_group, find_gemms
+from ditq.models.conditioning import CAPTIONS_FILE, cat_cond
 from ditq.models.dit import LoadedModel, quant_sites
 
 log = logging.getLogger(__name__)
 
-INPUTS = ("hidden_states", "timestep", "class_labels")
 OUTPUT = "sample"
 DATA_FILE = "weights.bin"
 EXTERNAL_MIN_BYTES = 1024
 DEFAULT_OPSET = 21
 
 
-def dummy_inputs(model: LoadedModel, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def input_names(model: LoadedModel) -> tuple[str, ...]:
+    """The graph inputs: ``hidden_states``, ``timestep`` and the conditioning (class labels or caption)."""
+    return ("hidden_states", "timestep", *model.denoiser().cond_names)
+
+
+def dummy_inputs(model: LoadedModel, batch: int = 2) -> tuple[torch.Tensor, ...]:
+    """Tracing inputs: conditional rows and one unconditional row (the null class or caption)."""
+    n = max(batch - 1, 1)
+    cond = cat_cond(model.cond(torch.arange(n) % model.num_conditions), model.null_cond(batch - n))
+    names = input_names(model)[2:]
     return (torch.randn(batch, *model.sample_shape), torch.linspace(0, model.num_train_timesteps - 1, batch),
-            torch.arange(batch) % (model.num_classes + 1))
+            *(cond[k] for k in names))
 
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
@@ -53,50 +63,119 @@ def export_reference(model: LoadedModel, opset: int = DEFAULT_OPSET, precision: 
     networks only, so the graph itself must carry FP16 wherever it is not INT8.
     """
     dtype = PRECISIONS[precision]
-    denoiser = copy.deepcopy(model.denoiser()).to(dtype)  # .eval(): DiT's label dropout must not be traced
-    x, t, y = dummy_inputs(model)
+    # .eval() (make_denoiser): DiT's label dropout must not be traced; a half-precision copy only for fp16
+    denoiser = model.denoiser() if dtype == torch.float32 else copy.deepcopy(model.denoiser()).to(dtype)
+    args = tuple(a.to(dtype) if a.is_floating_point() else a for a in dummy_inputs(model))
+    names = input_names(model)
     batch = torch.export.Dim("batch", min=1, max=4096)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            denoiser, (x.to(dtype), t.to(dtype), y), dynamo=True, opset_version=opset, input_names=list(INPUTS),
-            output_names=[OUTPUT], dynamic_shapes=({0: batch}, {0: batch}, {0: batch}), verbose=False,
+            denoiser, args, dynamo=True, opset_version=opset, input_names=list(names),
+            output_names=[OUTPUT], dynamic_shapes=tuple({0: batch} for _ in names), verbose=False,
         )
     assert program is not None
     proto = program.model_proto
+    del program
     for node in proto.graph.node:  # keep the module scopes; drop stack traces (local paths, most of the bytes)
         keep = [p for p in node.metadata_props if p.key == SCOPE_KEY]
         del node.metadata_props[:]
         node.metadata_props.extend(keep)
+    remove_noop_squeezes(proto)
     return proto
 
 
-def _externalize(models: dict[str, onnx.ModelProto], out: Path) -> None:
-    """Move large initializers of all ``models`` to one shared file, each distinct tensor stored once."""
-    offsets: dict[str, tuple[int, int]] = {}
-    with open(out / DATA_FILE, "wb") as fh:
-        for proto in models.values():
-            for tensor in proto.graph.initializer:
-                if not tensor.HasField("raw_data"):
-                    tensor.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(tensor), tensor.name))
-                raw = tensor.raw_data
-                if len(raw) < EXTERNAL_MIN_BYTES:
-                    continue
-                key = sha256_bytes(raw + bytes(str((tensor.data_type, list(tensor.dims))), "utf8"))
-                if key not in offsets:
-                    pad = (-fh.tell()) % 64
-                    fh.write(b"\0" * pad)
-                    offsets[key] = (fh.tell(), len(raw))
-                    fh.write(raw)
-                offset, length = offsets[key]
-                tensor.ClearField("raw_data")
-                tensor.data_location = onnx.TensorProto.EXTERNAL
-                del tensor.external_data[:]
-                for k, v in (("location", DATA_FILE), ("offset", str(offset)), ("length", str(length))):
-                    entry = tensor.external_data.add()
-                    entry.key, entry.value = k, v
-    for name, proto in models.items():
-        onnx.save_model(proto, str(out / name))
+def remove_noop_squeezes(proto: onnx.ModelProto) -> int:
+    """Drop ``Squeeze`` nodes that cannot remove an axis (DESIGN §6: PixArt's ``hidden_states.squeeze(1)`` on a
+    [B, N, C] tensor, N > 1): torch's squeeze of a non-1 axis is a no-op, ONNX's Squeeze fails at load or run.
+
+    A Squeeze is a no-op when the exporter's value info gives its input a static, non-1 size on every axis it
+    names; its consumers are rewired to its input. Returns how many were removed.
+    """
+    graph = proto.graph
+    shapes = {vi.name: [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+              for vi in (*graph.value_info, *graph.input)}
+    wanted = {n.input[1] for n in graph.node if n.op_type == "Squeeze" and len(n.input) > 1}
+    consts = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer if t.name in wanted}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] in wanted and node.attribute[0].name == "value":
+            consts[node.output[0]] = onnx.numpy_helper.to_array(node.attribute[0].t)
+    rename: dict[str, str] = {}
+    keep = []
+    for node in graph.node:
+        if node.op_type == "Squeeze" and len(node.input) > 1 and node.input[1] in consts:
+            shape = shapes.get(node.input[0])
+            axes = [int(a) for a in np.atleast_1d(consts[node.input[1]])]
+            if shape and all(shape[a] not in (None, 1) for a in axes) and node.output[0] not in \
+                    {o.name for o in graph.output}:
+                rename[node.output[0]] = rename.get(node.input[0], node.input[0])
+                continue
+        keep.append(node)
+    if not rename:
+        return 0
+    for node in keep:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    del graph.node[:]
+    graph.node.extend(keep)
+    return len(rename)
+
+
+class SharedData:
+    """One external-data file for every graph of a set; each distinct large tensor is written once.
+
+    Graphs are externalized one at a time and saved small, so a model above protobuf's 2 GB limit never has to
+    exist as one serialized message, and the per-group graphs share the reference's bytes wherever equal.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.fh = open(self.path, "wb")
+        self.offsets: dict[str, tuple[int, int]] = {}
+
+    def externalize(self, proto: onnx.ModelProto) -> None:
+        for tensor in proto.graph.initializer:
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                continue
+            if not tensor.HasField("raw_data"):
+                tensor.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(tensor), tensor.name))
+            raw = tensor.raw_data
+            if len(raw) < EXTERNAL_MIN_BYTES:
+                continue
+            key = sha256_bytes(raw + bytes(str((tensor.data_type, list(tensor.dims))), "utf8"))
+            if key not in self.offsets:
+                self.fh.write(b"\0" * ((-self.fh.tell()) % 64))
+                self.offsets[key] = (self.fh.tell(), len(raw))
+                self.fh.write(raw)
+            offset, length = self.offsets[key]
+            tensor.ClearField("raw_data")
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            del tensor.external_data[:]
+            for k, v in (("location", DATA_FILE), ("offset", str(offset)), ("length", str(length))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = k, v
+
+    def save(self, proto: onnx.ModelProto, path: Path) -> None:
+        self.externalize(proto)
+        onnx.save_model(proto, str(path))
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def model_info(model: LoadedModel) -> dict[str, object]:
+    """What an ONNX set records about its model: identity, shapes, conditioning (see ``conditioning_from_info``)."""
+    info: dict[str, object] = {
+        "source": model.source, "sha256": model.sha256, "kind": model.kind, "class": type(model.transformer).__name__,
+        "sample_shape": list(model.sample_shape), "num_train_timesteps": model.num_train_timesteps,
+        "conditioning": model.conditioning.kind, "num_conditions": model.num_conditions,
+        "inputs": {k: v["shape"] for k, v in model.conditioning.inputs().items()},
+        "config": {k: v for k, v in dict(model.config).items() if not k.startswith("_")},
+    }
+    if model.kind == "dit":
+        info.update(num_classes=model.num_classes, null_class=model.null_class)
+    return info
 
 
 def export_onnx(model: LoadedModel, recipe: Recipe, out: Path, *, recipe_dir: Path | None = None,
@@ -136,22 +215,32 @@ def export_onnx(model: LoadedModel, recipe: Recipe, out: Path, *, recipe_dir: Pa
         reference = copy.deepcopy(reference)
     gemms = find_gemms(reference, {lin for s in sites for lin in s.linears})
     smooth = {s.name: recipe.smooth(s.name) for s in sites}
-    graphs: dict[str, onnx.ModelProto] = {"reference.onnx": reference}
-    for g in tqdm(range(recipe.num_groups), desc="export", disable=not progress, leave=False):
-        folded, pre = fold_state(state, sites, {s.name: recipe.shift(s.name, g) for s in sites}, smooth)
-        changed = {k for k, v in folded.items() if not torch.equal(v, state[k])}
-        graphs[f"group_{g}.onnx"] = apply_group(reference, gemms, sites, recipe, g, folded, pre, changed)
+    names = input_names(model)
     with staging_dir(out, force=force) as tmp:
-        _externalize(graphs, tmp)
-        for name in graphs:
+        data = SharedData(tmp / DATA_FILE)
+        try:  # the reference first: its weights go to weights.bin and the graph becomes small
+            data.save(reference, tmp / "reference.onnx")
+            for g in tqdm(range(recipe.num_groups), desc="export", disable=not progress, leave=False):
+                folded, pre = fold_state(state, sites, {s.name: recipe.shift(s.name, g) for s in sites}, smooth)
+                changed = {k for k, v in folded.items() if v is not state[k] and not torch.equal(v, state[k])}
+                graph = apply_group(reference, gemms, sites, recipe, g, folded, pre, changed)
+                del folded
+                data.save(graph, tmp / f"group_{g}.onnx")
+                del graph
+        finally:
+            data.close()
+        for name in ("reference.onnx", *(f"group_{g}.onnx" for g in range(recipe.num_groups))):
             onnx.checker.check_model(str(tmp / name), full_check=True)
+        if model.kind != "dit":
+            model.conditioning.save(tmp / CAPTIONS_FILE)
         ftype = {"fp32": "float32", "fp16": "float16"}[precision]
+        cond_io = {k: {"dtype": ftype if v["dtype"] == "float" else v["dtype"], "shape": ["batch", *v["shape"]]}
+                   for k, v in model.conditioning.inputs().items()}
         write_json(tmp / "io.json", {
             "inputs": {"hidden_states": {"dtype": ftype, "shape": ["batch", *model.sample_shape]},
-                       "timestep": {"dtype": ftype, "shape": ["batch"]},
-                       "class_labels": {"dtype": "int64", "shape": ["batch"]}},
+                       "timestep": {"dtype": ftype, "shape": ["batch"]}, **cond_io},
             "outputs": {OUTPUT: {"dtype": ftype, "shape": ["batch", *model.sample_shape]}},
-            "dynamic_axes": {name: {"0": "batch"} for name in (*INPUTS, OUTPUT)},
+            "dynamic_axes": {name: {"0": "batch"} for name in (*names, OUTPUT)},
         })
         artifact = OnnxArtifact(
             root=tmp, precision=precision, opset=opset,
@@ -159,9 +248,7 @@ def export_onnx(model: LoadedModel, recipe: Recipe, out: Path, *, recipe_dir: Pa
                                    sha256_file(tmp / f"group_{g.group_id}.onnx")) for g in recipe.groups),
             reference_sha256=sha256_file(tmp / "reference.onnx"),
             data_sha256=sha256_file(tmp / DATA_FILE),
-            model={"source": model.source, "sha256": model.sha256, "sample_shape": list(model.sample_shape),
-                   "num_classes": model.num_classes, "null_class": model.null_class,
-                   "num_train_timesteps": model.num_train_timesteps},
+            model=model_info(model),
             scheduler_config=dict(model.scheduler_config),
             recipe={"dir": os.path.relpath(Path(recipe_dir).resolve(), out.resolve()) if recipe_dir else None,
                     "method": recipe.method,

@@ -105,10 +105,10 @@ def apply_group(
     quantized = {lin for s in sites for lin in s.linears}
     covered: set[str] = set()
 
-    # 1) parameters that keep their names (biases, adaLN modulation, embedders): swap values
+    # 1) changed parameters that keep their names (biases, adaLN modulation, scale-shift tables): swap values
     for name, init in inits.items():
         key = name[len(MODULE_PREFIX):] if name.startswith(MODULE_PREFIX) else None
-        if key in folded:
+        if key in changed and not (key.endswith(".weight") and key[: -len(".weight")] in quantized):
             value = folded[key].detach().numpy()
             if tuple(init.dims) != value.shape:
                 raise RuntimeError(f"initializer {name} has shape {tuple(init.dims)}, parameter {value.shape}")
@@ -154,13 +154,15 @@ def apply_group(
         site = next(s for s in sites if lin in s.linears)
         x = node.input[0]
         chain: list[onnx.NodeProto] = []
-        if site.name in pre:
+        if site.name in pre:  # (x - shift) * inv; the Sub only when there is a shift ("table" sites have none)
             shift, inv = pre[site.name]
-            graph.initializer.extend([numpy_helper.from_array(shift.numpy().astype(npf), f"{lin}.pre_shift"),
-                                      numpy_helper.from_array(inv.numpy().astype(npf), f"{lin}.pre_scale")])
-            chain += [helper.make_node("Sub", [x, f"{lin}.pre_shift"], [f"{lin}.shifted"], name=f"{lin}.pre_sub"),
-                      helper.make_node("Mul", [f"{lin}.shifted", f"{lin}.pre_scale"], [f"{lin}.scaled"],
-                                       name=f"{lin}.pre_mul")]
+            graph.initializer.append(numpy_helper.from_array(inv.numpy().astype(npf), f"{lin}.pre_scale"))
+            if shift.any():
+                graph.initializer.append(numpy_helper.from_array(shift.numpy().astype(npf), f"{lin}.pre_shift"))
+                chain.append(helper.make_node("Sub", [x, f"{lin}.pre_shift"], [f"{lin}.shifted"],
+                                              name=f"{lin}.pre_sub"))
+                x = f"{lin}.shifted"
+            chain.append(helper.make_node("Mul", [x, f"{lin}.pre_scale"], [f"{lin}.scaled"], name=f"{lin}.pre_mul"))
             x = f"{lin}.scaled"
         if spec.rotation:
             k = w.shape[1]

@@ -1,14 +1,17 @@
-"""DiT (diffusers ``DiTTransformer2DModel``): loading a local model directory and naming what ditq quantizes.
+"""Diffusion transformers (diffusers ``DiTTransformer2DModel``, ``PixArtTransformer2DModel``): loading a local
+model directory and naming what ditq quantizes.
 
-A model directory is laid out like a diffusers pipeline without a VAE (ditq's demo works in pixel space):
-``transformer/`` (``save_pretrained`` output) and ``scheduler/scheduler_config.json``. A bare transformer
-directory (``config.json`` + weights) is accepted too, with a default DDPM scheduler.
+A model directory is laid out like a diffusers pipeline: ``transformer/`` (``save_pretrained`` output) and
+``scheduler/scheduler_config.json``; any other components (vae, text_encoder, ...) are ignored. A bare transformer
+directory (``config.json`` + weights) is accepted too, with a default DDPM scheduler. PixArt models also need
+caption embeddings to calibrate on: ``captions.safetensors`` (``models.conditioning``) at the directory's root.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +20,11 @@ import torch
 from torch import nn
 
 from ditq.errors import DitqError
+from ditq.models.conditioning import CAPTIONS_FILE, Cond, Conditioning, load_caption_table
 
 DIT_CLASS = "DiTTransformer2DModel"
+PIXART_CLASS = "PixArtTransformer2DModel"
+SUPPORTED = {DIT_CLASS: "dit", PIXART_CLASS: "pixart"}
 DEFAULT_SCHEDULER = {"_class_name": "DDPMScheduler", "num_train_timesteps": 1000}
 
 
@@ -28,6 +34,9 @@ class Site:
 
     fold = "adaln": into rows ``shift_chunk``/``scale_chunk`` of the modulation Linear ``producer``;
            "v_proj": into the value projection ``producer`` (softmax rows sum to one);
+           "table": the shift into row ``shift_chunk`` of the block's ``scale_shift_table`` ``producer``
+                    (PixArt's adaLN-single); the scale's time-dependent part comes from a Linear all blocks
+                    share, so a channel scale needs an explicit Mul;
            "explicit": an explicit per-group Sub/Mul before the quantizer (no linear producer, e.g. after GELU).
     """
 
@@ -39,9 +48,31 @@ class Site:
     scale_chunk: int = -1
     num_chunks: int = 0
 
+    @property
+    def free_shift(self) -> bool:
+        """Whether a channel shift folds away exactly (no run-time op)."""
+        return self.fold != "explicit"
+
+    @property
+    def free_scale(self) -> bool:
+        """Whether a channel scale folds away exactly (no run-time op)."""
+        return self.fold in ("adaln", "v_proj")
+
+
+def model_kind(transformer: nn.Module) -> str:
+    name = type(transformer).__name__
+    if name not in SUPPORTED:
+        raise DitqError(f"a {name} is not supported; ditq quantizes {' and '.join(SUPPORTED)}")
+    return SUPPORTED[name]
+
 
 def quant_sites(transformer: nn.Module) -> list[Site]:
-    """The quantized sites of a DiT, block by block: qkv, out-projection, fc1, fc2 (DESIGN §2)."""
+    """The quantized sites, block by block (DESIGN §2): DiT qkv, out-projection, fc1, fc2; PixArt adds
+    cross-attention (``models.pixart``)."""
+    if model_kind(transformer) == "pixart":
+        from ditq.models.pixart import pixart_sites
+
+        return pixart_sites(transformer)
     sites: list[Site] = []
     for i, _ in enumerate(transformer.transformer_blocks):  # type: ignore[union-attr]
         b = f"transformer_blocks.{i}"
@@ -57,7 +88,13 @@ def quant_sites(transformer: nn.Module) -> list[Site]:
 
 
 class Denoiser(nn.Module):
-    """``(hidden_states, timestep, class_labels) -> eps``: the DiT forward that export and the runtime share."""
+    """``(hidden_states, timestep, *conditioning) -> eps``: the forward that export and the runtime share.
+
+    ``forward`` takes the conditioning tensors positionally, in ``cond_names`` order (the ONNX input order);
+    ``predict(x, t, cond)`` takes them as a ``Cond`` mapping. Learned-sigma outputs are cut to the eps half.
+    """
+
+    cond_names: tuple[str, ...] = ()
 
     def __init__(self, transformer: nn.Module) -> None:
         super().__init__()
@@ -65,11 +102,34 @@ class Denoiser(nn.Module):
         cfg = transformer.config  # type: ignore[union-attr]
         self.learned_sigma = cfg.out_channels == 2 * cfg.in_channels
 
+    def _eps(self, out: torch.Tensor, channels: int) -> torch.Tensor:
+        return out[:, :channels] if self.learned_sigma else out
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
+        return self(x, t, *(cond[k] for k in self.cond_names))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """``den(x, t, cond)`` with a ``Cond`` mapping is ``den.predict(x, t, cond)``; tensors go to ``forward``."""
+        if len(args) == 3 and isinstance(args[2], Mapping) and not kwargs:
+            return self.predict(*args)
+        return super().__call__(*args, **kwargs)
+
+
+class DiTDenoiser(Denoiser):
+    cond_names = ("class_labels",)
+
     def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
         out = self.m(hidden_states, timestep=timestep, class_labels=class_labels, return_dict=False)[0]
-        if self.learned_sigma:
-            out = out[:, : hidden_states.shape[1]]
-        return out
+        return self._eps(out, hidden_states.shape[1])
+
+
+def make_denoiser(transformer: nn.Module) -> Denoiser:
+    """The denoiser of ``transformer``'s family, in eval mode (DiT's label dropout must not run or be traced)."""
+    if model_kind(transformer) == "pixart":
+        from ditq.models.pixart import PixArtDenoiser
+
+        return PixArtDenoiser(transformer).eval()
+    return DiTDenoiser(transformer).eval()
 
 
 @dataclass
@@ -78,13 +138,40 @@ class LoadedModel:
     scheduler_config: dict[str, Any]
     source: str  # "demo" or the resolved model directory
     sha256: str
+    captions: Conditioning | None = None  # PixArt: the caption table calibration and sampling use
 
     @property
     def config(self) -> Any:
         return self.transformer.config  # type: ignore[union-attr]
 
     @property
+    def kind(self) -> str:
+        return model_kind(self.transformer)
+
+    @property
+    def conditioning(self) -> Conditioning:
+        if self.kind == "dit":
+            return Conditioning.classes(int(self.config.num_embeds_ada_norm))
+        if self.captions is None:
+            raise DitqError(f"the PixArt model {self.source} has no caption table; put {CAPTIONS_FILE} (prompt "
+                            "embeddings, see ditq.models.conditioning) in its directory")
+        return self.captions
+
+    def cond(self, ids: Any) -> Cond:
+        """The conditioning of class labels (DiT) or caption-table rows (PixArt)."""
+        return self.conditioning.cond(ids)
+
+    def null_cond(self, n: int = 1) -> Cond:
+        return self.conditioning.null(n)
+
+    @property
+    def num_conditions(self) -> int:
+        return self.conditioning.num
+
+    @property
     def num_classes(self) -> int:
+        if self.kind != "dit":
+            raise DitqError("this is a text-conditioned model; it has captions, not classes")
         return int(self.config.num_embeds_ada_norm)
 
     @property
@@ -101,7 +188,7 @@ class LoadedModel:
         return int(self.scheduler_config.get("num_train_timesteps", 1000))
 
     def denoiser(self) -> Denoiser:
-        return Denoiser(self.transformer).eval()
+        return make_denoiser(self.transformer)
 
 
 def _hash_dir(files: list[Path]) -> str:
@@ -123,10 +210,10 @@ def resolve_source(source: str | Path) -> Path:
 
 
 def load_model(source: str | Path) -> LoadedModel:
-    """Load ``demo`` or a local model directory; a one-line DitqError for anything that is not a DiT."""
+    """Load ``demo`` or a local model directory; a one-line DitqError for anything ditq cannot quantize."""
     root = resolve_source(source)
     if not root.is_dir():
-        raise DitqError(f"model directory {root} does not exist; pass a diffusers DiT directory or 'demo'")
+        raise DitqError(f"model directory {root} does not exist; pass a diffusers DiT/PixArt directory or 'demo'")
     tdir = root / "transformer" if (root / "transformer" / "config.json").is_file() else root
     cfg_path = tdir / "config.json"
     if not cfg_path.is_file():
@@ -136,23 +223,28 @@ def load_model(source: str | Path) -> LoadedModel:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DitqError(f"{cfg_path} is not valid JSON; the model directory is damaged") from err
     cls = cfg.get("_class_name") if isinstance(cfg, dict) else None
-    if cls != DIT_CLASS:
-        raise DitqError(f"{cfg_path} describes a {cls!r}, not a {DIT_CLASS}; ditq supports DiT models here")
+    if cls not in SUPPORTED:
+        raise DitqError(f"{cfg_path} describes a {cls!r}; ditq supports {' and '.join(SUPPORTED)}")
     weights = sorted(tdir.glob("*.safetensors"))
     if not weights:
         raise DitqError(f"{tdir} has no .safetensors weights; save the model with safe_serialization=True")
-    from diffusers import DiTTransformer2DModel
+    import diffusers
 
     try:
-        transformer = DiTTransformer2DModel.from_pretrained(tdir, low_cpu_mem_usage=False)
+        transformer = getattr(diffusers, cls).from_pretrained(tdir, low_cpu_mem_usage=False)
     except Exception as err:  # diffusers raises many types for damaged dirs
-        raise DitqError(f"could not load the DiT in {tdir}: {str(err).splitlines()[0]}") from err
+        raise DitqError(f"could not load the {cls} in {tdir}: {str(err).splitlines()[0]}") from err
     transformer.eval().float()
+    captions, hashed = None, [cfg_path, *weights]
+    if (root / CAPTIONS_FILE).is_file():
+        captions = load_caption_table(root / CAPTIONS_FILE)
+        hashed.append(root / CAPTIONS_FILE)
     sched_path = root / "scheduler" / "scheduler_config.json"
     scheduler_config = json.loads(sched_path.read_text()) if sched_path.is_file() else dict(DEFAULT_SCHEDULER)
     return LoadedModel(
         transformer=transformer,
         scheduler_config=scheduler_config,
         source="demo" if str(source) == "demo" else str(root),
-        sha256=_hash_dir([cfg_path, *weights]),
+        sha256=_hash_dir(hashed),
+        captions=captions,
     )

@@ -1,4 +1,4 @@
-"""Backends behind one interface: ``backend(x, timestep, class_labels) -> eps``, the group picked by timestep.
+"""Backends behind one interface: ``backend(x, timestep, cond) -> eps``, the group picked by timestep.
 
 - ``torch``: the folded model with fake quantization (the numerical reference of the exported graphs);
 - ``onnxruntime``: the exported graphs, one session per group, all created up front.
@@ -28,9 +28,10 @@ from ditq.calibration.quantizers import (
 from ditq.calibration.recipe import Recipe
 from ditq.errors import DitqError
 from ditq.export.fold import PreAffine, fold_state
-from ditq.models.dit import Denoiser, LoadedModel, Site, quant_sites
+from ditq.models.conditioning import Cond, conditioning_from_info
+from ditq.models.dit import Denoiser, LoadedModel, Site, make_denoiser, quant_sites
 
-Fn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+Fn = Callable[[torch.Tensor, torch.Tensor, Cond], torch.Tensor]
 
 
 @dataclass
@@ -52,10 +53,10 @@ class GroupedBackend:
                 return g
         raise DitqError(f"timestep {timestep} lies outside every group interval {list(self.intervals)}")
 
-    def __call__(self, x: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, timestep: torch.Tensor, cond: Cond) -> torch.Tensor:
         g = self.group_of(float(timestep[0]))
         self.calls[g] += 1
-        return self.fns[g](x, timestep, class_labels)
+        return self.fns[g](x, timestep, cond)
 
 
 class QLinear(nn.Module):
@@ -129,17 +130,17 @@ def group_denoiser(model: LoadedModel, recipe: Recipe, group_id: int, *, quantiz
                 dynamic_group=spec.a_group if quantize and spec.dynamic else None, rotation=spec.rotation,
             )
             setattr(modules[parent], attr, q)
-    return Denoiser(transformer).eval()
+    return make_denoiser(transformer)
 
 
 def torch_backend(model: LoadedModel, recipe: Recipe | None) -> GroupedBackend:
     """Per-group fake-quantized models (built once); ``recipe=None`` gives the unquantized model."""
     if recipe is None:
         den = model.denoiser()
-        return GroupedBackend("torch-fp", [(0, model.num_train_timesteps - 1)], [den])
+        return GroupedBackend("torch-fp", [(0, model.num_train_timesteps - 1)], [den.predict])
     if recipe.model_sha256 != model.sha256:
         raise DitqError("the recipe was calibrated on another model (sha256 differs); re-run `ditq calibrate`")
-    fns = [group_denoiser(model, recipe, g.group_id) for g in recipe.groups]
+    fns = [group_denoiser(model, recipe, g.group_id).predict for g in recipe.groups]
     return GroupedBackend(f"torch-{recipe.method}", [g.interval for g in recipe.groups], fns)
 
 
@@ -178,15 +179,21 @@ def onnxruntime_backend(artifact: Any, *, fp: bool = False, threads: int | None 
     np_float = np.float16 if artifact.precision == "fp16" else np.float32
 
     def make(sess: Any) -> Fn:
-        def run(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            feeds = {"hidden_states": x.numpy().astype(np_float), "timestep": t.numpy().astype(np_float),
-                     "class_labels": y.numpy().astype(np.int64)}
+        def run(x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
+            feeds = onnx_feeds(x, t, cond, np_float)
             return torch.from_numpy(sess.run(None, feeds)[0].astype(np.float32))
 
         return run
 
     name = "onnxruntime-fp" if fp else "onnxruntime" if fuse else "onnxruntime-exact"
     return GroupedBackend(name, intervals, [make(ort_session(p, threads, fuse=fuse)) for p in paths])
+
+
+def onnx_feeds(x: torch.Tensor, t: torch.Tensor, cond: Cond, np_float: Any = np.float32) -> dict[str, np.ndarray]:
+    """The graph inputs: float tensors in the graph's float type, integer ones (class labels) as int64."""
+    feeds = {"hidden_states": x, "timestep": t, **cond}
+    return {k: v.detach().cpu().numpy().astype(np.int64 if not v.is_floating_point() else np_float)
+            for k, v in feeds.items()}
 
 
 def open_backend(path: Path, kind: str, *, fp: bool = False, threads: int | None = None, fuse: bool = True
@@ -205,12 +212,14 @@ def open_backend(path: Path, kind: str, *, fp: bool = False, threads: int | None
         if kind_found != OnnxArtifact.KIND:
             raise DitqError(f"--backend onnxruntime needs an ONNX directory from `ditq export`, got a {kind_found}")
         art = OnnxArtifact.load(path)
-        info = {**art.model, "scheduler_config": art.scheduler_config}
+        info = {**art.model, "scheduler_config": art.scheduler_config,
+                "conditioning": conditioning_from_info(art.model, art.root)}
         return onnxruntime_backend(art, fp=fp, threads=threads, fuse=fuse), info
     if kind == "tensorrt":  # an engine directory from `ditq build`; tensorrt is imported only here
         from ditq.runtime.tensorrt_backend import open_tensorrt
 
-        return open_tensorrt(path, fp=fp)
+        backend, info = open_tensorrt(path, fp=fp)
+        return backend, {**info, "conditioning": conditioning_from_info(info, path)}
     if kind != "torch":
         raise DitqError(f"unknown backend {kind!r}; choose onnxruntime or torch")
     if kind_found == OnnxArtifact.KIND:
@@ -220,8 +229,8 @@ def open_backend(path: Path, kind: str, *, fp: bool = False, threads: int | None
         path = recipe_dir
     recipe = Recipe.load(path)
     model = load_model(recipe.model_source)
-    info = {"num_classes": model.num_classes, "null_class": model.null_class,
-            "sample_shape": list(model.sample_shape), "scheduler_config": model.scheduler_config}
+    info = {"conditioning": model.conditioning, "sample_shape": list(model.sample_shape),
+            "scheduler_config": model.scheduler_config}
     return torch_backend(model, None if fp else recipe), info
 
 

@@ -1,20 +1,22 @@
-"""Class-conditional sampling with classifier-free guidance over any diffusers scheduler.
+"""Conditional sampling with classifier-free guidance over any diffusers scheduler.
 
-The sampler knows nothing of groups or backends: it calls ``denoise(x, timestep, class_labels) -> eps``. Grouped
+The sampler knows nothing of groups, backends or model families: it calls ``denoise(x, timestep, cond) -> eps``
+with ``cond`` the named conditioning tensors (class labels, or caption embeddings and mask). Grouped
 backends pick their group from the timestep value they are called with (``runtime.backends``), so a scheduler or
 step count different from calibration still selects the right scales.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
 from ditq.errors import DitqError
+from ditq.models.conditioning import Cond, batch_size, cat_cond
 
-Denoise = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+Denoise = Callable[[torch.Tensor, torch.Tensor, Cond], torch.Tensor]
 
 SCHEDULERS = {
     "ddpm": "DDPMScheduler",
@@ -33,36 +35,45 @@ def make_scheduler(config: dict[str, Any], name: str | None = None) -> Any:
     return getattr(diffusers, cls_name).from_config(config)
 
 
+def as_denoise(fn: Any) -> Denoise:
+    """A ``Denoise`` callable: a ``models.dit.Denoiser`` module is called through its ``predict``."""
+    predict = getattr(fn, "predict", None)
+    return predict if callable(predict) and hasattr(fn, "cond_names") else fn
+
+
 @torch.no_grad()
 def sample(
     denoise: Denoise,
     scheduler: Any,
-    class_labels: Sequence[int] | torch.Tensor,
+    cond: Mapping[str, torch.Tensor],
     *,
     steps: int,
     cfg_scale: float,
-    null_class: int,
-    sample_shape: tuple[int, int, int],
+    null_cond: Mapping[str, torch.Tensor],
+    sample_shape: tuple[int, ...],
     seed: int = 0,
-    on_step: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
+    on_step: Callable[[int, torch.Tensor, torch.Tensor, Cond, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
-    """Run the reverse process; returns the final samples [B, C, H, W].
+    """Run the reverse process for the batch of conditions ``cond``; returns the final samples [B, C, H, W].
 
-    ``on_step(i, x_in, t_in, y_in, eps_in)`` sees every model call (the CFG batch included) before guidance.
-    The same seed gives the same initial noise and the same per-step noise whatever the denoiser.
+    ``null_cond`` (batch 1) is the unconditional input of classifier-free guidance. ``on_step(i, x_in, t_in,
+    cond_in, eps_in)`` sees every model call (the CFG batch included) before guidance. The same seed gives the
+    same initial noise and the same per-step noise whatever the denoiser.
     """
     if steps < 1:
         raise DitqError(f"--steps must be >= 1, got {steps}")
-    labels = torch.as_tensor(class_labels, dtype=torch.int64)
+    denoise = as_denoise(denoise)
+    n = batch_size(cond)
     gen = torch.Generator().manual_seed(seed)
     scheduler.set_timesteps(steps)
-    x = torch.randn((len(labels), *sample_shape), generator=gen) * scheduler.init_noise_sigma
+    x = torch.randn((n, *sample_shape), generator=gen) * scheduler.init_noise_sigma
     guided = cfg_scale != 1.0
-    y_in = torch.cat([labels, torch.full_like(labels, null_class)]) if guided else labels
+    null = {k: v.expand(n, *v.shape[1:]) for k, v in null_cond.items()}
+    y_in = cat_cond(cond, null) if guided else dict(cond)
     for i, t in enumerate(scheduler.timesteps):
         x_in = torch.cat([x, x]) if guided else x
         x_in = scheduler.scale_model_input(x_in, t)
-        t_in = torch.full((len(y_in),), float(t))
+        t_in = torch.full((x_in.shape[0],), float(t))
         eps = denoise(x_in, t_in, y_in)
         if on_step is not None:
             on_step(i, x_in, t_in, y_in, eps)

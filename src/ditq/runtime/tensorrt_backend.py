@@ -26,8 +26,6 @@ from ditq.runtime.backends import GroupedBackend, read_manifest_kind
 if TYPE_CHECKING:
     import tensorrt as trt
 
-INPUTS = ("hidden_states", "timestep", "class_labels")  # the order GroupedBackend calls with
-
 
 def torch_dtype(dtype: trt.DataType) -> torch.dtype:
     import tensorrt as trt
@@ -74,9 +72,9 @@ class EngineRunner:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        if sorted(self.inputs) != sorted(INPUTS) or len(self.outputs) != 1:
-            raise DitqError(f"the engine has inputs {self.inputs} and outputs {self.outputs}, expected {list(INPUTS)} "
-                            "and one output; rebuild it with `ditq build`")
+        if not {"hidden_states", "timestep"} <= set(self.inputs) or len(self.outputs) != 1:
+            raise DitqError(f"the engine has inputs {self.inputs} and outputs {self.outputs}, expected hidden_states, "
+                            "timestep, the conditioning and one output; rebuild it with `ditq build`")
         self.dtypes = {n: torch_dtype(self.engine.get_tensor_dtype(n)) for n in names}
 
     def _bind(self, batch: int, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -104,13 +102,15 @@ class EngineRunner:
         if not self.context.execute_async_v3(self.stream.cuda_stream):
             raise DitqError("TensorRT failed to run the engine (execute_async_v3 returned False); see its log")
 
-    def __call__(self, x: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, timestep: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
         batch = int(x.shape[0])
         lo, hi = self.batch_range
         if not lo <= batch <= hi:
             raise DitqError(f"batch {batch} (CFG included) is outside the engines' profile [{lo}, {hi}]; rebuild "
                             f"with `ditq build --max-batch {max(batch, hi)} --min-batch {min(batch, lo)}`")
-        feeds = dict(zip(INPUTS, (x, timestep, class_labels)))
+        feeds = {"hidden_states": x, "timestep": timestep, **cond}
+        if missing := sorted(set(self.inputs) - set(feeds)):
+            raise DitqError(f"the engine needs inputs {missing}, which the caller did not pass")
         with torch.cuda.stream(self.stream):
             graph = self.graphs.get(batch)
             io = self.io[batch] if graph is not None else self._bind(batch, feeds)

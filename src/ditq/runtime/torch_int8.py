@@ -34,7 +34,8 @@ from torch import nn
 from ditq.calibration.quantizers import DYNAMIC_EPS, qrange, quantize_weight, rotate_weight, rotation_matrix
 from ditq.calibration.recipe import Recipe
 from ditq.errors import DitqError
-from ditq.models.dit import Denoiser, LoadedModel
+from ditq.models.conditioning import Cond
+from ditq.models.dit import Denoiser, LoadedModel, make_denoiser
 from ditq.runtime.backends import GroupedBackend, folded_transformer
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ def int8_group_denoiser(model: LoadedModel, recipe: Recipe, group_id: int, *, dy
                            a_bits=spec.a_bits, pre=pre.get(site.name), rotation=spec.rotation, dtype=dtype)
             parent, _, attr = lin.rpartition(".")
             setattr(modules[parent], attr, q)
-    return Denoiser(transformer.to(dtype)).eval()
+    return make_denoiser(transformer.to(dtype))
 
 
 def share_identical(modules: Sequence[nn.Module]) -> int:
@@ -269,14 +270,16 @@ def torch_int8_backend(model: LoadedModel, recipe: Recipe, *, device: str | torc
             fn = CudaGraphRunner(fn, pool)
         calls.append(fn)
 
-    def make(fn: Callable[..., torch.Tensor]) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    def make(fn: Callable[..., torch.Tensor], names: tuple[str, ...]
+             ) -> Callable[[torch.Tensor, torch.Tensor, Cond], torch.Tensor]:
         @torch.no_grad()
-        def run(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            out = fn(x.to(device, dtype), t.to(device), y.to(device))
+        def run(x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
+            c = [cond[k].to(device, dtype if cond[k].is_floating_point() else cond[k].dtype) for k in names]
+            out = fn(x.to(device, dtype), t.to(device), *c)
             return out.float().to(x.device)
 
         return run
 
     return TorchInt8Backend(f"torch-int8-{recipe.method}", [g.interval for g in recipe.groups],
-                            [make(fn) for fn in calls], modules=dens, device_fns=calls, device=device,
-                            shared_bytes=saved)
+                            [make(fn, den.cond_names) for fn, den in zip(calls, dens)], modules=dens, device_fns=calls,
+                            device=device, shared_bytes=saved)

@@ -22,7 +22,8 @@ import torch
 from ditq.calibration.recipe import Recipe
 from ditq.errors import DitqError
 from ditq.export.artifact import OnnxArtifact
-from ditq.models.dit import LoadedModel
+from ditq.models.conditioning import Cond
+from ditq.models.dit import Denoiser, LoadedModel
 from ditq.runtime.backends import group_denoiser
 from ditq.runtime.sampler import make_scheduler, sample
 from ditq.validate.compare import Thresholds, compare_group, metrics
@@ -48,18 +49,23 @@ class ValidateConfig:
 
 
 def trajectory_feeds(model: LoadedModel, config: ValidateConfig) -> list[dict[str, np.ndarray]]:
-    """Every model input of one FP sampling run: x_t, t and class labels (CFG batch)."""
+    """Every model input of one FP sampling run: x_t, t and the conditioning (CFG batch)."""
     feeds: list[dict[str, np.ndarray]] = []
 
-    def record(_i: int, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, _eps: torch.Tensor) -> None:
-        feeds.append({"hidden_states": x.numpy().copy(), "timestep": t.numpy().copy(),
-                      "class_labels": y.numpy().copy()})
+    def record(_i: int, x: torch.Tensor, t: torch.Tensor, cond: Cond, _eps: torch.Tensor) -> None:
+        feeds.append({k: v.numpy().copy() for k, v in {"hidden_states": x, "timestep": t, **cond}.items()})
 
     den = model.denoiser()
-    sample(den, make_scheduler(model.scheduler_config), torch.arange(config.samples) % model.num_classes,
-           steps=config.steps, cfg_scale=config.cfg_scale, null_class=model.null_class,
-           sample_shape=model.sample_shape, seed=config.seed, on_step=record)
+    sample(den.predict, make_scheduler(model.scheduler_config),
+           model.cond(torch.arange(config.samples) % model.num_conditions), steps=config.steps,
+           cfg_scale=config.cfg_scale, null_cond=model.null_cond(), sample_shape=model.sample_shape,
+           seed=config.seed, on_step=record)
     return feeds
+
+
+def _call(den: Denoiser, feed: dict[str, np.ndarray]) -> np.ndarray:
+    args = [torch.from_numpy(feed[k]) for k in ("hidden_states", "timestep", *den.cond_names)]
+    return den(*args).numpy()
 
 
 @torch.no_grad()
@@ -81,8 +87,7 @@ def validate(artifact: OnnxArtifact, model: LoadedModel, recipe: Recipe | None, 
                             "validate with more --steps")
         picks = np.linspace(0, len(inside) - 1, min(config.feeds_per_group, len(inside))).round().astype(int)
         picked = [inside[i] for i in sorted(set(picks.tolist()))]
-        golden = [{"sample": den(*(torch.from_numpy(f[k]) for k in ("hidden_states", "timestep", "class_labels")))
-                   .numpy()} for f in picked]
+        golden = [{"sample": _call(den, f)} for f in picked]
         feeds = [{k: v.astype(float_type) if v.dtype == np.float32 else v for k, v in f.items()} for f in picked]
         cmp = compare_group(feeds=feeds, golden=golden,
                             graphs={"onnxrt-fp": artifact.path(None), "onnxrt-qdq": artifact.path(group.group_id),
@@ -99,8 +104,7 @@ def validate(artifact: OnnxArtifact, model: LoadedModel, recipe: Recipe | None, 
         }
         if recipe is not None:  # the torch fake-quant reference, the numerics the QDQ graph must reproduce
             fq = group_denoiser(model, recipe, group.group_id)
-            outs = [fq(*(torch.from_numpy(f[k]) for k in ("hidden_states", "timestep", "class_labels"))).numpy()
-                    for f in picked]
+            outs = [_call(fq, f) for f in picked]
             entry["metrics"]["torch-fakequant"] = asdict(metrics(outs, [g["sample"] for g in golden]))
         report["groups"].append(entry)
     report["passed"] = all(g["passed"] for g in report["groups"])

@@ -51,7 +51,7 @@ def export_and_compare(model, recipe, reference, root: Path, *, max_rel: float =
     ort, fq = onnxruntime_backend(art, fuse=False), torch_backend(model, recipe)
     gen = torch.Generator().manual_seed(1)
     for g in recipe.groups:
-        x, t, y = torch.randn(4, 1, 8, 8, generator=gen), torch.full((4,), sum(g.interval) / 2), torch.arange(4)
+        x, t, y = torch.randn(4, 1, 8, 8, generator=gen), torch.full((4,), sum(g.interval) / 2), {"class_labels": torch.arange(4)}
         with torch.no_grad():
             ref, out = fq(x, t, y), ort(x, t, y)
         assert float((out - ref).norm() / ref.norm()) < max_rel
@@ -69,7 +69,7 @@ def output_sqnr_db(model, recipe, t: float = 500.0) -> float:
     from ditq.runtime.backends import torch_backend
 
     gen = torch.Generator().manual_seed(2)
-    x, tt, y = torch.randn(8, 1, 8, 8, generator=gen), torch.full((8,), t), torch.arange(8) % 11
+    x, tt, y = torch.randn(8, 1, 8, 8, generator=gen), torch.full((8,), t), {"class_labels": torch.arange(8) % 11}
     with torch.no_grad():
         ref, out = model.denoiser()(x, tt, y), torch_backend(model, recipe)(x, tt, y)
     return float(10 * np.log10(float(ref.square().sum()) / float((out - ref).square().sum())))

@@ -29,7 +29,7 @@ class Context:
     w_block: int = 0  # requested weight block (0: per output channel); block_for() resolves it per Linear
     weight_clip: str = "output"  # weight clip search criterion: "output" (H-weighted) or "mse"
     transformer: nn.Module | None = None  # the FP transformer (methods that evaluate the model: qdit, viditq)
-    probes: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (x, t, y) inputs
+    probes: list[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]] = field(default_factory=list)  # x, t, cond
 
     def default_spec(self, site: Site) -> LinearSpec:
         """The quantizer a Linear of ``site`` gets unless the method decides otherwise (static, per config)."""
@@ -149,21 +149,22 @@ class ProbeEvaluator:
                  pre: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
         import copy
 
-        from ditq.models.dit import Denoiser
+        from ditq.models.conditioning import select
+        from ditq.models.dit import make_denoiser
 
         if ctx.transformer is None or not ctx.probes:
             raise DitqError("this method evaluates the model during calibration; give calibrate() the model and a "
-                            "forward loop that calls it with (hidden_states, timestep=, class_labels=)")
+                            "forward loop that calls it with (hidden_states, timestep=, <conditioning>=)")
         picks = torch.linspace(0, len(ctx.probes) - 1, min(n_timesteps, len(ctx.probes))).round().long().unique()
         self.inputs = []
         for i in picks.tolist():
             x, t, y = ctx.probes[i]
             rows = torch.linspace(0, x.shape[0] - 1, min(batch, x.shape[0])).round().long().unique()
-            self.inputs.append((x[rows], t[rows], y[rows]))
+            self.inputs.append((x[rows], t[rows], select(y, rows)))
         transformer = copy.deepcopy(ctx.transformer)
         if state is not None:
             transformer.load_state_dict(state)
-        self.model = Denoiser(transformer).eval()
+        self.model = make_denoiser(transformer)
         self.modules = dict(transformer.named_modules())
         if pre:
             from ditq.runtime.backends import QLinear
@@ -174,7 +175,7 @@ class ProbeEvaluator:
                         parent, _, attr = lin.rpartition(".")
                         setattr(self.modules[parent], attr, QLinear(self.modules[lin], pre=pre[site.name]))
         with torch.no_grad():
-            self.reference = [self.model(*inp) for inp in self.inputs]
+            self.reference = [self.model.predict(*inp) for inp in self.inputs]
 
     @property
     def timesteps(self) -> list[float]:
@@ -191,7 +192,7 @@ class ProbeEvaluator:
         try:
             ratios = []
             for inp, ref in zip(self.inputs, self.reference):
-                out = self.model(*inp)
+                out = self.model.predict(*inp)
                 ratios.append(float((out - ref).double().square().sum() / ref.double().square().sum().clamp_min(1e-30)))
             return ratios
         finally:

@@ -27,6 +27,7 @@ class HTGConfig(MethodConfig):
     alphas: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
     act_clip_search: bool = True
     explicit_shift: bool = True  # shift/scale sites without a linear producer (fc2) with an explicit Sub/Mul
+    table_scale: bool = True  # PixArt adaLN-single sites: smooth with an explicit Mul (their shift is free anyway)
 
     def __post_init__(self) -> None:
         if self.groups != "auto" and not (isinstance(self.groups, int) and self.groups >= 1):
@@ -50,12 +51,12 @@ class HTGConfig(MethodConfig):
             st = ctx.stats[site.name]
             bounds = [pooled_range(st, ctx.rows_of(grouping, g)) for g in range(n_groups)]
             z = torch.stack([(hi + lo) / 2 for hi, lo in bounds])
-            if site.fold == "explicit" and not self.explicit_shift:
+            if not site.free_shift and not self.explicit_shift:
                 z = torch.zeros_like(z)
             a = torch.stack([torch.maximum(hi - z[g], z[g] - lo) for g, (hi, lo) in enumerate(bounds)]).amax(0)
             w = torch.cat(ctx.weights[site.name]).abs().amax(0)
             candidates: list[tuple[float | None, torch.Tensor]] = [(None, torch.ones_like(a))]
-            if site.fold != "explicit" or self.explicit_shift:
+            if site.free_scale or (self.explicit_shift if site.fold == "explicit" else self.table_scale):
                 a_, w_ = a.clamp_min(1e-5), w.clamp_min(1e-5)
                 candidates += [(al, (a_.pow(al) / w_.pow(1 - al)).clamp(1e-4, 1e4)) for al in self.alphas]
             best = None

@@ -65,6 +65,6 @@ def site_smoothing(ctx: Context, site: Site, alpha: float, *, smooth_explicit: b
     st = ctx.stats[site.name]
     a = torch.maximum(st.ch_max.abs(), st.ch_min.abs()).amax(0)
     w = torch.cat(ctx.weights[site.name]).abs().amax(0)
-    if site.fold == "explicit" and not smooth_explicit:
+    if not site.free_scale and not smooth_explicit:
         return torch.zeros(1, a.numel()), torch.ones_like(a), None
     return torch.zeros(1, a.numel()), smoothing_scale(a, w, alpha), alpha

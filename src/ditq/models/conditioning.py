@@ -1,0 +1,154 @@
+"""What a model is conditioned on, as named tensors: class labels (DiT) or caption embeddings (PixArt).
+
+Every stage passes conditioning as ``Cond = {input name: batch tensor}``; the names are the ONNX graph's inputs
+after ``hidden_states`` and ``timestep``. A ``Conditioning`` turns condition ids (class labels, or rows of a
+caption table) into a ``Cond`` and knows the unconditional ("null") condition classifier-free guidance uses.
+
+Caption tables (``captions.safetensors``) hold text-encoder outputs, so nothing needs the text encoder at
+calibration or sampling time: ``prompt_embeds`` [N, L, D], ``prompt_attention_mask`` [N, L], and the null
+caption ``null_prompt_embeds`` [1, L, D] / ``null_prompt_attention_mask`` [1, L] (the encoding of the negative
+prompt ``""``, what diffusers' PixArt pipelines use for CFG). ``save_caption_table`` writes one from any prompt
+embeddings, e.g. ``pipe.encode_prompt(prompts)`` of a PixArt pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ditq.errors import DitqError
+
+Cond = dict[str, torch.Tensor]
+CAPTIONS_FILE = "captions.safetensors"
+CAPTION_KEYS = ("prompt_embeds", "prompt_attention_mask", "null_prompt_embeds", "null_prompt_attention_mask")
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """Class labels (``kind="class"``: ids 0..num-1, null id ``num``) or a caption table (``kind="caption"``)."""
+
+    kind: str
+    num: int
+    embeds: torch.Tensor | None = None  # [N, L, D]
+    mask: torch.Tensor | None = None  # [N, L]
+    null_embeds: torch.Tensor | None = None  # [1, L, D]
+    null_mask: torch.Tensor | None = None  # [1, L]
+
+    @classmethod
+    def classes(cls, num_classes: int) -> Conditioning:
+        return cls("class", int(num_classes))
+
+    @classmethod
+    def captions(cls, table: Mapping[str, torch.Tensor], source: str = "caption table") -> Conditioning:
+        missing = [k for k in CAPTION_KEYS if k not in table]
+        if missing:
+            raise DitqError(f"{source} lacks {', '.join(missing)}; write it with ditq.models.save_caption_table")
+        e, m = table["prompt_embeds"].float(), table["prompt_attention_mask"].float()
+        ne, nm = table["null_prompt_embeds"].float(), table["null_prompt_attention_mask"].float()
+        if e.dim() != 3 or m.shape != e.shape[:2] or ne.shape != (1, *e.shape[1:]) or nm.shape != (1, e.shape[1]):
+            raise DitqError(f"{source}: expected prompt_embeds [N, L, D], masks [N, L] and a null caption [1, L, D]; "
+                            f"got {tuple(e.shape)}, {tuple(m.shape)}, {tuple(ne.shape)}, {tuple(nm.shape)}")
+        return cls("caption", int(e.shape[0]), e, m, ne, nm)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return ("class_labels",) if self.kind == "class" else ("encoder_hidden_states", "encoder_attention_mask")
+
+    def inputs(self) -> dict[str, dict[str, Any]]:
+        """Per input: dtype ("int64" or "float": the graph's float type) and the shape after the batch axis."""
+        if self.kind == "class":
+            return {"class_labels": {"dtype": "int64", "shape": []}}
+        assert self.embeds is not None
+        _, length, dim = self.embeds.shape
+        return {"encoder_hidden_states": {"dtype": "float", "shape": [length, dim]},
+                "encoder_attention_mask": {"dtype": "float", "shape": [length]}}
+
+    def cond(self, ids: Sequence[int] | torch.Tensor) -> Cond:
+        idx = torch.as_tensor(ids, dtype=torch.int64).reshape(-1)
+        if idx.numel() == 0 or int(idx.min()) < 0 or int(idx.max()) >= self.num:
+            what = "class labels" if self.kind == "class" else "caption indices"
+            raise DitqError(f"{what} must lie in [0, {self.num - 1}], got {idx.tolist()}")
+        if self.kind == "class":
+            return {"class_labels": idx}
+        assert self.embeds is not None and self.mask is not None
+        return {"encoder_hidden_states": self.embeds[idx], "encoder_attention_mask": self.mask[idx]}
+
+    def null(self, n: int = 1) -> Cond:
+        """The unconditional condition, batch ``n``: the null class or the null caption."""
+        if self.kind == "class":
+            return {"class_labels": torch.full((n,), self.num, dtype=torch.int64)}
+        assert self.null_embeds is not None and self.null_mask is not None
+        return {"encoder_hidden_states": self.null_embeds.expand(n, -1, -1),
+                "encoder_attention_mask": self.null_mask.expand(n, -1)}
+
+    def save(self, path: Path) -> None:
+        if self.kind == "caption":
+            save_caption_table(path, self.embeds, self.mask, self.null_embeds, self.null_mask)  # type: ignore[arg-type]
+
+
+def batch_size(cond: Mapping[str, torch.Tensor]) -> int:
+    return int(next(iter(cond.values())).shape[0])
+
+
+def cat_cond(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> Cond:
+    return {k: torch.cat([a[k], b[k]]) for k in a}
+
+
+def select(cond: Mapping[str, torch.Tensor], rows: torch.Tensor | slice) -> Cond:
+    return {k: v[rows] for k, v in cond.items()}
+
+
+def save_caption_table(path: Path, prompt_embeds: torch.Tensor, prompt_attention_mask: torch.Tensor,
+                       null_prompt_embeds: torch.Tensor, null_prompt_attention_mask: torch.Tensor) -> Path:
+    """Write a caption table (safetensors) from prompt embeddings and the null (negative-prompt) embedding."""
+    from safetensors.torch import save_file
+
+    table = {"prompt_embeds": prompt_embeds, "prompt_attention_mask": prompt_attention_mask,
+             "null_prompt_embeds": null_prompt_embeds.reshape(1, *prompt_embeds.shape[1:]),
+             "null_prompt_attention_mask": null_prompt_attention_mask.reshape(1, prompt_embeds.shape[1])}
+    Conditioning.captions(table)  # validate before writing
+    save_file({k: v.detach().float().contiguous().cpu() for k, v in table.items()}, str(path))
+    return Path(path)
+
+
+def load_caption_table(path: Path) -> Conditioning:
+    from safetensors.torch import load_file
+
+    try:
+        table = load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types for damaged files
+        raise DitqError(f"{path} is not a readable safetensors caption table: {str(err).splitlines()[0]}") from err
+    return Conditioning.captions(table, str(path))
+
+
+def random_caption_table(num: int, length: int, dim: int, *, tokens: int | Sequence[int] = 8, seed: int = 0,
+                         std: float = 0.3) -> dict[str, torch.Tensor]:
+    """A fixed random caption table (tests, architecture-only runs): ``tokens`` valid tokens per caption, the
+    rest padding as a T5 pipeline pads them; the null caption has one valid token, like T5's encoding of ``""``."""
+    gen = torch.Generator().manual_seed(seed)
+    counts = [tokens] * num if isinstance(tokens, int) else list(tokens)
+    embeds = torch.randn(num, length, dim, generator=gen) * std
+    mask = torch.zeros(num, length)
+    for i, c in enumerate(counts):
+        mask[i, : max(1, min(length, c))] = 1
+    embeds = embeds * mask[..., None]
+    null = torch.zeros(1, length, dim)
+    null[0, 0] = torch.randn(dim, generator=gen) * std
+    null_mask = torch.zeros(1, length)
+    null_mask[0, 0] = 1
+    return {"prompt_embeds": embeds, "prompt_attention_mask": mask, "null_prompt_embeds": null,
+            "null_prompt_attention_mask": null_mask}
+
+
+def conditioning_from_info(model_info: Mapping[str, Any], root: Path) -> Conditioning:
+    """The conditioning an artifact (ONNX or engine set) serves: classes, or the caption table it carries."""
+    if model_info.get("conditioning", "class") == "class":
+        return Conditioning.classes(int(model_info["num_classes"]))
+    path = Path(root) / CAPTIONS_FILE
+    if not path.is_file():
+        raise DitqError(f"{root} serves a text-conditioned model but has no {CAPTIONS_FILE}; re-export it")
+    return load_caption_table(path)
