@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ditq.errors import DitqError
 
-KINDS = ("speed", "quality")  # main.py lists the same choices; add a kind here and a handler below
+KINDS = ("speed", "quality", "fullsize")  # main.py lists the same choices; add a kind here and a handler below
 
 
 def _csv(value: str | None, cast: Callable[[str], object] = str) -> tuple | None:
@@ -109,7 +109,39 @@ def run_quality(args: argparse.Namespace) -> int:
     return 0
 
 
-HANDLERS = {"speed": run_speed, "quality": run_quality}
+
+
+def add_fullsize_args(p: argparse.ArgumentParser) -> None:
+    """The ``bench fullsize`` flags (defaults in ``ditq.bench.fullsize.FullsizeConfig``)."""
+    p.add_argument("-o", "--output", required=True, help="directory for fullsize.json and fullsize.md")
+    p.add_argument("--models", default=None, help="comma-separated architectures (default: dit-xl2-256, "
+                   "dit-xl2-512, pixart-alpha-512, pixart-alpha-1024; also pixart-sigma-1024, tiny, pixart-tiny)")
+    p.add_argument("--calib-steps", type=int, default=None, help="calibration sampler steps (default: 4)")
+    p.add_argument("--calib-samples", type=int, default=None, help="calibration samples (default: 1)")
+    p.add_argument("--validate-steps", type=int, default=None, help="validation trajectory steps (default: 2)")
+    p.add_argument("--groups", type=int, default=None, help="HTG groups (default: 2)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: 2)")
+    p.add_argument("--keep-artifacts", action="store_true", help="keep recipes and ONNX sets under OUTPUT/artifacts")
+
+
+def run_fullsize(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from ditq.bench.fullsize import FullsizeConfig, benchmark_fullsize
+
+    overrides = {k: v for k, v in {"models": _csv(args.models), "calib_steps": args.calib_steps,
+                                   "calib_samples": args.calib_samples, "validate_steps": args.validate_steps,
+                                   "groups": args.groups, "threads": args.threads,
+                                   "keep_artifacts": args.keep_artifacts or None}.items() if v is not None}
+    results = benchmark_fullsize(replace(FullsizeConfig(), **overrides), Path(args.output),
+                                 progress=lambda m: print(m, file=sys.stderr, flush=True))
+    failed = [r["model"] for r in results["models"] if "error" in r or not r["validation"]["passed"]]
+    print(f"{Path(args.output) / 'fullsize.md'}: {len(results['models'])} model(s)"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 3 if failed else 0
+
+
+HANDLERS = {"speed": run_speed, "quality": run_quality, "fullsize": run_fullsize}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("calibrate", "collect per-timestep statistics and write a recipe")
-    p.add_argument("model", help="a local diffusers DiT directory, or 'demo'")
+    p.add_argument("model", help="a local diffusers DiT or PixArt directory, or 'demo'")
     p.add_argument("-o", "--output", required=True, help="recipe directory to write")
     p.add_argument("--method", default="htg", choices=METHODS)
     p.add_argument("--groups", type=_groups, default="auto", help="number of timestep groups, or 'auto' (htg)")
@@ -138,15 +138,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("doctor", "which backends work on this machine, and why not")
 
     p = add("bench", "measurements that write files: speed (FP vs INT8 latency per backend, batch and model), "
-                     "quality (methods x bits x steps vs FP)")
+                     "quality (methods x bits x steps vs FP), fullsize (published architectures: time and memory)")
     kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND", parser_class=_Parser)
-    from ditq.cli.bench import add_quality_args, add_speed_args  # flag definitions only: no heavy imports
+    from ditq.cli.bench import (  # flag definitions only: no heavy imports
+        add_fullsize_args,
+        add_quality_args,
+        add_speed_args,
+    )
 
     add_speed_args(kinds.add_parser("speed", help="FP vs INT8 latency: ORT on CPU, torch-int8 on CUDA",
                                     description="FP vs INT8 latency (ORT on CPU, torch-int8 on CUDA), speed.json/.md"))
     add_quality_args(kinds.add_parser("quality", help="method x W8A8/W4A8 x steps quality grid vs FP",
                                       description="quality of every method at W8A8 and W4A8 and several step "
                                                   "counts vs FP: quality.md/.csv/.json and plots"))
+    add_fullsize_args(kinds.add_parser("fullsize", help="DiT-XL/2 and PixArt-α with random weights through the "
+                                       "pipeline: time and peak memory per stage",
+                                       description="published full-size architectures (random weights): calibrate "
+                                                   "-> export -> lint -> validate, fullsize.json/.md"))
     return parser
 
 

@@ -68,3 +68,15 @@ def fold_state(
         else:
             raise ValueError(f"unknown fold kind {site.fold!r}")
     return {**state, **{k: v.to(state[k].dtype) for k, v in touched.items()}}, pre
+
+
+def foldable_params(sites: Sequence[Site]) -> set[str]:
+    """Every parameter ``fold_state`` may change besides the quantized weights: biases and producers."""
+    keys: set[str] = set()
+    for site in sites:
+        keys |= {f"{lin}.bias" for lin in site.linears}
+        if site.fold in ("adaln", "v_proj"):
+            keys |= {f"{site.producer}.weight", f"{site.producer}.bias"}
+        elif site.fold == "table":
+            keys.add(str(site.producer))
+    return keys

@@ -26,8 +26,8 @@ from ditq.artifacts import manifest_sha256, sha256_bytes, sha256_file, staging_d
 from ditq.calibration.recipe import Recipe
 from ditq.errors import DitqError
 from ditq.export.artifact import OnnxArtifact, OnnxGroup
-from ditq.export.fold import fold_state
-from ditq.export.qdq import SCOPE_KEY, apply_group, find_gemms
+from ditq.export.fold import fold_state, foldable_params
+from ditq.export.qdq import SCOPE_KEY, apply_group, find_gemms, find_params
 from ditq.models.conditioning import CAPTIONS_FILE, cat_cond
 from ditq.models.dit import LoadedModel, quant_sites
 
@@ -42,6 +42,17 @@ DEFAULT_OPSET = 21
 def input_names(model: LoadedModel) -> tuple[str, ...]:
     """The graph inputs: ``hidden_states``, ``timestep`` and the conditioning (class labels or caption)."""
     return ("hidden_states", "timestep", *model.denoiser().cond_names)
+
+
+_BATCH = torch.export.Dim("batch", min=1, max=4096)
+# PixArt: the caption length is dynamic too (α pads to 120 tokens, Σ to 300); with it static, torch.export cannot
+# prove that diffusers' ``encoder_hidden_states.view(batch, -1, dim)`` keeps the mask's length.
+_CAPTION = torch.export.Dim("caption_length", min=2, max=4096)
+CAPTION_INPUTS = ("encoder_hidden_states", "encoder_attention_mask")
+
+
+def dynamic_axes(name: str) -> dict[int, torch.export.Dim]:
+    return {0: _BATCH, 1: _CAPTION} if name in CAPTION_INPUTS else {0: _BATCH}
 
 
 def dummy_inputs(model: LoadedModel, batch: int = 2) -> tuple[torch.Tensor, ...]:
@@ -67,13 +78,14 @@ def export_reference(model: LoadedModel, opset: int = DEFAULT_OPSET, precision: 
     denoiser = model.denoiser() if dtype == torch.float32 else copy.deepcopy(model.denoiser()).to(dtype)
     args = tuple(a.to(dtype) if a.is_floating_point() else a for a in dummy_inputs(model))
     names = input_names(model)
-    batch = torch.export.Dim("batch", min=1, max=4096)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            denoiser, args, dynamo=True, opset_version=opset, input_names=list(names),
-            output_names=[OUTPUT], dynamic_shapes=tuple({0: batch} for _ in names), verbose=False,
-        )
+        # torch.export first, then ONNX from the ExportedProgram: torch.onnx.export's own capture (deferred
+        # runtime asserts) fails on PixArt's caption reshape where plain torch.export succeeds
+        exported = torch.export.export(denoiser, args, dynamic_shapes=tuple(dynamic_axes(n) for n in names))
+        program = torch.onnx.export(exported, args, dynamo=True, opset_version=opset, input_names=list(names),
+                                    output_names=[OUTPUT], verbose=False)
+        del exported
     assert program is not None
     proto = program.model_proto
     del program
@@ -214,6 +226,7 @@ def export_onnx(model: LoadedModel, recipe: Recipe, out: Path, *, recipe_dir: Pa
                             "export_reference(model, opset, precision)")
         reference = copy.deepcopy(reference)
     gemms = find_gemms(reference, {lin for s in sites for lin in s.linears})
+    params = find_params(reference, foldable_params(sites), state)
     smooth = {s.name: recipe.smooth(s.name) for s in sites}
     names = input_names(model)
     with staging_dir(out, force=force) as tmp:
@@ -223,7 +236,7 @@ def export_onnx(model: LoadedModel, recipe: Recipe, out: Path, *, recipe_dir: Pa
             for g in tqdm(range(recipe.num_groups), desc="export", disable=not progress, leave=False):
                 folded, pre = fold_state(state, sites, {s.name: recipe.shift(s.name, g) for s in sites}, smooth)
                 changed = {k for k, v in folded.items() if v is not state[k] and not torch.equal(v, state[k])}
-                graph = apply_group(reference, gemms, sites, recipe, g, folded, pre, changed)
+                graph = apply_group(reference, gemms, sites, recipe, g, folded, pre, changed, params)
                 del folded
                 data.save(graph, tmp / f"group_{g}.onnx")
                 del graph
@@ -234,13 +247,15 @@ def export_onnx(model: LoadedModel, recipe: Recipe, out: Path, *, recipe_dir: Pa
         if model.kind != "dit":
             model.conditioning.save(tmp / CAPTIONS_FILE)
         ftype = {"fp32": "float32", "fp16": "float16"}[precision]
-        cond_io = {k: {"dtype": ftype if v["dtype"] == "float" else v["dtype"], "shape": ["batch", *v["shape"]]}
+        cond_io = {k: {"dtype": ftype if v["dtype"] == "float" else v["dtype"],
+                       "shape": ["batch", *(["caption_length", *v["shape"][1:]] if k in CAPTION_INPUTS else v["shape"])]}
                    for k, v in model.conditioning.inputs().items()}
         write_json(tmp / "io.json", {
             "inputs": {"hidden_states": {"dtype": ftype, "shape": ["batch", *model.sample_shape]},
                        "timestep": {"dtype": ftype, "shape": ["batch"]}, **cond_io},
             "outputs": {OUTPUT: {"dtype": ftype, "shape": ["batch", *model.sample_shape]}},
-            "dynamic_axes": {name: {"0": "batch"} for name in (*names, OUTPUT)},
+            "dynamic_axes": {name: {"0": "batch", **({"1": "caption_length"} if name in CAPTION_INPUTS else {})}
+                             for name in (*names, OUTPUT)},
         })
         artifact = OnnxArtifact(
             root=tmp, precision=precision, opset=opset,

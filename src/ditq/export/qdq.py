@@ -78,6 +78,39 @@ def find_gemms(model: onnx.ModelProto, linears: set[str]) -> dict[str, GemmSite]
     return found
 
 
+def find_params(model: onnx.ModelProto, keys: set[str], state: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """Map parameters to the initializers that hold them: by name (``m.<key>``), or, where the exporter folded a
+    constant expression of the parameter (PixArt's ``scale_shift_table[None]`` becomes an initializer
+    ``unsqueeze_N`` [1, 6, C]), by the one initializer with the parameter's values (leading singleton axes
+    allowed) that a node inside the parameter's module consumes. Parameters absent from the graph are left out."""
+    inits = {t.name: t for t in model.graph.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            if name in inits:
+                consumers.setdefault(name, []).append(node)
+    found: dict[str, str] = {}
+    for key in sorted(keys):
+        if MODULE_PREFIX + key in inits:
+            found[key] = MODULE_PREFIX + key
+            continue
+        value = state[key].detach().float().numpy()
+        owner = MODULE_PREFIX + key.rpartition(".")[0]
+        matches = []
+        for name, init in inits.items():
+            dims = [d for d in init.dims]
+            if dims[len(dims) - value.ndim:] != list(value.shape) or any(d != 1 for d in dims[:len(dims) - value.ndim]):
+                continue
+            if not any(owner in _scopes(n) for n in consumers.get(name, [])):
+                continue
+            arr = numpy_helper.to_array(init)
+            if np.array_equal(arr.astype(np.float32).reshape(value.shape), value.astype(arr.dtype).astype(np.float32)):
+                matches.append(name)
+        if len(matches) == 1:
+            found[key] = matches[0]
+    return found
+
+
 def _float_type(model: onnx.ModelProto) -> int:
     return model.graph.input[0].type.tensor_type.elem_type
 
@@ -91,10 +124,12 @@ def apply_group(
     folded: Mapping[str, torch.Tensor],
     pre: PreAffine,
     changed: set[str],
+    params: Mapping[str, str] | None = None,
 ) -> onnx.ModelProto:
     """A copy of ``reference`` with group ``group_id``'s folded state; Q/DQ inserted unless ``recipe`` is None.
 
     ``changed`` names the parameters folding altered: each must be found in the graph, or this is a bug.
+    ``params`` maps parameters to initializer names (``find_params``); by default ``m.<parameter>``.
     """
     model = onnx.ModelProto()
     model.CopyFrom(reference)
@@ -105,15 +140,19 @@ def apply_group(
     quantized = {lin for s in sites for lin in s.linears}
     covered: set[str] = set()
 
-    # 1) changed parameters that keep their names (biases, adaLN modulation, scale-shift tables): swap values
-    for name, init in inits.items():
-        key = name[len(MODULE_PREFIX):] if name.startswith(MODULE_PREFIX) else None
-        if key in changed and not (key.endswith(".weight") and key[: -len(".weight")] in quantized):
-            value = folded[key].detach().numpy()
-            if tuple(init.dims) != value.shape:
-                raise RuntimeError(f"initializer {name} has shape {tuple(init.dims)}, parameter {value.shape}")
-            init.CopyFrom(numpy_helper.from_array(value.astype(helper.tensor_dtype_to_np_dtype(init.data_type)), name))
-            covered.add(key)
+    # 1) changed parameters other than quantized weights (biases, adaLN modulation, scale-shift tables)
+    for key in sorted(changed):
+        if key.endswith(".weight") and key[: -len(".weight")] in quantized:
+            continue
+        name = params.get(key) if params is not None else MODULE_PREFIX + key
+        if name not in inits:
+            continue
+        init, value = inits[name], folded[key].detach().numpy()
+        if int(np.prod(init.dims)) != value.size:
+            raise RuntimeError(f"initializer {name} has shape {tuple(init.dims)}, parameter {value.shape}")
+        value = value.reshape(tuple(init.dims)).astype(helper.tensor_dtype_to_np_dtype(init.data_type))
+        init.CopyFrom(numpy_helper.from_array(value, name))
+        covered.add(key)
 
     # 2) weights of quantized Linears (exported transposed): folded value, INT8 + DQ when quantizing
     nodes = {n.name: n for n in graph.node}

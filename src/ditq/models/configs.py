@@ -10,6 +10,10 @@ and every activation after it zero); those parameters are re-drawn, as ``models/
   parameters with diffusers' per-block embedders: the CPU benchmark model;
 - ``dit-xl2-256`` / ``dit-xl2-512``: DiT-XL/2 (hidden 1152, 28 layers, 16 heads) at 256 px (32x32x4 latents,
   256 tokens) and 512 px (64x64x4, 1024 tokens): GPU benchmark models (~675M parameters, 2.7 GB in FP32).
+- ``pixart-alpha-512`` / ``pixart-alpha-1024`` / ``pixart-sigma-1024``: PixArt-α/Σ XL/2 (hidden 1152, 28 layers,
+  16 heads, cross-attention to 4096-dim T5 captions of 120 / 300 tokens), as the published diffusers configs of
+  PixArt-alpha/PixArt-XL-2-512x512, PixArt-XL-2-1024-MS and PixArt-Sigma-XL-2-1024-MS (~611M parameters); the
+  1024 px α model conditions on resolution and aspect ratio. Random weights and a random caption table.
 """
 
 from __future__ import annotations
@@ -38,6 +42,20 @@ ARCH_CONFIGS: dict[str, dict[str, Any]] = {
                         num_layers=28, sample_size=64, **_DIT),
 }
 
+_PIXART = dict(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28,
+               cross_attention_dim=1152, caption_channels=4096, patch_size=2, attention_bias=True,
+               activation_fn="gelu-approximate", norm_type="ada_norm_single", norm_elementwise_affine=False,
+               norm_eps=1e-6, num_embeds_ada_norm=1000)
+PIXART_CONFIGS: dict[str, dict[str, Any]] = {
+    "pixart-tiny": dict(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=8, num_layers=2,
+                        sample_size=8, patch_size=2, cross_attention_dim=32, caption_channels=24),
+    "pixart-alpha-512": dict(sample_size=64, **_PIXART),
+    "pixart-alpha-1024": dict(sample_size=128, **_PIXART),
+    "pixart-sigma-1024": dict(sample_size=128, interpolation_scale=2, use_additional_conditions=False, **_PIXART),
+}
+CAPTION_LENGTHS = {"pixart-tiny": 12, "pixart-alpha-512": 120, "pixart-alpha-1024": 120, "pixart-sigma-1024": 300}
+ARCH_CONFIGS.update(PIXART_CONFIGS)
+
 # which device each architecture is meant to be timed on by default (``ditq bench speed``)
 CPU_MODELS = ("tiny", "demo-arch", "dit-s2-like")
 GPU_MODELS = ("dit-xl2-256", "dit-xl2-512")
@@ -48,13 +66,14 @@ def num_tokens(config: dict[str, Any]) -> int:
 
 
 def random_dit(name: str, seed: int = 0) -> torch.nn.Module:
-    """A ``DiTTransformer2DModel`` of architecture ``name`` with seeded random weights and non-zero adaLN."""
-    from diffusers import DiTTransformer2DModel
+    """A DiT (or PixArt) transformer of architecture ``name`` with seeded random weights and non-zero adaLN."""
+    from diffusers import DiTTransformer2DModel, PixArtTransformer2DModel
 
     if name not in ARCH_CONFIGS:
         raise DitqError(f"unknown architecture {name!r}; choose one of {', '.join(ARCH_CONFIGS)}")
     torch.manual_seed(seed)
-    model = DiTTransformer2DModel(**ARCH_CONFIGS[name])
+    cls = PixArtTransformer2DModel if name in PIXART_CONFIGS else DiTTransformer2DModel
+    model = cls(**ARCH_CONFIGS[name])
     with torch.no_grad():
         for pname, p in model.named_parameters():
             if not p.any():  # adaLN modulation and proj_out are zero-initialised
@@ -68,8 +87,15 @@ def random_model(name: str, seed: int = 0) -> LoadedModel:
     """``random_dit`` wrapped as a ``LoadedModel`` (default DDPM scheduler); its sha256 names config and seed."""
     transformer = random_dit(name, seed)
     key = json.dumps({"arch": name, "config": ARCH_CONFIGS[name], "seed": seed}, sort_keys=True)
+    captions = None
+    if name in PIXART_CONFIGS:
+        from ditq.models.conditioning import Conditioning, random_caption_table
+
+        captions = Conditioning.captions(random_caption_table(
+            4, CAPTION_LENGTHS[name], int(transformer.config.caption_channels), tokens=[7, 15, 26, 40], seed=seed,
+            std=0.15))
     return LoadedModel(transformer=transformer, scheduler_config=dict(DEFAULT_SCHEDULER),
-                       source=f"random:{name}", sha256=hashlib.sha256(key.encode()).hexdigest())
+                       source=f"random:{name}", sha256=hashlib.sha256(key.encode()).hexdigest(), captions=captions)
 
 
 def num_params(module: torch.nn.Module) -> int:

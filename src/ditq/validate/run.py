@@ -46,6 +46,7 @@ class ValidateConfig:
     cfg_scale: float = 3.0
     seed: int = 1234
     thresholds: dict[str, Thresholds] | None = None
+    fused: bool = True  # also run (ungated) ONNX Runtime's fused integer kernels
 
 
 def trajectory_feeds(model: LoadedModel, config: ValidateConfig) -> list[dict[str, np.ndarray]]:
@@ -65,7 +66,7 @@ def trajectory_feeds(model: LoadedModel, config: ValidateConfig) -> list[dict[st
 
 def _call(den: Denoiser, feed: dict[str, np.ndarray]) -> np.ndarray:
     args = [torch.from_numpy(feed[k]) for k in ("hidden_states", "timestep", *den.cond_names)]
-    return den(*args).numpy()
+    return np.ascontiguousarray(den(*args).numpy())
 
 
 @torch.no_grad()
@@ -91,7 +92,7 @@ def validate(artifact: OnnxArtifact, model: LoadedModel, recipe: Recipe | None, 
         feeds = [{k: v.astype(float_type) if v.dtype == np.float32 else v for k, v in f.items()} for f in picked]
         cmp = compare_group(feeds=feeds, golden=golden,
                             graphs={"onnxrt-fp": artifact.path(None), "onnxrt-qdq": artifact.path(group.group_id),
-                                    "onnxrt-qdq-fused": artifact.path(group.group_id)},
+                                    **({"onnxrt-qdq-fused": artifact.path(group.group_id)} if config.fused else {})},
                             fuse={"onnxrt-qdq": False, "onnxrt-qdq-fused": True},
                             output_name="sample", out_dir=Path(out) / f"group_{group.group_id}",
                             thresholds=thresholds)
