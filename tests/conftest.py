@@ -65,3 +65,38 @@ def feeds():
                  {"class_labels": torch.arange(batch) % 11}) for t in timesteps]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def pixart_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from ditq.models.tiny import save_tiny_pixart_dir
+
+    return save_tiny_pixart_dir(tmp_path_factory.mktemp("pixart") / "model")
+
+
+@pytest.fixture(scope="session")
+def pixart_model(pixart_dir: Path):
+    from ditq.models.dit import load_model
+
+    return load_model(pixart_dir)
+
+
+@pytest.fixture(scope="session")
+def pixart_recipe_dir(pixart_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from ditq.calibration.calibrate import CalibConfig, calibrate
+    from ditq.calibration.methods import method_config
+
+    recipe = calibrate(pixart_model, method_config("htg", groups=3),
+                       CalibConfig(steps=TINY_STEPS, samples=6, progress=False))
+    out = tmp_path_factory.mktemp("pixart_recipe") / "recipe"
+    recipe.save(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def pixart_onnx(pixart_model, pixart_recipe_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    from ditq.calibration.recipe import Recipe
+    from ditq.export.onnx_export import export_onnx
+
+    return export_onnx(pixart_model, Recipe.load(pixart_recipe_dir), tmp_path_factory.mktemp("pixart_onnx") / "onnx",
+                       recipe_dir=pixart_recipe_dir, progress=False)

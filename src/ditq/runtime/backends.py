@@ -137,10 +137,10 @@ def torch_backend(model: LoadedModel, recipe: Recipe | None) -> GroupedBackend:
     """Per-group fake-quantized models (built once); ``recipe=None`` gives the unquantized model."""
     if recipe is None:
         den = model.denoiser()
-        return GroupedBackend("torch-fp", [(0, model.num_train_timesteps - 1)], [den.predict])
+        return GroupedBackend("torch-fp", [(0, model.num_train_timesteps - 1)], [torch.no_grad()(den.predict)])
     if recipe.model_sha256 != model.sha256:
         raise DitqError("the recipe was calibrated on another model (sha256 differs); re-run `ditq calibrate`")
-    fns = [group_denoiser(model, recipe, g.group_id).predict for g in recipe.groups]
+    fns = [torch.no_grad()(group_denoiser(model, recipe, g.group_id).predict) for g in recipe.groups]
     return GroupedBackend(f"torch-{recipe.method}", [g.interval for g in recipe.groups], fns)
 
 
