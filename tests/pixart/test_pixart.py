@@ -151,3 +151,22 @@ def test_cli_calibrate_export_validate_sample(pixart_dir, tmp_path, capsys):
                  "--exact-qdq"]) == 0
     assert main(["sample", str(tmp_path / "o"), "-o", str(tmp_path / "s.png"), "--classes", "9", "--steps", "6"]) == 1
     assert "caption-table rows in [0, 5]" in capsys.readouterr().err
+
+
+def test_caption_table_from_a_pipelines_text_encoder(tmp_path):
+    """save_pipeline_captions calls the pipeline's encode_prompt with the negative prompt "" (a stand-in encoder:
+    no T5 offline) and writes a table load_model reads back."""
+    from ditq.models.conditioning import load_caption_table, save_pipeline_captions
+
+    class Pipe:
+        def encode_prompt(self, prompts, do_classifier_free_guidance, negative_prompt, **kw):
+            assert do_classifier_free_guidance and negative_prompt == ""
+            n = len(prompts)
+            mask = torch.zeros(n, 5)
+            mask[:, :2] = 1
+            return torch.randn(n, 5, 8), mask, torch.zeros(n, 5, 8), torch.ones(n, 5)
+
+    table = load_caption_table(save_pipeline_captions(Pipe(), ["a", "b", "c"], tmp_path / "c.safetensors"))
+    assert table.num == 3 and table.null()["encoder_hidden_states"].shape == (1, 5, 8)
+    with pytest.raises(DitqError, match="at least one"):
+        save_pipeline_captions(Pipe(), [], tmp_path / "d.safetensors")

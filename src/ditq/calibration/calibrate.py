@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ditq.calibration.methods import MethodConfig
-from ditq.calibration.methods.base import Context, folded_inputs, input_moments
+from ditq.calibration.methods.base import Context, folded_inputs, input_factor, input_moments
 from ditq.calibration.quantizers import rotate_weight, weight_scales
 from ditq.calibration.recipe import GroupSpec, LinearSpec, Recipe, SiteSpec
 from ditq.calibration.stats import ActivationCollector
@@ -121,10 +121,15 @@ def calibrate(model: LoadedModel, method: MethodConfig, config: CalibConfig,
         if sol.weight_clip_search and config.weight_clip == "output":
             inputs = folded_inputs(ctx, site, sol.grouping, sol.shifts[site.name], sol.smooth[site.name])
         for lin in site.linears:  # folded weights are shared by all groups (smoothing is per site)
-            power = None if inputs is None else input_moments(inputs, specs[lin].rotation)
+            power = factor = None
+            if inputs is not None and inputs.shape[0] >= inputs.shape[1]:
+                power = input_moments(inputs, specs[lin].rotation)
+            elif inputs is not None:  # fewer rows than channels (large models, short calibration): use the rows
+                factor = input_factor(inputs, specs[lin].rotation)
             tensors[f"{lin}.w_scale"] = weight_scales(rotate_weight(folded[f"{lin}.weight"], specs[lin].rotation),
                                                       specs[lin].w_bits, search=sol.weight_clip_search,
-                                                      block=specs[lin].w_block, input_power=power)
+                                                      block=specs[lin].w_block, input_power=power,
+                                                      input_factor=factor)
     grouping = sol.grouping
     recipe = Recipe(
         method=method.name, params=_as_json(method.params()), model_source=model.source, model_sha256=model.sha256,

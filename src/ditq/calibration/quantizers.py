@@ -5,7 +5,7 @@ Rounding and saturation follow ONNX QuantizeLinear: ``clamp(round_half_even(x / 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -32,14 +32,24 @@ def scale_from_amax(amax: torch.Tensor | float, bits: int = 8) -> torch.Tensor:
 
 
 def weight_scales(weight: torch.Tensor, bits: int = 8, *, search: bool = True, block: int = 0,
-                  input_power: torch.Tensor | None = None) -> torch.Tensor:
+                  input_power: torch.Tensor | None = None, input_factor: torch.Tensor | None = None) -> torch.Tensor:
     """Per-output-channel scales of ``weight`` [N, K]: max, or the clip ratio from CLIP_GRID with least error.
 
     ``block`` > 0: one scale per output channel and block of ``block`` input channels, shape [N, K / block].
     The error is the weight MSE, or with ``input_power`` the output error it causes: ``e H e^T`` per output row
     with ``H = E[x^T x]`` [K, K] (the Linear input's second moments; blocks use their diagonal sub-blocks), or the
     diagonal approximation when ``input_power`` is [K]. Plain weight MSE clips too eagerly at 4 bits.
+    ``input_factor`` F [m, K] with ``H = F^T F`` gives the same error as ``||e F^T||^2`` in O(N K m) instead of
+    O(N K^2): what large models calibrated on few tokens (m < K) need.
     """
+    if input_factor is not None:
+        if block:
+            k = weight.shape[1]
+            return torch.stack([weight_scales(weight[:, j:j + block], bits, search=search,
+                                              input_factor=input_factor[:, j:j + block])
+                                for j in range(0, k, block)], dim=1)
+        if search:
+            return _search_clip(weight, bits, lambda e: (e @ input_factor.T).square().sum(1))
     if block:
         n, k = weight.shape
         if k % block:
@@ -52,19 +62,22 @@ def weight_scales(weight: torch.Tensor, bits: int = 8, *, search: bool = True, b
                                                   else input_power[cols])
             out[:, j] = weight_scales(weight[:, cols], bits, search=search, input_power=h)
         return out
-    amax = weight.abs().amax(1).clamp_min(1e-8)
     if not search:
-        return scale_from_amax(amax, bits)
+        return scale_from_amax(weight.abs().amax(1).clamp_min(1e-8), bits)
+    if input_power is None:
+        return _search_clip(weight, bits, lambda e: e.square().sum(1))
+    if input_power.dim() == 1:
+        return _search_clip(weight, bits, lambda e: (e.square() * input_power).sum(1))
+    return _search_clip(weight, bits, lambda e: ((e @ input_power) * e).sum(1))
+
+
+def _search_clip(weight: torch.Tensor, bits: int, error: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Per output row, the scale from CLIP_GRID whose rounding error ``error(e)`` [N] is least."""
+    amax = weight.abs().amax(1).clamp_min(1e-8)
     best_err, best = None, None
     for ratio in CLIP_GRID:
         scale = scale_from_amax(amax * ratio, bits)
-        e = fake_quant(weight, scale[:, None], bits) - weight
-        if input_power is None:
-            err = e.square().sum(1)
-        elif input_power.dim() == 1:
-            err = (e.square() * input_power).sum(1)
-        else:
-            err = ((e @ input_power) * e).sum(1)
+        err = error(fake_quant(weight, scale[:, None], bits) - weight)
         if best_err is None:
             best_err, best = err, scale
         else:

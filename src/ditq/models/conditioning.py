@@ -115,6 +115,17 @@ def save_caption_table(path: Path, prompt_embeds: torch.Tensor, prompt_attention
     return Path(path)
 
 
+def save_pipeline_captions(pipe: Any, prompts: Sequence[str], path: Path, **encode_kwargs: Any) -> Path:
+    """Encode ``prompts`` and the null caption (negative prompt ``""``) with a diffusers PixArt pipeline's own
+    text encoder (``pipe.encode_prompt``) and write the caption table calibration and validation use."""
+    if not prompts:
+        raise DitqError("give at least one calibration prompt")
+    with torch.no_grad():
+        emb, mask, null, null_mask = pipe.encode_prompt(list(prompts), do_classifier_free_guidance=True,
+                                                        negative_prompt="", **encode_kwargs)
+    return save_caption_table(path, emb, mask, null[:1], null_mask[:1])
+
+
 def load_caption_table(path: Path) -> Conditioning:
     from safetensors.torch import load_file
 

@@ -102,8 +102,14 @@ def folded_inputs(ctx: Context, site: Site, grouping: Grouping, shifts: torch.Te
 
 def input_moments(inputs: torch.Tensor, rotation: int = 0) -> torch.Tensor:
     """``H = E[x^T x]`` [C, C] of a Linear's (rotated) input: what the output-aware weight clip search weighs."""
+    x = input_factor(inputs, rotation)
+    return x.T @ x
+
+
+def input_factor(inputs: torch.Tensor, rotation: int = 0) -> torch.Tensor:
+    """``F`` [n, C] with ``F^T F = E[x^T x]``: the (rotated) rows scaled by 1/sqrt(n)."""
     x = inputs @ rotation_matrix(inputs.shape[1], rotation).float() if rotation else inputs
-    return x.T @ x / max(x.shape[0], 1)
+    return x / max(x.shape[0], 1) ** 0.5
 
 
 def pooled_range(st: SiteStats, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
