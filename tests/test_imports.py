@@ -17,14 +17,22 @@ def test_import_ditq_does_not_pull_heavy_modules():
 
 
 def test_every_module_imports_without_tensorrt():
-    blocker = ("import sys, importlib.abc\n"
+    # importing a blocked module fails; availability probes (importlib.util.find_spec, which diffusers runs for
+    # matplotlib at import) still see a spec, as they would for an installed-but-unusable package
+    blocker = ("import sys, importlib.abc, importlib.machinery\n"
+               "class Fail(importlib.abc.Loader):\n"
+               "    def create_module(self, spec): raise ImportError('blocked ' + spec.name)\n"
+               "    def exec_module(self, module): raise ImportError('blocked')\n"
                "class Block(importlib.abc.MetaPathFinder):\n"
                "    def find_spec(self, name, path=None, target=None):\n"
-               "        if name.split('.')[0] in ('tensorrt', 'matplotlib'): raise ImportError('blocked ' + name)\n"
+               "        if name.split('.')[0] in ('tensorrt', 'matplotlib'):\n"
+               "            return importlib.machinery.ModuleSpec(name, Fail())\n"
                "sys.meta_path.insert(0, Block())\n")
     names = [m.name for m in pkgutil.walk_packages(ditq.__path__, "ditq.")]
     code = blocker + "import importlib\n" + "".join(f"importlib.import_module({n!r})\n" for n in names)
     subprocess.run([sys.executable, "-c", code], check=True)
+    probe = blocker + "import pytest\nwith pytest.raises(ImportError, match='blocked'):\n    import tensorrt\n"
+    subprocess.run([sys.executable, "-c", probe], check=True)  # the blocker does block
 
 
 def test_help_runs():

@@ -55,7 +55,8 @@ def _stage(record: dict[str, Any], name: str) -> Iterator[None]:
     _reset_peak()
     start = time.perf_counter()
     yield
-    record[name] = {"seconds": round(time.perf_counter() - start, 1), "peak_rss_gb": round(_rss_peak_bytes() / 2**30, 2)}
+    record[name] = {"seconds": round(time.perf_counter() - start, 1),
+                    "peak_rss_gb": round(_rss_peak_bytes() / 2**30, 2)}
     print(f"  {name}: {record[name]['seconds']} s, peak RSS {record[name]['peak_rss_gb']} GB", flush=True)
 
 
@@ -135,7 +136,7 @@ def benchmark_fullsize(config: FullsizeConfig, out: Path, progress: Callable[[st
 
 def format_markdown(results: dict[str, Any]) -> str:
     c = results["config"]
-    lines = [f"# Full-size architectures (random weights): calibrate -> export -> lint -> validate\n",
+    lines = ["# Full-size architectures (random weights): calibrate -> export -> lint -> validate\n",
              f"HTG, {c['groups']} groups, calibration {c['calib_steps']} steps x {c['calib_samples']} sample(s) "
              f"(CFG batch 2); validation {c['validate_steps']} steps, 1 feed per group; {c['threads']} threads.\n",
              "| model | params | tokens | FP32 GB | calibrate s / GB | export s / GB | ONNX set GB | lint | "

@@ -248,7 +248,8 @@ def export_onnx(model: LoadedModel, recipe: Recipe, out: Path, *, recipe_dir: Pa
             model.conditioning.save(tmp / CAPTIONS_FILE)
         ftype = {"fp32": "float32", "fp16": "float16"}[precision]
         cond_io = {k: {"dtype": ftype if v["dtype"] == "float" else v["dtype"],
-                       "shape": ["batch", *(["caption_length", *v["shape"][1:]] if k in CAPTION_INPUTS else v["shape"])]}
+                       "shape": ["batch", *(["caption_length", *v["shape"][1:]] if k in CAPTION_INPUTS
+                                            else v["shape"])]}
                    for k, v in model.conditioning.inputs().items()}
         write_json(tmp / "io.json", {
             "inputs": {"hidden_states": {"dtype": ftype, "shape": ["batch", *model.sample_shape]},

@@ -51,7 +51,8 @@ def export_and_compare(model, recipe, reference, root: Path, *, max_rel: float =
     ort, fq = onnxruntime_backend(art, fuse=False), torch_backend(model, recipe)
     gen = torch.Generator().manual_seed(1)
     for g in recipe.groups:
-        x, t, y = torch.randn(4, 1, 8, 8, generator=gen), torch.full((4,), sum(g.interval) / 2), {"class_labels": torch.arange(4)}
+        x, t = torch.randn(4, 1, 8, 8, generator=gen), torch.full((4,), sum(g.interval) / 2)
+        y = {"class_labels": torch.arange(4)}
         with torch.no_grad():
             ref, out = fq(x, t, y), ort(x, t, y)
         assert float((out - ref).norm() / ref.norm()) < max_rel
