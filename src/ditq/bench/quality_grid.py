@@ -131,10 +131,11 @@ def _load(config: QualityConfig, root: Path) -> Any:
 
 
 def _scorer(model: Any, say: Callable[[str], None]) -> tuple[Any, str]:
-    """The digits classifier, for the demo model only (it knows nothing else)."""
+    """The digits classifier, for digits models only: the demo DiT or ``train-demo --arch pixart`` (16x16x1 images,
+    10 conditions; it knows nothing else)."""
     from ditq.bench.quality import ImageScorer
 
-    if model.source != "demo":
+    if tuple(model.sample_shape) != (1, 16, 16) or model.num_conditions != 10:
         return None, "class accuracy and Fréchet distance need the demo model's digits classifier: not computed"
     try:
         return ImageScorer(), ""

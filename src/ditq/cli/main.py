@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="model directory to write")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-steps", type=int, default=None, help="optimizer steps (default: the shipped recipe)")
+    p.add_argument("--arch", choices=("dit", "pixart"), default="dit",
+                   help="dit: the bundled demo model; pixart: a tiny caption-conditioned PixArt (not bundled)")
     p.add_argument("--force", action="store_true")
 
     p = add("build", "build one TensorRT engine per timestep group from an ONNX directory (needs tensorrt)")

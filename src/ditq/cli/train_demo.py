@@ -7,10 +7,15 @@ from ditq.artifacts import staging_dir
 
 
 def run(args: argparse.Namespace) -> int:
-    from ditq.models.demo import train_demo
-
     kwargs = {"steps": args.train_steps} if args.train_steps else {}
     with staging_dir(Path(args.output), force=args.force) as tmp:
-        result = train_demo(tmp, seed=args.seed, progress=not args.quiet, **kwargs)
-    print(f"demo model: {args.output}  {result}")
+        if args.arch == "pixart":
+            from ditq.models.pixart_digits import train_pixart_digits
+
+            result = train_pixart_digits(tmp, seed=args.seed, progress=not args.quiet, **kwargs)
+        else:
+            from ditq.models.demo import train_demo
+
+            result = train_demo(tmp, seed=args.seed, progress=not args.quiet, **kwargs)
+    print(f"{args.arch} digits model: {args.output}  {result}")
     return 0
