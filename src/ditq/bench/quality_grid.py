@@ -156,7 +156,7 @@ def _run(root: Path, config: QualityConfig, say: Callable[[str], None]
     started = time.perf_counter()
     model = _load(config, root)
     scorer, scorer_note = _scorer(model, say)
-    labels = torch.arange(config.eval_samples) % model.num_classes
+    labels = torch.arange(config.eval_samples) % model.num_conditions
     specs = {s: SamplingSpec(steps=s, cfg_scale=config.cfg_scale, seed=config.seed) for s in config.steps}
     refs, fp_rows = {}, []
     for s in config.steps:

@@ -73,7 +73,7 @@ def add_quality_args(p: argparse.ArgumentParser) -> None:
     """The ``bench quality`` flags (the defaults live in ``ditq.bench.quality_grid.QualityConfig``)."""
     p.add_argument("-o", "--output", required=True, help="directory for quality.md/.csv/.json and plots")
     p.add_argument("--quick", action="store_true", help="CI smoke set: tiny model, minmax + htg, 5 steps")
-    p.add_argument("--model", default=None, help="'demo' (default) or a local DiT directory")
+    p.add_argument("--model", default=None, help="'demo' (default) or a local DiT or PixArt directory")
     p.add_argument("--methods", default=None, help="comma-separated (default: minmax,smoothquant,ptq4dit,htg,qdit,"
                                                    "viditq)")
     p.add_argument("--bits", default=None, help="comma-separated: W8A8, W4A8 (default: both)")
