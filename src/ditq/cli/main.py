@@ -90,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifact", help="ONNX directory (or a recipe directory with --backend torch)")
     p.add_argument("--backend", choices=("onnxruntime", "torch", "tensorrt"), default="onnxruntime")
     p.add_argument("--fp", action="store_true", help="run the unquantized model instead")
-    p.add_argument("--classes", default="0,1,2,3,4,5,6,7,8,9",
-                   help="comma-separated class labels (DiT) or caption-table rows (PixArt)")
+    p.add_argument("--classes", default=None,
+                   help="comma-separated class labels (DiT) or caption-table rows (PixArt); default: the first 10")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     p.add_argument("--exact-qdq", action="store_true",
                    help="ONNX Runtime: run Q/DQ as exact float arithmetic instead of fused integer kernels")

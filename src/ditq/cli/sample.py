@@ -29,8 +29,9 @@ def run(args: argparse.Namespace) -> int:
     backend, info = open_backend(Path(args.artifact), args.backend, fp=args.fp, threads=args.threads,
                                  fuse=not args.exact_qdq)
     conditioning = info["conditioning"]
-    labels = parse_classes(args.classes, conditioning.num,
-                           "labels" if conditioning.kind == "class" else "caption-table rows")
+    labels = (list(range(min(10, conditioning.num))) if args.classes is None else
+              parse_classes(args.classes, conditioning.num,
+                            "labels" if conditioning.kind == "class" else "caption-table rows"))
     start = time.perf_counter()
     images = sample(backend, make_scheduler(info["scheduler_config"], args.scheduler), conditioning.cond(labels),
                     steps=args.steps, cfg_scale=args.cfg, null_cond=conditioning.null(),

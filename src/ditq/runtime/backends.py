@@ -230,7 +230,8 @@ def open_backend(path: Path, kind: str, *, fp: bool = False, threads: int | None
     recipe = Recipe.load(path)
     model = load_model(recipe.model_source)
     info = {"conditioning": model.conditioning, "sample_shape": list(model.sample_shape),
-            "scheduler_config": model.scheduler_config}
+            "scheduler_config": model.scheduler_config, "kind": model.kind,
+            "config": {k: v for k, v in dict(model.config).items() if not k.startswith("_")}}
     return torch_backend(model, None if fp else recipe), info
 
 

@@ -60,26 +60,14 @@ class QuantizedTransformer(ModelMixin, ConfigMixin):  # type: ignore[misc]
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, backend: str = "onnxruntime", threads: int | None = None,
-                        exact_qdq: bool = False, **_ignored: Any) -> QuantizedTransformer:
+                        exact_qdq: bool = False) -> QuantizedTransformer:
         """Open a ditq artifact directory. ``exact_qdq``: ONNX Runtime without fused integer kernels (the
         numerics TensorRT computes; slower)."""
         from ditq.runtime.backends import open_backend
 
         path = Path(path)
         grouped, info = open_backend(path, backend, threads=threads, fuse=not exact_qdq)
-        config = info.get("config")
-        kind = info.get("kind", "dit")
-        if backend == "torch":
-            from ditq.calibration.recipe import Recipe
-            from ditq.export.artifact import OnnxArtifact
-            from ditq.models.dit import load_model
-            from ditq.runtime.backends import read_manifest_kind
-
-            recipe_dir = path
-            if read_manifest_kind(path) == OnnxArtifact.KIND:
-                recipe_dir = OnnxArtifact.load(path, verify=False).recipe_dir or path
-            model = load_model(Recipe.load(recipe_dir).model_source)
-            config, kind = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}, model.kind
+        config, kind = info.get("config"), info.get("kind", "dit")
         if not config:
             raise DitqError(f"{path} does not record the transformer config; re-export it with this ditq version")
         return cls(grouped, dict(config), kind, "cuda" if backend == "tensorrt" else "cpu")
