@@ -93,8 +93,6 @@ def test_export_lint_and_onnxruntime_match_the_fake_quant_reference(pixart_model
 def test_the_shift_is_grafted_into_each_groups_graph(pixart_onnx, pixart_recipe_dir):
     """scale_shift_table[None] is constant-folded by the exporter into an anonymous initializer: the group graphs
     must carry their own folded tables there (else every group would run the reference table)."""
-    from ditq.export.onnx_export import SharedData  # noqa: F401  (the set is written through it)
-
     def tables(path):
         proto = onnx.load(str(path))
         return {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer

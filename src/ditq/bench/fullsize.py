@@ -9,6 +9,7 @@ the point is that the pipeline scales and what it costs, not the quality of a ra
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -42,12 +43,10 @@ def _rss_peak_bytes() -> int:
     return 0
 
 
-def _reset_peak() -> bool:
-    try:
+def _reset_peak() -> None:
+    """Reset VmHWM (Linux); elsewhere the peak stays cumulative over the process."""
+    with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 
 @contextmanager

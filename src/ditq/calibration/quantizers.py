@@ -123,22 +123,24 @@ def block_for(block: int, k: int) -> int:
     return block
 
 
-def fake_quant_weight(weight: torch.Tensor, scale: torch.Tensor, bits: int = 8) -> torch.Tensor:
-    """Fake-quantize ``weight`` [N, K] with per-channel scales [N] or block scales [N, K / block]."""
+def _per_scale(fn: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor], weight: torch.Tensor,
+               scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """``fn(w, s, bits)`` with per-channel scales [N] or block scales [N, K / block] broadcast over ``weight``."""
     if scale.dim() == 1:
-        return fake_quant(weight, scale[:, None], bits)
+        return fn(weight, scale[:, None], bits)
     n, k = weight.shape
     blocks = scale.shape[1]
-    return fake_quant(weight.reshape(n, blocks, k // blocks), scale[:, :, None], bits).reshape(n, k)
+    return fn(weight.reshape(n, blocks, k // blocks), scale[:, :, None], bits).reshape(n, k)
+
+
+def fake_quant_weight(weight: torch.Tensor, scale: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    """Fake-quantize ``weight`` [N, K] with per-channel scales [N] or block scales [N, K / block]."""
+    return _per_scale(fake_quant, weight, scale, bits)
 
 
 def quantize_weight(weight: torch.Tensor, scale: torch.Tensor, bits: int = 8) -> torch.Tensor:
     """Integer codes of ``weight`` [N, K] (float tensor of integers) for per-channel or block scales."""
-    if scale.dim() == 1:
-        return quantize(weight, scale[:, None], bits)
-    n, k = weight.shape
-    blocks = scale.shape[1]
-    return quantize(weight.reshape(n, blocks, k // blocks), scale[:, :, None], bits).reshape(n, k)
+    return _per_scale(quantize, weight, scale, bits)
 
 
 def dynamic_fake_quant(x: torch.Tensor, bits: int = 8, group: int = 0) -> torch.Tensor:

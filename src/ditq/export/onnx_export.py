@@ -112,14 +112,14 @@ def remove_noop_squeezes(proto: onnx.ModelProto) -> int:
     for node in graph.node:
         if node.op_type == "Constant" and node.output[0] in wanted and node.attribute[0].name == "value":
             consts[node.output[0]] = onnx.numpy_helper.to_array(node.attribute[0].t)
+    outputs = {o.name for o in graph.output}
     rename: dict[str, str] = {}
     keep = []
     for node in graph.node:
         if node.op_type == "Squeeze" and len(node.input) > 1 and node.input[1] in consts:
             shape = shapes.get(node.input[0])
             axes = [int(a) for a in np.atleast_1d(consts[node.input[1]])]
-            if shape and all(shape[a] not in (None, 1) for a in axes) and node.output[0] not in \
-                    {o.name for o in graph.output}:
+            if shape and all(shape[a] not in (None, 1) for a in axes) and node.output[0] not in outputs:
                 rename[node.output[0]] = rename.get(node.input[0], node.input[0])
                 continue
         keep.append(node)

@@ -124,12 +124,12 @@ def apply_group(
     folded: Mapping[str, torch.Tensor],
     pre: PreAffine,
     changed: set[str],
-    params: Mapping[str, str] | None = None,
+    params: Mapping[str, str],
 ) -> onnx.ModelProto:
     """A copy of ``reference`` with group ``group_id``'s folded state; Q/DQ inserted unless ``recipe`` is None.
 
     ``changed`` names the parameters folding altered: each must be found in the graph, or this is a bug.
-    ``params`` maps parameters to initializer names (``find_params``); by default ``m.<parameter>``.
+    ``params`` maps parameters to the initializers holding them (``find_params``).
     """
     model = onnx.ModelProto()
     model.CopyFrom(reference)
@@ -144,7 +144,7 @@ def apply_group(
     for key in sorted(changed):
         if key.endswith(".weight") and key[: -len(".weight")] in quantized:
             continue
-        name = params.get(key) if params is not None else MODULE_PREFIX + key
+        name = params.get(key)
         if name not in inits:
             continue
         init, value = inits[name], folded[key].detach().numpy()

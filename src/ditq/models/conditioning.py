@@ -54,10 +54,6 @@ class Conditioning:
                             f"got {tuple(e.shape)}, {tuple(m.shape)}, {tuple(ne.shape)}, {tuple(nm.shape)}")
         return cls("caption", int(e.shape[0]), e, m, ne, nm)
 
-    @property
-    def names(self) -> tuple[str, ...]:
-        return ("class_labels",) if self.kind == "class" else ("encoder_hidden_states", "encoder_attention_mask")
-
     def inputs(self) -> dict[str, dict[str, Any]]:
         """Per input: dtype ("int64" or "float": the graph's float type) and the shape after the batch axis."""
         if self.kind == "class":

@@ -26,6 +26,7 @@ import torch
 
 from ditq.errors import DitqError
 from ditq.models.dit import DEFAULT_SCHEDULER, LoadedModel
+from ditq.models.tiny import TINY_CAPTIONS, TINY_PIXART_CONFIG
 
 _DIT = dict(norm_type="ada_norm_zero", num_embeds_ada_norm=1000, patch_size=2)
 
@@ -47,13 +48,13 @@ _PIXART = dict(num_attention_heads=16, attention_head_dim=72, in_channels=4, out
                activation_fn="gelu-approximate", norm_type="ada_norm_single", norm_elementwise_affine=False,
                norm_eps=1e-6, num_embeds_ada_norm=1000)
 PIXART_CONFIGS: dict[str, dict[str, Any]] = {
-    "pixart-tiny": dict(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=8, num_layers=2,
-                        sample_size=8, patch_size=2, cross_attention_dim=32, caption_channels=24),
+    "pixart-tiny": dict(TINY_PIXART_CONFIG),
     "pixart-alpha-512": dict(sample_size=64, **_PIXART),
     "pixart-alpha-1024": dict(sample_size=128, **_PIXART),
     "pixart-sigma-1024": dict(sample_size=128, interpolation_scale=2, use_additional_conditions=False, **_PIXART),
 }
-CAPTION_LENGTHS = {"pixart-tiny": 12, "pixart-alpha-512": 120, "pixart-alpha-1024": 120, "pixart-sigma-1024": 300}
+CAPTION_LENGTHS = {"pixart-tiny": TINY_CAPTIONS["length"], "pixart-alpha-512": 120, "pixart-alpha-1024": 120,
+                   "pixart-sigma-1024": 300}
 ARCH_CONFIGS.update(PIXART_CONFIGS)
 
 # which device each architecture is meant to be timed on by default (``ditq bench speed``)

@@ -19,6 +19,17 @@ TINY_CONFIG = dict(
 )
 
 
+def _redraw(model: torch.nn.Module) -> torch.nn.Module:
+    """Re-draw zero-initialised parameters and perturb attention/FFN weights, so quantization has work to do."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0.0, 0.05)
+            elif "to_" in name or "ff.net" in name:
+                p.add_(torch.randn_like(p) * 0.01)
+    return model.eval()
+
+
 def tiny_dit(seed: int = 0, **overrides: object) -> torch.nn.Module:
     """A depth-2, hidden-32 DiT on 8x8 single-channel inputs with non-trivial adaLN weights.
 
@@ -29,13 +40,7 @@ def tiny_dit(seed: int = 0, **overrides: object) -> torch.nn.Module:
 
     torch.manual_seed(seed)
     model = DiTTransformer2DModel(**{**TINY_CONFIG, **overrides})
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.abs().sum() == 0:
-                p.normal_(0.0, 0.05)
-            elif "to_" in name or "ff.net" in name:
-                p.add_(torch.randn_like(p) * 0.01)
-    return model.eval()
+    return _redraw(model)
 
 
 def save_tiny_model_dir(out: Path, seed: int = 0, **overrides: object) -> Path:
@@ -69,13 +74,7 @@ def tiny_pixart(seed: int = 0, **overrides: object) -> torch.nn.Module:
 
     torch.manual_seed(seed)
     model = PixArtTransformer2DModel(**{**TINY_PIXART_CONFIG, **overrides})
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.abs().sum() == 0:
-                p.normal_(0.0, 0.05)
-            elif "to_" in name or "ff.net" in name:
-                p.add_(torch.randn_like(p) * 0.01)
-    return model.eval()
+    return _redraw(model)
 
 
 def save_tiny_pixart_dir(out: Path, seed: int = 0, **overrides: object) -> Path:
