@@ -1,15 +1,11 @@
-"""Typed artifact directories: manifest read/write, hashing and all-or-nothing output directories."""
+"""Typed artifact directories: manifest read/write, hashing; the output rules live in ``ditq.outputs``."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import shutil
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,24 +73,18 @@ def manifest_sha256(root: Path) -> str:
     return sha256_file(Path(root) / MANIFEST)
 
 
-@contextlib.contextmanager
-def staging_dir(out: Path, *, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling of ``out``; move it into place only if the block succeeds.
-
-    A failure leaves no half-written ``out`` behind. An existing non-empty ``out`` is refused unless ``force``.
-    """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise DitqError(f"output path {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise DitqError(f"output directory {out} already exists and is not empty; pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+def manifest_kind(root: Path) -> str | None:
+    """The ``kind`` a directory's manifest names, or None (no manifest, unreadable, not ditq's)."""
     try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+        body = json.loads((Path(root) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    kind = body.get("kind") if isinstance(body, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
+# The output rules moved to ditq.outputs; re-exported here for the stages that import them from this module.
+from ditq.outputs import output_file, staging_dir  # noqa: E402
+
+__all__ = ["MANIFEST", "manifest_kind", "manifest_sha256", "output_file", "read_manifest", "sha256_bytes",
+           "sha256_file", "staging_dir", "write_json", "write_manifest"]

@@ -100,15 +100,24 @@ def run_one(name: str, config: FullsizeConfig, work: Path) -> dict[str, Any]:
     return rec
 
 
-def benchmark_fullsize(config: FullsizeConfig, out: Path, progress: Callable[[str], None] = print) -> dict[str, Any]:
-    """Every model in a child process; writes ``fullsize.json`` and ``fullsize.md`` under ``out`` as it goes."""
+def benchmark_fullsize(config: FullsizeConfig, out: Path, progress: Callable[[str], None] = print, *,
+                       force: bool = False) -> dict[str, Any]:
+    """Every model in a child process; writes ``fullsize.json`` and ``fullsize.md`` under ``out``.
+
+    ``out`` follows ditq's output rule (``ditq.outputs``): it appears whole when the run ends, an existing one is
+    replaced only with ``force`` and only if it holds an earlier full-size benchmark.
+    """
     from ditq.models.configs import ARCH_CONFIGS
+    from ditq.outputs import staging_dir
 
     unknown = [m for m in config.models if m not in ARCH_CONFIGS]
     if unknown:
         raise DitqError(f"unknown architecture {unknown[0]!r}; choose from {', '.join(ARCH_CONFIGS)}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with staging_dir(Path(out), kind="ditq.bench.fullsize", force=force) as tmp:
+        return _benchmark_fullsize(config, tmp, progress)
+
+
+def _benchmark_fullsize(config: FullsizeConfig, out: Path, progress: Callable[[str], None]) -> dict[str, Any]:
     results: dict[str, Any] = {"config": asdict(config), "models": []}
     for name in config.models:
         progress(f"{name}: calibrate -> export -> lint -> validate")

@@ -102,14 +102,15 @@ def quick_config(**overrides: Any) -> QualityConfig:
 def run_quality_grid(out: Path, config: QualityConfig = QualityConfig(), *, force: bool = False,
                      progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the grid; write everything into ``out`` (all-or-nothing); returns the ``quality.json`` body."""
-    from ditq.artifacts import staging_dir
+    from ditq.outputs import staging_dir
 
     say = progress or (lambda msg: log.info("%s", msg))
     threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
     try:
-        with staging_dir(Path(out), force=force) as tmp:
+        with staging_dir(Path(out), kind="ditq.bench.quality", force=force,
+                         inputs=[] if config.model in ("demo", TINY) else [config.model]) as tmp:
             result, grid_rows = _run(tmp, config, say)
             result["output"] = str(out)
             if config.plots:

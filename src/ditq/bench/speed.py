@@ -564,14 +564,22 @@ def machine_info(config: SpeedConfig) -> dict[str, Any]:
     return info
 
 
-def benchmark_speed(config: SpeedConfig, out: Path, *, progress: Callable[[str], None] | None = None
-                    ) -> dict[str, Any]:
-    """Run every model x backend x batch of ``config``; write ``out/speed.json`` and ``out/speed.md``."""
+def benchmark_speed(config: SpeedConfig, out: Path, *, progress: Callable[[str], None] | None = None,
+                    force: bool = False) -> dict[str, Any]:
+    """Run every model x backend x batch of ``config``; write ``out/speed.json`` and ``out/speed.md``.
+
+    ``out`` follows ditq's output rule (``ditq.outputs``): it appears whole when the run ends, an existing one is
+    replaced only with ``force`` and only if it holds an earlier speed benchmark.
+    """
+    from ditq.outputs import staging_dir
+
+    with staging_dir(Path(out), kind="ditq.bench.speed", force=force) as tmp:
+        return _benchmark_speed(config, tmp, say=progress or (lambda msg: log.info("%s", msg)))
+
+
+def _benchmark_speed(config: SpeedConfig, out: Path, say: Callable[[str], None]) -> dict[str, Any]:
     import torch
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    say = progress or (lambda msg: log.info("%s", msg))
     result: dict[str, Any] = {"kind": "ditq.bench.speed", "config": asdict(config), "machine": machine_info(config),
                               "models": []}
     threads = torch.get_num_threads()
@@ -591,7 +599,7 @@ def benchmark_speed(config: SpeedConfig, out: Path, *, progress: Callable[[str],
                     entry["backends"].append(bench_torch(bm, recipe, config, say))
             result["models"].append(entry)
             del bm, recipe
-            write_results(result, out)  # partial results survive an interrupted run
+            write_results(result, out)
     finally:
         torch.set_num_threads(threads)
     result["seconds"] = round(time.perf_counter() - started, 1)

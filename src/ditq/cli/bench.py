@@ -44,6 +44,7 @@ def add_speed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", action="store_true", help="ORT per-op-type time breakdown (FP and INT8)")
     p.add_argument("--method", default=None, help="calibration method of the quick recipe (default: htg/minmax)")
     p.add_argument("--keep-artifacts", action="store_true", help="keep the ONNX sets under OUTPUT/artifacts")
+    p.add_argument("--force", action="store_true", help="replace an existing output directory of this bench")
 
 
 def run_speed(args: argparse.Namespace) -> int:
@@ -63,7 +64,7 @@ def run_speed(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"bench speed: {msg}", file=sys.stderr, flush=True)
 
-    result = benchmark_speed(config, Path(args.output), progress=say)
+    result = benchmark_speed(config, Path(args.output), progress=say, force=args.force)
     print(format_markdown(result))
     print(f"wrote {Path(args.output) / 'speed.json'} and speed.md")
     return 0
@@ -122,6 +123,7 @@ def add_fullsize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--groups", type=int, default=None, help="HTG groups (default: 2)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: 2)")
     p.add_argument("--keep-artifacts", action="store_true", help="keep recipes and ONNX sets under OUTPUT/artifacts")
+    p.add_argument("--force", action="store_true", help="replace an existing output directory of this bench")
 
 
 def run_fullsize(args: argparse.Namespace) -> int:
@@ -134,7 +136,7 @@ def run_fullsize(args: argparse.Namespace) -> int:
                                    "groups": args.groups, "threads": args.threads,
                                    "keep_artifacts": args.keep_artifacts or None}.items() if v is not None}
     results = benchmark_fullsize(replace(FullsizeConfig(), **overrides), Path(args.output),
-                                 progress=lambda m: print(m, file=sys.stderr, flush=True))
+                                 progress=lambda m: print(m, file=sys.stderr, flush=True), force=args.force)
     failed = [r["model"] for r in results["models"] if "error" in r or not r["validation"]["passed"]]
     print(f"{Path(args.output) / 'fullsize.md'}: {len(results['models'])} model(s)"
           + (f"; failed: {', '.join(failed)}" if failed else ""))

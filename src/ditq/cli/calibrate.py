@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ditq.artifacts import staging_dir
+from ditq.outputs import staging_dir
 
 DEFAULT_STEPS, DEFAULT_SAMPLES = 100, 16
 
@@ -50,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
                          weight_clip=args.weight_clip,
                          progress=not args.quiet)
     out = Path(args.output)
-    with staging_dir(out, force=args.force) as tmp:  # refuse an existing output before the long work
+    with staging_dir(out, kind="ditq.recipe", force=args.force,
+                     inputs=[] if args.model == "demo" else [args.model]) as tmp:  # refused before the long work
         model = load_model(args.model)
         recipe = calibrate(model, method, config)
         recipe.save(tmp)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 
 from ditq import __version__
@@ -164,9 +165,23 @@ def _one_line(err: Exception) -> str:
     return " ".join(str(err).split())
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that it unwinds like Ctrl-C: staging directories are removed."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous == signal.SIG_DFL:  # not when embedded in a program that handles SIGTERM itself
+        try:
+            signal.signal(signal.SIGTERM, _terminate)
+        except ValueError:  # not the main thread: leave the signal alone
+            previous = None
     try:
         return int(importlib.import_module(args.handler).run(args))
     except CheckFailed as err:
@@ -179,9 +194,15 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"ditq {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except Terminated:
+        print(f"ditq {args.command}: terminated; partial output removed", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print(f"ditq {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

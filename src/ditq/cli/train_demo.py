@@ -3,12 +3,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ditq.artifacts import staging_dir
+from ditq.outputs import staging_dir
 
 
 def run(args: argparse.Namespace) -> int:
     kwargs = {"steps": args.train_steps} if args.train_steps else {}
-    with staging_dir(Path(args.output), force=args.force) as tmp:
+    with staging_dir(Path(args.output), kind="ditq.trained-model", force=args.force) as tmp:
         if args.arch == "pixart":
             from ditq.models.pixart_digits import train_pixart_digits
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
-from ditq.artifacts import manifest_sha256, sha256_file, staging_dir
+from ditq.artifacts import manifest_sha256, sha256_file
 from ditq.engines.artifact import (
     TIMING_CACHE,
     EngineArtifact,
@@ -35,6 +35,7 @@ from ditq.engines.artifact import (
 from ditq.errors import DitqError
 from ditq.export.artifact import OnnxArtifact
 from ditq.models.conditioning import CAPTIONS_FILE
+from ditq.outputs import check_output, staging_dir
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -218,6 +219,8 @@ def build_engines(onnx: OnnxArtifact, out: Path, config: BuildConfig = BuildConf
                   progress: bool = True) -> EngineArtifact:
     """Write ``out/``: ``group_{g}.plan`` per group, ``timing.cache`` and ``manifest.json`` (kind ditq.engines)."""
     check_deployable(onnx)
+    inputs = [p for p in (onnx.root, config.timing_cache) if p is not None]
+    check_output(Path(out), kind=EngineArtifact.KIND, force=config.force, inputs=inputs)
     version = require_tensorrt()
     gpu_name, sm = require_gpu()
     import tensorrt as trt
@@ -231,7 +234,7 @@ def build_engines(onnx: OnnxArtifact, out: Path, config: BuildConfig = BuildConf
     builder = trt.Builder(logger)
     cache: trt.ITimingCache | bytes = _read_cache(config, out)
     groups: list[EngineGroup] = []
-    with staging_dir(out, force=config.force) as tmp:
+    with staging_dir(out, kind=EngineArtifact.KIND, force=config.force, inputs=inputs) as tmp:
         for group in tqdm(onnx.groups, desc="build", unit="engine", disable=not progress, leave=False):
             t0 = time.perf_counter()
             plan, cache = _build_plan(builder, logger, onnx.path(group.group_id), flags, profile, config, cache)

@@ -22,14 +22,15 @@ import onnx
 import torch
 from tqdm.auto import tqdm
 
-from ditq.artifacts import manifest_sha256, sha256_bytes, sha256_file, staging_dir, write_json
+from ditq.artifacts import manifest_sha256, sha256_bytes, sha256_file, write_json
 from ditq.calibration.recipe import Recipe
-from ditq.errors import DitqError
+from ditq.errors import CheckFailed, DitqError
 from ditq.export.artifact import OnnxArtifact, OnnxGroup
 from ditq.export.fold import fold_state, foldable_params
 from ditq.export.qdq import SCOPE_KEY, apply_group, find_gemms, find_params
 from ditq.models.conditioning import CAPTIONS_FILE, cat_cond
 from ditq.models.dit import LoadedModel, quant_sites
+from ditq.outputs import check_output, staging_dir
 
 log = logging.getLogger(__name__)
 
@@ -190,14 +191,37 @@ def model_info(model: LoadedModel) -> dict[str, object]:
     return info
 
 
+def lint_violations(root: Path, recipe: Recipe) -> dict[str, list]:
+    """TensorRT-rule violations of an exported set, less the expected ones: a dynamically quantized GEMM has a weight
+    DQ but a float fake-quant on its input, so ``gemm-both-inputs`` does not apply to a dynamic-activation recipe."""
+    from ditq.export.lint import lint_dir
+
+    results = lint_dir(root)
+    if recipe.dynamic_activations:
+        results = {f: [v for v in vs if v.rule != "gemm-both-inputs"] for f, vs in results.items()}
+    return results
+
+
+def check_lint(artifact: OnnxArtifact, recipe: Recipe, out: Path) -> None:
+    from ditq.export.lint import format_violations
+
+    results = lint_violations(artifact.root, recipe)
+    if any(results.values()):
+        log.error("%s", format_violations(results))
+        count = sum(len(v) for v in results.values())
+        raise CheckFailed(f"the exported graphs break TensorRT's QDQ rules ({count} violation(s), listed above); "
+                          f"{out} was left as it was")
+
+
 def export_onnx(model: LoadedModel, recipe: Recipe, out: Path, *, recipe_dir: Path | None = None,
                 opset: int = DEFAULT_OPSET, precision: str = "fp32", force: bool = False,
-                progress: bool = True, reference: onnx.ModelProto | None = None) -> OnnxArtifact:
+                progress: bool = True, reference: onnx.ModelProto | None = None, lint: bool = True) -> OnnxArtifact:
     """Write ``out/``: ``group_{g}.onnx`` per group, ``reference.onnx``, ``weights.bin``, ``io.json``, manifest.
 
     ``precision`` is the float type of everything that is not INT8 (Q/DQ scales included). ``reference``: the
     ``export_reference(model, opset, precision)`` graph, when the caller exports several recipes of one model
-    (the dynamo export dominates the time); it is copied, not modified.
+    (the dynamo export dominates the time); it is copied, not modified. ``lint``: check TensorRT's QDQ rules on the
+    staged set and raise ``CheckFailed`` before it replaces anything (:func:`lint_violations`).
     """
     if precision not in PRECISIONS:
         raise DitqError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -213,6 +237,8 @@ def export_onnx(model: LoadedModel, recipe: Recipe, out: Path, *, recipe_dir: Pa
                         f"calibrated on ({recipe.model_sha256[:12]}); re-run `ditq calibrate`")
     start = time.perf_counter()
     out = Path(out)
+    inputs = [p for p in (recipe_dir, None if model.source == "demo" else model.source) if p is not None]
+    check_output(out, kind=OnnxArtifact.KIND, force=force, inputs=inputs)  # before the long work
     sites = quant_sites(model.transformer)
     if [s.name for s in sites] != [s.name for s in recipe.sites]:
         raise DitqError("the recipe's quantized sites do not match the model's; re-run `ditq calibrate`")
@@ -229,7 +255,7 @@ def export_onnx(model: LoadedModel, recipe: Recipe, out: Path, *, recipe_dir: Pa
     params = find_params(reference, foldable_params(sites), state)
     smooth = {s.name: recipe.smooth(s.name) for s in sites}
     names = input_names(model)
-    with staging_dir(out, force=force) as tmp:
+    with staging_dir(out, kind=OnnxArtifact.KIND, force=force, inputs=inputs) as tmp:
         data = SharedData(tmp / DATA_FILE)
         try:  # the reference first: its weights go to weights.bin and the graph becomes small
             data.save(reference, tmp / "reference.onnx")
@@ -277,5 +303,7 @@ def export_onnx(model: LoadedModel, recipe: Recipe, out: Path, *, recipe_dir: Pa
             seconds=round(time.perf_counter() - start, 3),
         )
         artifact.save()
+        if lint:  # before the set replaces anything: a graph TensorRT would reject never becomes the output
+            check_lint(artifact, recipe, out)
     log.info("exported %d groups in %.1f s", recipe.num_groups, artifact.seconds)
     return OnnxArtifact.load(out)
