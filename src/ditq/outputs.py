@@ -11,7 +11,7 @@ The promises (README, "What ditq guarantees"; each kept by a test in ``tests/tes
   deleted only after the swap, so a crash at any instant leaves the old output or the new one, both whole. Where
   the exchange is not available, the old output is first renamed aside and restored by the next run if the process
   died in between.
-- **One writer.** A lock file ``.NAME.lock`` beside the output: a second writer to the same output fails at once.
+- **One writer.** A lock file ``.NAME.ditq-lock`` beside the output: a second writer to the same output fails at once.
 - **No debris.** A failure, Ctrl-C or SIGTERM (the CLI turns it into an exception) removes the staging directory;
   after a ``kill -9``, the next run in the same parent removes partial outputs whose process is gone.
 - **Ordinary permissions.** Outputs get the umask's modes, as ``cp`` and ``pip`` give them (the temporary
@@ -80,6 +80,9 @@ def sweep_stale(parent: Path) -> list[Path]:
     except OSError:
         return done
     for path in entries:
+        if path.name.startswith(".") and path.name.endswith(".ditq-lock") and _clear_lock(path):
+            done.append(path)
+            continue
         m = _STAGING.match(path.name)
         if not m or path.is_symlink() or _alive(int(m["pid"]), int(m["start"])):
             continue
@@ -100,6 +103,24 @@ def sweep_stale(parent: Path) -> list[Path]:
     return done
 
 
+def _clear_lock(path: Path) -> bool:
+    """Unlink a lock file nobody holds (left by ``kill -9``); lockers re-check the inode, so this is race-free."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.unlink(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 # -- checks ------------------------------------------------------------------------------------------------------
 
 def _is_within(path: Path, root: Path) -> bool:
@@ -112,9 +133,9 @@ def check_output(out: Path, *, kind: str, force: bool, inputs: Iterable[str | Pa
     from ditq.artifacts import manifest_kind
 
     out = Path(out)
-    if str(out) in ("", ".", "..") or out.name in ("", ".", ".."):
-        raise DitqError(f"-o {str(out) or repr('')} does not name a new {what}; give a path such as "
-                        f"./{kind.split('.')[-1]}")
+    if out.name in ("", ".", ".."):
+        raise DitqError(f"-o {str(out) or repr('')} names the current directory or one above it, which ditq never "
+                        f"replaces; name a new {what} such as ./{kind.split('.')[-1]}")
     if out.is_symlink():
         raise DitqError(f"output {out} is a symbolic link; ditq does not write through links: remove it or name "
                         f"its target {os.readlink(out)}")
@@ -151,12 +172,15 @@ def check_output(out: Path, *, kind: str, force: bool, inputs: Iterable[str | Pa
 
 @contextlib.contextmanager
 def _locked(real: Path) -> Iterator[None]:
-    """An exclusive, non-blocking lock on ``.NAME.lock`` beside the output (flock; released when the process dies)."""
+    """An exclusive, non-blocking flock on ``.NAME.ditq-lock`` beside the output (released when the process dies)."""
     import fcntl
 
-    lock = real.with_name(f".{real.name}.lock")
+    lock = real.with_name(f".{real.name}.ditq-lock")
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as err:  # a read-only or virtual file system: fail before any work
+            raise DitqError(f"cannot write output {real}: {err.strerror or err}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
