@@ -226,7 +226,11 @@ def _exchange(a: Path, b: Path) -> bool:
 def _put_in_place(tmp: Path, real: Path) -> None:
     """Make ``tmp`` the output: one rename; an existing output is swapped out whole and deleted afterwards."""
     if not real.exists():
-        os.rename(tmp, real)  # fails rather than replace a non-empty directory someone created meanwhile
+        try:
+            os.rename(tmp, real)  # fails rather than replace a non-empty directory someone created meanwhile
+        except OSError as err:
+            raise DitqError(f"{real} appeared while ditq was writing it ({err.strerror}); the new output was "
+                            "discarded, run again") from None
         return
     if _exchange(tmp, real):
         _remove(tmp)  # now the old output
