@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
                          progress=not args.quiet)
     out = Path(args.output)
     with staging_dir(out, force=args.force) as tmp:  # refuse an existing output before the long work
-        model = load_model(args.model)
+        model = load_model(args.model, scheduler=args.scheduler_config)
         recipe = calibrate(model, method, config)
         recipe.save(tmp)
     dynamic = "  dynamic activations (ONNX Runtime / torch only)" if recipe.dynamic_activations else ""
