@@ -127,6 +127,8 @@ class QuantizedTransformer(ModelMixin, ConfigMixin):  # type: ignore[misc]
         batch = hidden_states.shape[0]
         t = torch.as_tensor(timestep, dtype=torch.float32).reshape(-1).cpu()
         t = t.expand(batch) if t.numel() == 1 else t
+        if not bool(torch.isfinite(t).all()):  # refused, naming the value and the range, by the group lookup
+            self.backend.group_of(float(t[~torch.isfinite(t)][0]))
         if t.numel() != batch or not bool((t == t[0]).all()):
             raise DitqError(f"every row of a call must share one timestep (got {t.tolist()})")
         cond = self._cond(batch, class_labels, encoder_hidden_states, encoder_attention_mask, added_cond_kwargs)
