@@ -76,7 +76,7 @@ def test_expected_schedule_must_match_the_models(tiny_model_dir):
     from ditq.models.dit import load_model
 
     linear = {"_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "beta_schedule": "linear"}
-    with pytest.raises(DitqError, match=r"the recipe .*T=1000 linear 0.0001..0.02 epsilon.* uses T=1000 squaredcos_cap_v2"):
+    with pytest.raises(DitqError, match=r"the recipe .*T=1000 linear 0.0001..0.02 epsilon.* uses T=1000 squaredcos"):
         load_model(tiny_model_dir, expected_scheduler=linear)
 
 
