@@ -56,6 +56,7 @@ def test_no_scheduler_is_refused_unless_one_is_named(tmp_path):
     from ditq.models.dit import load_model
 
     bare = _save_pretrained_dir(tmp_path / "bare")
+    _cosine().save_pretrained(tmp_path / "scheduler")  # a neighbour's scheduler/: not this model's (no pipeline)
     with pytest.raises(DitqError, match="no scheduler config.*--scheduler-config") as err:
         load_model(bare)
     assert "\n" not in str(err.value)

@@ -14,7 +14,7 @@ EXIT_OK, EXIT_USER_ERROR, EXIT_USAGE, EXIT_CHECK_FAILED = 0, 1, 2, 3
 # kept in sync with ditq.calibration.methods by a test, without importing torch here
 METHODS = ("htg", "minmax", "smoothquant", "ptq4dit", "qdit", "viditq")
 SCHEDULER_CONFIG_HELP = ("the scheduler_config.json (or a folder holding it) of the schedule the model was trained "
-                         "with; needed when the model directory has none, and checked against the artifact's")
+                         "with; needed when the model directory has none (sample: must match the artifact's)")
 
 
 def _groups(value: str) -> int | str:

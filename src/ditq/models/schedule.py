@@ -10,7 +10,8 @@ Layouts searched (``model`` is what the user passed, ``transformer`` the directo
 - a pipeline directory: ``model/scheduler/scheduler_config.json``;
 - a ``save_pretrained`` transformer directory with the scheduler saved beside it:
   ``transformer/scheduler_config.json``;
-- a pipeline's ``transformer/`` subfolder given directly: ``transformer/../scheduler/scheduler_config.json``.
+- a pipeline's ``transformer/`` subfolder given directly (named ``transformer``, or beside a
+  ``model_index.json``): ``transformer/../scheduler/scheduler_config.json``.
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ def scheduler_candidates(model_dir: Path, transformer_dir: Path) -> list[Path]:
     """Where diffusers layouts keep the scheduler config, first match wins."""
     model_dir, transformer_dir = Path(model_dir), Path(transformer_dir)
     found = [model_dir / "scheduler" / SCHEDULER_FILE, transformer_dir / SCHEDULER_FILE]
-    if model_dir == transformer_dir:  # a transformer/ subfolder given directly: its pipeline's scheduler/
-        found.append(transformer_dir.parent / "scheduler" / SCHEDULER_FILE)
+    parent = transformer_dir.parent
+    in_pipeline = transformer_dir.name == "transformer" or (parent / "model_index.json").is_file()
+    if model_dir == transformer_dir and in_pipeline:
+        found.append(parent / "scheduler" / SCHEDULER_FILE)  # a pipeline's transformer/ subfolder given directly
     return list(dict.fromkeys(found))
 
 
