@@ -33,7 +33,7 @@ class CalibConfig:
     samples: int = 16
     cfg_scale: float = 3.0
     seed: int = 0
-    scheduler: str | None = None  # None: the model's own scheduler class
+    scheduler: str | None = None  # None: the model's own scheduler class (the training schedule is always the model's)
     rows_per_call: int = 32
     w_bits: int = 8
     a_bits: int = 8
@@ -139,11 +139,13 @@ def calibrate(model: LoadedModel, method: MethodConfig, config: CalibConfig,
         sites=tuple(SiteSpec(s.name, s.linears, sol.alphas[s.name]) for s in sites),
         tensors=tensors,
         calibration=_as_json({**{k: v for k, v in asdict(config).items() if k != "progress"},
+                              "scheduler": type(make_scheduler(model.scheduler_config, config.scheduler)).__name__,
                               "seconds": round(time.perf_counter() - start, 3),
                               **({"method": sol.info} if sol.info else {})}),
         cost_curve=tuple(grouping.cost_curve),
         linear_specs={lin: spec for lin, spec in specs.items() if spec != LinearSpec(config.w_bits, 0, "static",
                                                                                     config.a_bits)},
+        scheduler_config=_as_json(dict(model.scheduler_config)),
     )
     recipe.check()
     log.info("calibrated %s: %d groups in %.1f s", method.name, recipe.num_groups, recipe.calibration["seconds"])

@@ -15,6 +15,7 @@ block-Hadamard ``rotation`` (block size, 0 = none; the weight is quantized after
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -97,6 +98,9 @@ class Recipe:
     calibration: dict[str, Any] = field(default_factory=dict)
     cost_curve: tuple[float, ...] = ()
     linear_specs: dict[str, LinearSpec] = field(default_factory=dict)  # missing: LinearSpec(w_bits, 0, static)
+    # the scheduler config calibration ran with: its training schedule (models.schedule) defines the timestep
+    # axis the groups live on; None only in recipes written before ditq recorded it
+    scheduler_config: dict[str, Any] | None = None
 
     # -- accessors -------------------------------------------------------------------------------------------
     @property
@@ -127,6 +131,8 @@ class Recipe:
         return any(not self.linear_spec(lin).dynamic for lin in site.linears)
 
     def group_of(self, timestep: float) -> int:
+        if not math.isfinite(float(timestep)):
+            raise DitqError(f"timestep {timestep} is outside the recipe's range [0, {self.num_train_timesteps - 1}]")
         t = int(round(float(timestep)))
         for g in self.groups:
             if g.interval[0] <= t <= g.interval[1]:
@@ -148,6 +154,7 @@ class Recipe:
             "calibration": self.calibration,
             "dynamic_activations": self.dynamic_activations,
             "linears": {lin: spec.body() for lin, spec in self.linear_specs.items()},
+            "scheduler_config": self.scheduler_config,
         }
 
     # -- persistence -----------------------------------------------------------------------------------------
@@ -193,6 +200,7 @@ class Recipe:
                 calibration=dict(body.get("calibration", {})),
                 cost_curve=tuple(float(c) for c in body.get("cost_curve", [])),
                 linear_specs={lin: LinearSpec.from_body(spec) for lin, spec in body.get("linears", {}).items()},
+                scheduler_config=_scheduler_field(body.get("scheduler_config")),
             )
         except (KeyError, TypeError, ValueError, IndexError) as err:
             raise DitqError(f"{root / RECIPE_JSON} is malformed (bad or missing field {err}); "
@@ -209,6 +217,11 @@ class Recipe:
             a[1] + 1 == b[0] for a, b in zip(edges, edges[1:]))
         if not ok:
             raise DitqError(f"recipe group intervals {edges} do not tile [0, {self.num_train_timesteps - 1}]")
+        if self.scheduler_config is not None and int(self.scheduler_config.get("num_train_timesteps", -1)) != \
+                self.num_train_timesteps:
+            raise DitqError(f"recipe.json's scheduler_config has num_train_timesteps "
+                            f"{self.scheduler_config.get('num_train_timesteps')} but its groups tile "
+                            f"[0, {self.num_train_timesteps - 1}]; re-run `ditq calibrate`")
         need = [f"{s.name}.smooth" for s in self.sites] + [f"{lin}.w_scale" for s in self.sites for lin in s.linears]
         need += [f"g{g.group_id}/{s.name}.shift" for g in self.groups for s in self.sites]
         need += [f"g{g.group_id}/{s.name}.act_scale" for g in self.groups for s in self.sites if self.site_is_static(s)]
@@ -234,3 +247,9 @@ class Recipe:
 
     def _in_features(self, site: SiteSpec) -> int:
         return int(self.tensors[f"{site.name}.smooth"].numel())
+
+
+def _scheduler_field(value: Any) -> dict[str, Any] | None:
+    if value is not None and not isinstance(value, dict):
+        raise TypeError("scheduler_config")
+    return value

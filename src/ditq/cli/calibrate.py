@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     with staging_dir(out, kind="ditq.recipe", force=args.force,
                      inputs=[] if args.model == "demo" else [args.model]) as tmp:  # refused before the long work
-        model = load_model(args.model)
+        model = load_model(args.model, scheduler=args.scheduler_config)
         recipe = calibrate(model, method, config)
         recipe.save(tmp)
     dynamic = "  dynamic activations (ONNX Runtime / torch only)" if recipe.dynamic_activations else ""

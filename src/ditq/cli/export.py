@@ -10,7 +10,8 @@ def run(args: argparse.Namespace) -> int:
     from ditq.models.dit import load_model
 
     recipe = Recipe.load(Path(args.recipe))
-    model = load_model(args.model or recipe.model_source)
+    model = load_model(args.model or recipe.model_source, expected_scheduler=recipe.scheduler_config,
+                       expected_as=f"the recipe {args.recipe}")
     # export lints the staged set itself and refuses to put a set that breaks TensorRT's rules in place
     art = export_onnx(model, recipe, Path(args.output), recipe_dir=Path(args.recipe), opset=args.opset,
                       precision=args.precision,

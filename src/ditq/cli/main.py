@@ -14,6 +14,8 @@ from ditq.errors import CheckFailed, DitqError
 EXIT_OK, EXIT_USER_ERROR, EXIT_USAGE, EXIT_CHECK_FAILED = 0, 1, 2, 3
 # kept in sync with ditq.calibration.methods by a test, without importing torch here
 METHODS = ("htg", "minmax", "smoothquant", "ptq4dit", "qdit", "viditq")
+SCHEDULER_CONFIG_HELP = ("the scheduler_config.json (or a folder holding it) of the schedule the model was trained "
+                         "with; needed when the model directory has none (sample: must match the artifact's)")
 
 
 def _groups(value: str) -> int | str:
@@ -57,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("calibrate", "collect per-timestep statistics and write a recipe")
     p.add_argument("model", help="a local diffusers DiT or PixArt directory, or 'demo'")
+    p.add_argument("--scheduler-config", default=None, metavar="PATH", help=SCHEDULER_CONFIG_HELP)
     p.add_argument("-o", "--output", required=True, help="recipe directory to write")
     p.add_argument("--method", default="htg", choices=METHODS)
     p.add_argument("--groups", type=_groups, default="auto", help="number of timestep groups, or 'auto' (htg)")
@@ -89,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("sample", "generate images with the grouped runtime")
     p.add_argument("artifact", help="ONNX directory (or a recipe directory with --backend torch)")
+    p.add_argument("--scheduler-config", default=None, metavar="PATH", help=SCHEDULER_CONFIG_HELP)
     p.add_argument("--backend", choices=("onnxruntime", "torch", "tensorrt"), default="onnxruntime")
     p.add_argument("--fp", action="store_true", help="run the unquantized model instead")
     p.add_argument("--classes", default=None,

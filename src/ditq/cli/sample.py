@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     if out.suffix.lower() != ".png":
         raise DitqError(f"-o must name a .png file, got {out}")
     backend, info = open_backend(Path(args.artifact), args.backend, fp=args.fp, threads=args.threads,
-                                 fuse=not args.exact_qdq)
+                                 fuse=not args.exact_qdq, scheduler=args.scheduler_config)
     conditioning = info["conditioning"]
     labels = (list(range(min(10, conditioning.num))) if args.classes is None else
               parse_classes(args.classes, conditioning.num,

@@ -14,7 +14,8 @@ def run(args: argparse.Namespace) -> int:
     from ditq.validate.run import ValidateConfig, format_report, validate
 
     art = OnnxArtifact.load(Path(args.artifact))
-    model = load_model(art.model["source"])
+    model = load_model(art.model["source"], expected_scheduler=art.scheduler_config,
+                       expected_as=f"the ONNX set {art.root}")
     recipe = Recipe.load(art.recipe_dir) if art.recipe_dir and art.recipe_dir.is_dir() else None
     out = Path(args.output) if args.output else art.root / "validation"
     config = ValidateConfig(steps=args.steps, thresholds={

@@ -30,6 +30,7 @@ from ditq.export.fold import fold_state, foldable_params
 from ditq.export.qdq import SCOPE_KEY, apply_group, find_gemms, find_params
 from ditq.models.conditioning import CAPTIONS_FILE, cat_cond
 from ditq.models.dit import LoadedModel, quant_sites
+from ditq.models.schedule import check_schedule
 from ditq.outputs import check_output, staging_dir
 
 log = logging.getLogger(__name__)
@@ -235,6 +236,8 @@ def export_onnx(model: LoadedModel, recipe: Recipe, out: Path, *, recipe_dir: Pa
     if model.sha256 != recipe.model_sha256:
         raise DitqError(f"the model {model.source} (sha256 {model.sha256[:12]}) is not the one the recipe was "
                         f"calibrated on ({recipe.model_sha256[:12]}); re-run `ditq calibrate`")
+    check_schedule(recipe.scheduler_config, model.scheduler_config, recorded_as="the recipe",
+                   actual_as=f"the model's scheduler ({model.scheduler_source or model.source})")
     start = time.perf_counter()
     out = Path(out)
     inputs = [p for p in (recipe_dir, None if model.source == "demo" else model.source) if p is not None]

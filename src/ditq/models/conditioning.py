@@ -7,7 +7,9 @@ caption table) into a ``Cond`` and knows the unconditional ("null") condition cl
 Caption tables (``captions.safetensors``) hold text-encoder outputs, so nothing needs the text encoder at
 calibration or sampling time: ``prompt_embeds`` [N, L, D], ``prompt_attention_mask`` [N, L], and the null
 caption ``null_prompt_embeds`` [1, L, D] / ``null_prompt_attention_mask`` [1, L] (the encoding of the negative
-prompt ``""``, what diffusers' PixArt pipelines use for CFG). ``save_caption_table`` writes one from any prompt
+prompt ``""``, what diffusers' PixArt pipelines use for CFG). D is whatever the text encoder gives (the model's
+``caption_channels``: 4096 for T5-XXL). The two masks are optional: a table without them attends to every token
+(a mask of ones). ``save_caption_table`` (also ``ditq.models.save_caption_table``) writes one from any prompt
 embeddings, e.g. ``pipe.encode_prompt(prompts)`` of a PixArt pipeline.
 """
 
@@ -25,6 +27,7 @@ from ditq.errors import DitqError
 Cond = dict[str, torch.Tensor]
 CAPTIONS_FILE = "captions.safetensors"
 CAPTION_KEYS = ("prompt_embeds", "prompt_attention_mask", "null_prompt_embeds", "null_prompt_attention_mask")
+REQUIRED_CAPTION_KEYS = ("prompt_embeds", "null_prompt_embeds")  # a missing mask means "every token": ones
 
 
 @dataclass(frozen=True)
@@ -44,11 +47,15 @@ class Conditioning:
 
     @classmethod
     def captions(cls, table: Mapping[str, torch.Tensor], source: str = "caption table") -> Conditioning:
-        missing = [k for k in CAPTION_KEYS if k not in table]
+        missing = [k for k in REQUIRED_CAPTION_KEYS if k not in table]
         if missing:
-            raise DitqError(f"{source} lacks {', '.join(missing)}; write it with ditq.models.save_caption_table")
-        e, m = table["prompt_embeds"].float(), table["prompt_attention_mask"].float()
-        ne, nm = table["null_prompt_embeds"].float(), table["null_prompt_attention_mask"].float()
+            raise DitqError(f"{source} lacks {', '.join(missing)}; a caption table holds prompt_embeds [N, L, D] "
+                            "and the null (negative-prompt \"\") caption null_prompt_embeds [1, L, D], with optional "
+                            "prompt_attention_mask [N, L] / null_prompt_attention_mask [1, L] (all ones when absent); "
+                            "write it with ditq.models.save_caption_table")
+        e, ne = table["prompt_embeds"].float(), table["null_prompt_embeds"].float()
+        m = table["prompt_attention_mask"].float() if "prompt_attention_mask" in table else _ones(e)
+        nm = table["null_prompt_attention_mask"].float() if "null_prompt_attention_mask" in table else _ones(ne)
         if e.dim() != 3 or m.shape != e.shape[:2] or ne.shape != (1, *e.shape[1:]) or nm.shape != (1, e.shape[1]):
             raise DitqError(f"{source}: expected prompt_embeds [N, L, D], masks [N, L] and a null caption [1, L, D]; "
                             f"got {tuple(e.shape)}, {tuple(m.shape)}, {tuple(ne.shape)}, {tuple(nm.shape)}")
@@ -86,6 +93,11 @@ class Conditioning:
             save_caption_table(path, self.embeds, self.mask, self.null_embeds, self.null_mask)  # type: ignore[arg-type]
 
 
+def _ones(embeds: torch.Tensor) -> torch.Tensor:
+    """The all-tokens mask of ``embeds`` [N, L, D] (a shape mismatch is reported by the caller)."""
+    return torch.ones(embeds.shape[:2]) if embeds.dim() == 3 else torch.ones(0)
+
+
 def batch_size(cond: Mapping[str, torch.Tensor]) -> int:
     return int(next(iter(cond.values())).shape[0])
 
@@ -98,14 +110,19 @@ def select(cond: Mapping[str, torch.Tensor], rows: torch.Tensor | slice) -> Cond
     return {k: v[rows] for k, v in cond.items()}
 
 
-def save_caption_table(path: Path, prompt_embeds: torch.Tensor, prompt_attention_mask: torch.Tensor,
-                       null_prompt_embeds: torch.Tensor, null_prompt_attention_mask: torch.Tensor) -> Path:
-    """Write a caption table (safetensors) from prompt embeddings and the null (negative-prompt) embedding."""
+def save_caption_table(path: Path, prompt_embeds: torch.Tensor, prompt_attention_mask: torch.Tensor | None,
+                       null_prompt_embeds: torch.Tensor, null_prompt_attention_mask: torch.Tensor | None = None
+                       ) -> Path:
+    """Write a caption table (safetensors) from prompt embeddings [N, L, D] (any D) and the null
+    (negative-prompt) embedding [1, L, D]; a mask given as ``None`` is written as ones (every token attended)."""
     from safetensors.torch import save_file
 
-    table = {"prompt_embeds": prompt_embeds, "prompt_attention_mask": prompt_attention_mask,
-             "null_prompt_embeds": null_prompt_embeds.reshape(1, *prompt_embeds.shape[1:]),
-             "null_prompt_attention_mask": null_prompt_attention_mask.reshape(1, prompt_embeds.shape[1])}
+    null_prompt_embeds = null_prompt_embeds.reshape(1, *prompt_embeds.shape[1:])
+    table = {"prompt_embeds": prompt_embeds,
+             "prompt_attention_mask": _ones(prompt_embeds) if prompt_attention_mask is None else prompt_attention_mask,
+             "null_prompt_embeds": null_prompt_embeds,
+             "null_prompt_attention_mask": _ones(null_prompt_embeds) if null_prompt_attention_mask is None
+             else null_prompt_attention_mask.reshape(1, prompt_embeds.shape[1])}
     Conditioning.captions(table)  # validate before writing
     save_file({k: v.detach().float().contiguous().cpu() for k, v in table.items()}, str(path))
     return Path(path)

@@ -3,7 +3,9 @@ model directory and naming what ditq quantizes.
 
 A model directory is laid out like a diffusers pipeline: ``transformer/`` (``save_pretrained`` output) and
 ``scheduler/scheduler_config.json``; any other components (vae, text_encoder, ...) are ignored. A bare transformer
-directory (``config.json`` + weights) is accepted too, with a default DDPM scheduler. PixArt models also need
+directory (``config.json`` + weights) is accepted too, with its scheduler saved beside ``config.json`` (or in the
+parent pipeline's ``scheduler/`` when the ``transformer/`` subfolder is given); where no scheduler is found the
+caller must name one (``models.schedule``): ditq never guesses the training schedule. PixArt models also need
 caption embeddings to calibrate on: ``captions.safetensors`` (``models.conditioning``) at the directory's root.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +24,21 @@ from torch import nn
 
 from ditq.errors import DitqError
 from ditq.models.conditioning import CAPTIONS_FILE, Cond, Conditioning, load_caption_table
+from ditq.models.schedule import (
+    SchedulerSpec,
+    check_schedule,
+    find_scheduler_config,
+    read_scheduler_config,
+    same_schedule,
+    scheduler_candidates,
+    scheduler_config_of,
+)
 
 DIT_CLASS = "DiTTransformer2DModel"
 PIXART_CLASS = "PixArtTransformer2DModel"
 SUPPORTED = {DIT_CLASS: "dit", PIXART_CLASS: "pixart"}
-DEFAULT_SCHEDULER = {"_class_name": "DDPMScheduler", "num_train_timesteps": 1000}
+DEFAULT_SCHEDULER = {"_class_name": "DDPMScheduler", "num_train_timesteps": 1000}  # random-weight models only
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -139,6 +152,7 @@ class LoadedModel:
     source: str  # "demo" or the resolved model directory
     sha256: str
     captions: Conditioning | None = None  # PixArt: the caption table calibration and sampling use
+    scheduler_source: str = ""  # where scheduler_config came from (a file, or what the caller passed)
 
     @property
     def config(self) -> Any:
@@ -209,8 +223,17 @@ def resolve_source(source: str | Path) -> Path:
     return Path(source).expanduser().resolve()
 
 
-def load_model(source: str | Path) -> LoadedModel:
-    """Load ``demo`` or a local model directory; a one-line DitqError for anything ditq cannot quantize."""
+def load_model(source: str | Path, *, scheduler: SchedulerSpec | None = None,
+               expected_scheduler: dict[str, Any] | None = None, expected_as: str = "the recipe") -> LoadedModel:
+    """Load ``demo`` or a local model directory; a one-line DitqError for anything ditq cannot quantize.
+
+    The scheduler (its training schedule defines the timestep axis recipes are keyed on) is, in order:
+    ``scheduler`` (a ``scheduler_config.json`` path or folder, a config mapping or a diffusers scheduler: what
+    the user names, e.g. ``--scheduler-config``), the one the directory holds in any diffusers layout
+    (``models.schedule``), or ``expected_scheduler`` (the config a recipe or ONNX set recorded: the one its
+    calibration used); else DitqError. When both the model and ``expected_scheduler`` define a schedule, they
+    must agree (DitqError naming both, ``expected_as`` naming the artifact).
+    """
     root = resolve_source(source)
     if not root.is_dir():
         raise DitqError(f"model directory {root} does not exist; pass a diffusers DiT/PixArt directory or 'demo'")
@@ -228,6 +251,9 @@ def load_model(source: str | Path) -> LoadedModel:
     weights = sorted(tdir.glob("*.safetensors"))
     if not weights:
         raise DitqError(f"{tdir} has no .safetensors weights; save the model with safe_serialization=True")
+    scheduler_config, scheduler_source = _model_scheduler(root, tdir, scheduler, expected_scheduler)
+    check_schedule(expected_scheduler, scheduler_config, recorded_as=expected_as,
+                   actual_as=f"the model's scheduler ({scheduler_source})")
     import diffusers
 
     try:
@@ -239,12 +265,31 @@ def load_model(source: str | Path) -> LoadedModel:
     if (root / CAPTIONS_FILE).is_file():
         captions = load_caption_table(root / CAPTIONS_FILE)
         hashed.append(root / CAPTIONS_FILE)
-    sched_path = root / "scheduler" / "scheduler_config.json"
-    scheduler_config = json.loads(sched_path.read_text()) if sched_path.is_file() else dict(DEFAULT_SCHEDULER)
     return LoadedModel(
         transformer=transformer,
         scheduler_config=scheduler_config,
         source="demo" if str(source) == "demo" else str(root),
         sha256=_hash_dir(hashed),
         captions=captions,
+        scheduler_source=scheduler_source,
     )
+
+
+def _model_scheduler(root: Path, tdir: Path, named: SchedulerSpec | None, expected: dict[str, Any] | None
+                     ) -> tuple[dict[str, Any], str]:
+    """The scheduler config to use and where it came from (see ``load_model``)."""
+    found = find_scheduler_config(root, tdir)
+    if named is not None:
+        config = scheduler_config_of(named)
+        source = str(named) if isinstance(named, (str, Path)) else "the scheduler passed in"
+        if found is not None and not same_schedule(config, read_scheduler_config(found)):
+            log.warning("using the named scheduler (%s), whose training schedule differs from %s", source, found)
+        return config, source
+    if found is not None:
+        return read_scheduler_config(found), str(found)
+    if expected is not None:
+        return dict(expected), "recorded at calibration"
+    looked = ", ".join(str(p) for p in scheduler_candidates(root, tdir))
+    raise DitqError(f"{root} has no scheduler config (looked for {looked}); ditq will not guess the training "
+                    "schedule: pass --scheduler-config PATH (Python: load_model(..., scheduler=...)) with the "
+                    "scheduler the model was trained with")

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from ditq.errors import DitqError
 from ditq.export.fold import PreAffine, fold_state
 from ditq.models.conditioning import Cond, conditioning_from_info
 from ditq.models.dit import Denoiser, LoadedModel, Site, make_denoiser, quant_sites
+from ditq.models.schedule import SchedulerSpec, check_schedule, scheduler_config_of
 
 Fn = Callable[[torch.Tensor, torch.Tensor, Cond], torch.Tensor]
 
@@ -42,19 +44,36 @@ class GroupedBackend:
     intervals: Sequence[tuple[int, int]]
     fns: Sequence[Fn]
     calls: list[int] = field(default_factory=list)
+    num_classes: int | None = None  # class-conditioned models: labels 0..num_classes-1, num_classes = null label
 
     def __post_init__(self) -> None:
         self.calls = [0] * len(self.fns)
 
     def group_of(self, timestep: float) -> int:
-        t = int(round(float(timestep)))
-        for g, (lo, hi) in enumerate(self.intervals):
-            if lo <= t <= hi:
-                return g
-        raise DitqError(f"timestep {timestep} lies outside every group interval {list(self.intervals)}")
+        t = float(timestep)
+        if math.isfinite(t):
+            for g, (lo, hi) in enumerate(self.intervals):
+                if lo <= int(round(t)) <= hi:
+                    return g
+        lo, hi = min(i[0] for i in self.intervals), max(i[1] for i in self.intervals)
+        raise DitqError(f"timestep {timestep} is outside the training timestep range [{lo}, {hi}] this "
+                        "model was calibrated on; pass timesteps from a scheduler with the model's training schedule")
+
+    def check_cond(self, cond: Cond) -> None:
+        """Refuse class labels the model has no embedding for (ONNX Runtime and TensorRT would fail deep inside
+        a Gather, the torch backend inside an Embedding)."""
+        labels = cond.get("class_labels")
+        if labels is None or self.num_classes is None or labels.numel() == 0:
+            return
+        bad = labels[(labels < 0) | (labels > self.num_classes)]
+        if bad.numel():
+            raise DitqError(f"class label {int(bad[0])} is out of range for this {self.num_classes}-class model: "
+                            f"labels lie in [0, {self.num_classes - 1}] and {self.num_classes} is the "
+                            "unconditional (null) label")
 
     def __call__(self, x: torch.Tensor, timestep: torch.Tensor, cond: Cond) -> torch.Tensor:
         g = self.group_of(float(timestep[0]))
+        self.check_cond(cond)
         self.calls[g] += 1
         return self.fns[g](x, timestep, cond)
 
@@ -135,13 +154,17 @@ def group_denoiser(model: LoadedModel, recipe: Recipe, group_id: int, *, quantiz
 
 def torch_backend(model: LoadedModel, recipe: Recipe | None) -> GroupedBackend:
     """Per-group fake-quantized models (built once); ``recipe=None`` gives the unquantized model."""
+    classes = model.num_classes if model.kind == "dit" else None
     if recipe is None:
         den = model.denoiser()
-        return GroupedBackend("torch-fp", [(0, model.num_train_timesteps - 1)], [torch.no_grad()(den.predict)])
+        return GroupedBackend("torch-fp", [(0, model.num_train_timesteps - 1)], [torch.no_grad()(den.predict)],
+                              num_classes=classes)
     if recipe.model_sha256 != model.sha256:
         raise DitqError("the recipe was calibrated on another model (sha256 differs); re-run `ditq calibrate`")
+    check_schedule(recipe.scheduler_config, model.scheduler_config, recorded_as="the recipe",
+                   actual_as=f"the model's scheduler ({model.scheduler_source or model.source})")
     fns = [torch.no_grad()(group_denoiser(model, recipe, g.group_id).predict) for g in recipe.groups]
-    return GroupedBackend(f"torch-{recipe.method}", [g.interval for g in recipe.groups], fns)
+    return GroupedBackend(f"torch-{recipe.method}", [g.interval for g in recipe.groups], fns, num_classes=classes)
 
 
 def ort_session(path: Path, threads: int | None = None, *, fuse: bool = True) -> Any:
@@ -196,17 +219,30 @@ def onnx_feeds(x: torch.Tensor, t: torch.Tensor, cond: Cond, np_float: Any = np.
             for k, v in feeds.items()}
 
 
-def open_backend(path: Path, kind: str, *, fp: bool = False, threads: int | None = None, fuse: bool = True
-                 ) -> tuple[GroupedBackend, dict[str, Any]]:
+def open_backend(path: Path, kind: str, *, fp: bool = False, threads: int | None = None, fuse: bool = True,
+                 scheduler: SchedulerSpec | None = None) -> tuple[GroupedBackend, dict[str, Any]]:
     """A backend from an artifact directory, and what sampling needs to know (shapes, classes, scheduler).
 
     ``onnxruntime`` reads an ONNX directory; ``torch`` reads a recipe directory, or the recipe an ONNX
-    directory was exported from.
+    directory was exported from. ``scheduler`` (a ``scheduler_config.json`` path, a config or a scheduler) names
+    the scheduler to sample with; its training schedule must be the one the artifact was calibrated for.
     """
+    backend, info = _open_backend(Path(path), kind, fp=fp, threads=threads, fuse=fuse, scheduler=scheduler)
+    conditioning = info["conditioning"]
+    backend.num_classes = conditioning.num if conditioning.kind == "class" else None
+    if scheduler is not None and kind != "torch":  # torch: load_model checked it against the recipe
+        named = scheduler_config_of(scheduler)
+        check_schedule(info.get("scheduler_config"), named, recorded_as=str(path),
+                       actual_as=f"the scheduler {scheduler if isinstance(scheduler, (str, Path)) else 'passed in'}")
+        info = {**info, "scheduler_config": named}
+    return backend, info
+
+
+def _open_backend(path: Path, kind: str, *, fp: bool, threads: int | None, fuse: bool,
+                  scheduler: SchedulerSpec | None) -> tuple[GroupedBackend, dict[str, Any]]:
     from ditq.export.artifact import OnnxArtifact
     from ditq.models.dit import load_model
 
-    path = Path(path)
     kind_found = read_manifest_kind(path)
     if kind == "onnxruntime":
         if kind_found != OnnxArtifact.KIND:
@@ -228,7 +264,8 @@ def open_backend(path: Path, kind: str, *, fp: bool = False, threads: int | None
             raise DitqError(f"the recipe {path} was exported from is not found; pass the recipe directory instead")
         path = recipe_dir
     recipe = Recipe.load(path)
-    model = load_model(recipe.model_source)
+    model = load_model(recipe.model_source, scheduler=scheduler, expected_scheduler=recipe.scheduler_config,
+                       expected_as=f"the recipe {path}")
     info = {"conditioning": model.conditioning, "sample_shape": list(model.sample_shape),
             "scheduler_config": model.scheduler_config, "kind": model.kind,
             "config": {k: v for k, v in dict(model.config).items() if not k.startswith("_")}}

@@ -10,6 +10,15 @@ transformer returns, so the pipeline code stays unchanged::
                                                transformer=QuantizedTransformer.from_pretrained("pixart-onnx"))
     image = pipe("a red fox in the snow").images[0]
 
+The groups are intervals on the training timestep axis of the schedule the artifact was calibrated for, so the
+pipeline's scheduler must have that training schedule (``num_train_timesteps``, betas, prediction type; the
+sampler class and step count are free). At every call from a diffusers pipeline (``pipe(...)`` calls
+``pipe.transformer``), the quantized transformer finds the calling pipeline's ``scheduler`` and refuses one with
+another training schedule (DitqError naming both), e.g. ``DDIMScheduler.from_config(cfg, num_train_timesteps=500)``
+against a 1000-step recipe, whose timesteps would otherwise all land, silently, in the wrong groups. Code that
+calls the transformer outside a pipeline checks its scheduler with ``qt.check_scheduler(scheduler)``; a timestep
+outside [0, T-1] (or not finite) is refused at every call, and so is a class label the model has no embedding for.
+
 Learned-sigma models (DiT, PixArt: ``out_channels == 2 * in_channels``): the quantized graphs compute the noise
 prediction only; the variance half is returned as zeros. diffusers' DiT and PixArt pipelines split that half off
 and drop it before ``scheduler.step``, so their results do not depend on it; code that reads it would get zeros.
@@ -17,6 +26,7 @@ and drop it before ``scheduler.step``, so their results do not depend on it; cod
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +49,14 @@ class QuantizedTransformer(ModelMixin, ConfigMixin):  # type: ignore[misc]
     config_name = "config.json"
 
     def __init__(self, backend: GroupedBackend, config: dict[str, Any], kind: str,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", scheduler_config: dict[str, Any] | None = None) -> None:
         super().__init__()
         from diffusers.configuration_utils import FrozenDict
 
         self.backend = backend
         self.kind = kind
+        self.scheduler_config = scheduler_config  # the schedule the artifact was calibrated for (None: unknown)
+        self._checked_scheduler: Any = None  # the last pipeline scheduler found to match (checked once per object)
         self._internal_dict = FrozenDict(config)
         self._device = torch.device(device)
         self.learned_sigma = int(config["out_channels"]) == 2 * int(config["in_channels"])
@@ -70,7 +82,34 @@ class QuantizedTransformer(ModelMixin, ConfigMixin):  # type: ignore[misc]
         config, kind = info.get("config"), info.get("kind", "dit")
         if not config:
             raise DitqError(f"{path} does not record the transformer config; re-export it with this ditq version")
-        return cls(grouped, dict(config), kind, "cuda" if backend == "tensorrt" else "cpu")
+        return cls(grouped, dict(config), kind, "cuda" if backend == "tensorrt" else "cpu",
+                   scheduler_config=info.get("scheduler_config"))
+
+    def check_scheduler(self, scheduler: Any) -> None:
+        """Refuse a scheduler (object or config) whose training schedule is not the artifact's: its timesteps
+        would select the wrong groups. Pipelines calling this transformer are checked automatically."""
+        from ditq.models.schedule import check_schedule, scheduler_config_of
+
+        check_schedule(self.scheduler_config, scheduler_config_of(scheduler), recorded_as="the quantized transformer",
+                       actual_as=f"the {type(scheduler).__name__}")
+
+    def _check_calling_pipeline(self) -> None:
+        """Check the scheduler of the diffusers pipeline whose ``__call__`` called this transformer, if any (the
+        pipeline is a few frames up: its ``self`` holds this object as ``transformer``)."""
+        if self.scheduler_config is None:
+            return
+        frame = sys._getframe(1)
+        for _ in range(8):
+            if frame is None:
+                return
+            owner = frame.f_locals.get("self")
+            if owner is not None and owner is not self and getattr(owner, "transformer", None) is self:
+                scheduler = getattr(owner, "scheduler", None)
+                if scheduler is not None and scheduler is not self._checked_scheduler:
+                    self.check_scheduler(scheduler)
+                    self._checked_scheduler = scheduler
+                return
+            frame = frame.f_back
 
     def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor | float | None = None,
                 class_labels: torch.Tensor | None = None, encoder_hidden_states: torch.Tensor | None = None,
@@ -82,11 +121,14 @@ class QuantizedTransformer(ModelMixin, ConfigMixin):  # type: ignore[misc]
 
         if timestep is None:
             raise DitqError("the quantized transformer needs the timestep (it selects the group's engine)")
+        self._check_calling_pipeline()
         if attention_mask is not None or cross_attention_kwargs:
             raise DitqError("attention_mask and cross_attention_kwargs are not supported by the exported graphs")
         batch = hidden_states.shape[0]
         t = torch.as_tensor(timestep, dtype=torch.float32).reshape(-1).cpu()
         t = t.expand(batch) if t.numel() == 1 else t
+        if not bool(torch.isfinite(t).all()):  # refused, naming the value and the range, by the group lookup
+            self.backend.group_of(float(t[~torch.isfinite(t)][0]))
         if t.numel() != batch or not bool((t == t[0]).all()):
             raise DitqError(f"every row of a call must share one timestep (got {t.tolist()})")
         cond = self._cond(batch, class_labels, encoder_hidden_states, encoder_attention_mask, added_cond_kwargs)

@@ -36,6 +36,7 @@ from ditq.calibration.recipe import Recipe
 from ditq.errors import DitqError
 from ditq.models.conditioning import Cond
 from ditq.models.dit import Denoiser, LoadedModel, make_denoiser
+from ditq.models.schedule import check_schedule
 from ditq.runtime.backends import GroupedBackend, folded_transformer
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,8 @@ def int8_group_denoiser(model: LoadedModel, recipe: Recipe, group_id: int, *, dy
     """
     if recipe.model_sha256 != model.sha256:
         raise DitqError("the recipe was calibrated on another model (sha256 differs); re-run `ditq calibrate`")
+    check_schedule(recipe.scheduler_config, model.scheduler_config, recorded_as="the recipe",
+                   actual_as=f"the model's scheduler ({model.scheduler_source or model.source})")
     transformer, pre, sites = folded_transformer(model, recipe, group_id)
     modules = dict(transformer.named_modules())
     for site in sites:

@@ -24,6 +24,7 @@ from ditq.errors import DitqError
 from ditq.export.artifact import OnnxArtifact
 from ditq.models.conditioning import Cond
 from ditq.models.dit import Denoiser, LoadedModel
+from ditq.models.schedule import check_schedule
 from ditq.runtime.backends import group_denoiser
 from ditq.runtime.sampler import make_scheduler, sample
 from ditq.validate.compare import Thresholds, compare_group, metrics
@@ -75,6 +76,8 @@ def validate(artifact: OnnxArtifact, model: LoadedModel, recipe: Recipe | None, 
     """Compare every group; write ``validation.json`` and Polygraphy files under ``out/group_{g}/``."""
     if artifact.model["sha256"] != model.sha256:
         raise DitqError("the ONNX set was exported from another model (sha256 differs); re-run export")
+    check_schedule(artifact.scheduler_config, model.scheduler_config, recorded_as=f"the ONNX set {artifact.root}",
+                   actual_as=f"the model's scheduler ({model.scheduler_source or model.source})")
     thresholds = {**DEFAULT_THRESHOLDS, **(config.thresholds or {})}
     all_feeds = trajectory_feeds(model, config)
     float_type = np.float16 if artifact.precision == "fp16" else np.float32  # the graphs' I/O type
