@@ -330,3 +330,52 @@ def test_output_file_rules(tmp_path: Path) -> None:
     with pytest.raises(DitqError, match="not a regular file"):
         with output_file(tmp_path / "adir", kind="PNG grid", force=True):
             pass
+
+
+# -- every command: sample and validate ----------------------------------------------------------------------------
+
+def test_sample_png_follows_the_rule(tiny_onnx, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "g.png"
+    out.write_bytes(b"user's picture")
+    args = ["-q", "sample", str(tiny_onnx.root), "--steps", "2", "--classes", "1", "-o", str(out)]
+    assert main(args) == 1 and "--force" in _one_line_error(capsys)
+    assert out.read_bytes() == b"user's picture"
+    assert main([*args, "--force"]) == 0 and out.read_bytes().startswith(b"\x89PNG")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    started = time.perf_counter()
+    assert main(["sample", str(tiny_onnx.root), "--steps", "50", "-o", str(afile / "g.png")]) == 1
+    assert "cannot create" in _one_line_error(capsys) and time.perf_counter() - started < 5  # before the work
+    assert _debris(tmp_path) == []
+
+
+def test_validate_report_is_whole_or_old(tiny_onnx, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from ditq.validate import run as validate_run
+
+    out = tmp_path / "report"
+    assert main(["-q", "validate", str(tiny_onnx.root), "--steps", "10", "-o", str(out)]) == 0
+    before = (out / "validation.json").read_bytes()
+    assert ".partial" not in before.decode()  # no staging paths leak into the report
+    assert main(["-q", "validate", str(tiny_onnx.root), "--steps", "10", "-o", str(out)]) == 1  # exists: --force
+    assert "--force" in _one_line_error(capsys)
+    real_compare = validate_run.compare_group
+    calls = []
+
+    def failing(*args, **kwargs):  # the third group's comparison crashes
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("crash in group 2")
+        return real_compare(*args, **kwargs)
+
+    monkeypatch.setattr(validate_run, "compare_group", failing)
+    with pytest.raises(RuntimeError):
+        main(["-q", "validate", str(tiny_onnx.root), "--steps", "10", "-o", str(out), "--force"])
+    assert (out / "validation.json").read_bytes() == before  # the old report, whole
+    assert sorted(p.name for p in out.iterdir()) == sorted(["group_0", "group_1", "group_2", "validation.json",
+                                                             MANIFEST])
+    assert _debris(tmp_path) == []
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["-q", "validate", str(tiny_onnx.root), "-o", str(afile)]) == 1
+    assert "not a directory" in _one_line_error(capsys)

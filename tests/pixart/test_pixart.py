@@ -147,7 +147,7 @@ def test_cli_calibrate_export_validate_sample(pixart_dir, tmp_path, capsys):
     assert main(["validate", str(tmp_path / "o"), "--steps", "10"]) == 0
     assert main(["sample", str(tmp_path / "o"), "-o", str(tmp_path / "s.png"), "--classes", "0,5", "--steps", "6",
                  "--exact-qdq"]) == 0
-    assert main(["sample", str(tmp_path / "o"), "-o", str(tmp_path / "s.png"), "--classes", "9", "--steps", "6"]) == 1
+    assert main(["sample", str(tmp_path / "o"), "-o", str(tmp_path / "s9.png"), "--classes", "9", "--steps", "6"]) == 1
     assert "caption-table rows in [0, 5]" in capsys.readouterr().err
 
 

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
                          progress=not args.quiet)
     out = Path(args.output)
     with staging_dir(out, kind="ditq.recipe", force=args.force,
-                     inputs=[] if args.model == "demo" else [args.model]) as tmp:  # refused before the long work
+                     inputs=[p for p in (args.model, args.scheduler_config) if p not in (None, "demo")]) as tmp:
         model = load_model(args.model, scheduler=args.scheduler_config)
         recipe = calibrate(model, method, config)
         recipe.save(tmp)

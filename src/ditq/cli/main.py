@@ -102,10 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ONNX Runtime: run Q/DQ as exact float arithmetic instead of fused integer kernels")
     _sampling_args(p, steps=100)
     p.add_argument("-o", "--output", required=True, help="PNG grid to write")
+    p.add_argument("--force", action="store_true", help="replace an existing PNG file")
 
     p = add("validate", "compare torch FP, ONNX Runtime FP and ONNX Runtime QDQ per group (Polygraphy)")
     p.add_argument("artifact", help="ONNX directory from `ditq export`")
-    p.add_argument("-o", "--output", default=None, help="report directory (default: ARTIFACT/validation)")
+    p.add_argument("-o", "--output", default=None,
+                   help="report directory (default: ARTIFACT/validation, replaced by each run)")
+    p.add_argument("--force", action="store_true", help="replace an existing report directory given with -o")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--min-sqnr", type=float, default=15.0, help="QDQ graph SQNR floor in dB (default: %(default)s)")
     p.add_argument("--min-cosine", type=float, default=0.98, help="QDQ graph cosine floor (default: %(default)s)")

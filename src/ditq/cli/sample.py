@@ -19,6 +19,7 @@ def parse_classes(text: str, num_classes: int, what: str = "labels") -> list[int
 
 
 def run(args: argparse.Namespace) -> int:
+    from ditq.outputs import output_file
     from ditq.runtime.backends import open_backend
     from ditq.runtime.images import save_grid
     from ditq.runtime.sampler import make_scheduler, sample
@@ -26,20 +27,20 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.suffix.lower() != ".png":
         raise DitqError(f"-o must name a .png file, got {out}")
-    backend, info = open_backend(Path(args.artifact), args.backend, fp=args.fp, threads=args.threads,
-                                 fuse=not args.exact_qdq, scheduler=args.scheduler_config)
-    conditioning = info["conditioning"]
-    labels = (list(range(min(10, conditioning.num))) if args.classes is None else
-              parse_classes(args.classes, conditioning.num,
-                            "labels" if conditioning.kind == "class" else "caption-table rows"))
-    start = time.perf_counter()
-    images = sample(backend, make_scheduler(info["scheduler_config"], args.scheduler), conditioning.cond(labels),
-                    steps=args.steps, cfg_scale=args.cfg, null_cond=conditioning.null(),
-                    sample_shape=tuple(info["sample_shape"]), seed=args.seed)
-    seconds = time.perf_counter() - start
-    tmp = out.with_name(f".{out.name}.partial.png")
-    save_grid([images], tmp)
-    tmp.replace(out)
+    # the output is checked (and its staging file created) before the backend loads and the sampler runs
+    with output_file(out, kind="PNG grid", force=args.force, inputs=[args.artifact]) as tmp:
+        backend, info = open_backend(Path(args.artifact), args.backend, fp=args.fp, threads=args.threads,
+                                     fuse=not args.exact_qdq, scheduler=args.scheduler_config)
+        conditioning = info["conditioning"]
+        labels = (list(range(min(10, conditioning.num))) if args.classes is None else
+                  parse_classes(args.classes, conditioning.num,
+                                "labels" if conditioning.kind == "class" else "caption-table rows"))
+        start = time.perf_counter()
+        images = sample(backend, make_scheduler(info["scheduler_config"], args.scheduler),
+                        conditioning.cond(labels), steps=args.steps, cfg_scale=args.cfg,
+                        null_cond=conditioning.null(), sample_shape=tuple(info["sample_shape"]), seed=args.seed)
+        seconds = time.perf_counter() - start
+        save_grid([images], tmp)
     print(f"{out}: {len(labels)} samples, {args.steps} steps, backend {backend.name}, "
           f"calls per group {backend.calls}, {seconds:.1f} s")
     return 0

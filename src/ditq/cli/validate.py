@@ -5,11 +5,14 @@ from pathlib import Path
 
 from ditq.errors import CheckFailed
 
+REPORT_KIND = "ditq.validation"
+
 
 def run(args: argparse.Namespace) -> int:
     from ditq.calibration.recipe import Recipe
     from ditq.export.artifact import OnnxArtifact
     from ditq.models.dit import load_model
+    from ditq.outputs import check_output, staging_dir
     from ditq.validate.compare import Thresholds
     from ditq.validate.run import ValidateConfig, format_report, validate
 
@@ -18,18 +21,23 @@ def run(args: argparse.Namespace) -> int:
                        expected_as=f"the ONNX set {art.root}")
     recipe = Recipe.load(art.recipe_dir) if art.recipe_dir and art.recipe_dir.is_dir() else None
     out = Path(args.output) if args.output else art.root / "validation"
+    # the default report directory is validate's own: a re-run replaces it; an explicit -o follows the usual rule
+    force = args.force or not args.output
+    inputs = [p for p in (args.artifact, args.trt) if p]
+    check_output(out, kind=REPORT_KIND, force=force, inputs=inputs)  # before any work
     config = ValidateConfig(steps=args.steps, thresholds={
         "onnxrt-qdq": Thresholds(min_cosine=args.min_cosine, min_sqnr_db=args.min_sqnr)})
     if args.trt:  # fail before the ONNX validation if the engines cannot run here or come from another set
         from ditq.validate.trt import open_engines
 
         open_engines(Path(args.trt), art)
-    report = validate(art, model, recipe, out, config)
-    if args.trt:  # the engines on the same feeds, against golden and ONNX Runtime QDQ, QDQ floors
-        from ditq.validate.trt import validate_trt
+    with staging_dir(out, kind=REPORT_KIND, force=force, inputs=inputs) as tmp:  # a whole report, or the old one
+        report = validate(art, model, recipe, tmp, config)
+        if args.trt:  # the engines on the same feeds, against golden and ONNX Runtime QDQ, QDQ floors
+            from ditq.validate.trt import validate_trt
 
-        report = validate_trt(Path(args.trt), art, report, out,
-                              Thresholds(min_cosine=args.min_cosine, min_sqnr_db=args.min_sqnr))
+            report = validate_trt(Path(args.trt), art, report, tmp,
+                                  Thresholds(min_cosine=args.min_cosine, min_sqnr_db=args.min_sqnr))
     print(format_report(report))
     print(f"report: {out / 'validation.json'}")
     if not report["passed"]:
