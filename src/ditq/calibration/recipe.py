@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ditq.artifacts import read_manifest, write_json, write_manifest
+from ditq.artifacts import read_manifest, sha256_file, write_json, write_manifest
 from ditq.errors import DitqError
 
 RECIPE_JSON = "recipe.json"
@@ -167,7 +167,9 @@ class Recipe:
         write_json(root / RECIPE_JSON, self.body())
         write_manifest(root, self.KIND, {"method": self.method, "num_groups": self.num_groups,
                                          "model_sha256": self.model_sha256,
-                                         "dynamic_activations": self.dynamic_activations})
+                                         "dynamic_activations": self.dynamic_activations,
+                                         # so the manifest hash (an ONNX set's parent_sha256) covers the scales
+                                         "files": {n: sha256_file(root / n) for n in (RECIPE_JSON, SCALES)}})
 
     @classmethod
     def load(cls, root: Path) -> Recipe:
@@ -176,12 +178,12 @@ class Recipe:
 
         root = Path(root)
         read_manifest(root, cls.KIND)
+        for name in (RECIPE_JSON, SCALES):  # safetensors reports a missing file without its name
+            if not (root / name).is_file():
+                raise DitqError(f"recipe {root} is incomplete: {name} is missing; re-run `ditq calibrate`")
         try:
             body = json.loads((root / RECIPE_JSON).read_text())
             tensors = load_file(str(root / SCALES))
-        except FileNotFoundError as err:
-            missing = Path(err.filename).name
-            raise DitqError(f"recipe {root} is incomplete: {missing} is missing; re-run calibrate") from err
         except (json.JSONDecodeError, UnicodeDecodeError, SafetensorError, OSError) as err:
             raise DitqError(f"recipe {root} is damaged ({err.__class__.__name__}); re-run `ditq calibrate`") from err
         try:
@@ -207,6 +209,13 @@ class Recipe:
                             "re-run calibrate") from err
         recipe.check()
         return recipe
+
+    def check_model(self, model: Any, root: Path | None = None) -> None:
+        """Refuse a loaded model that is not the one this recipe was calibrated on (its sha256 differs)."""
+        if self.model_sha256 != model.sha256:
+            where = f" in {root}" if root is not None else ""
+            raise DitqError(f"the model {model.source} (sha256 {model.sha256[:12]}) is not the one the recipe{where} "
+                            f"was calibrated on ({self.model_sha256[:12]}); re-run `ditq calibrate` on this model")
 
     def check(self) -> None:
         """Internal consistency: groups tile the timestep axis and every tensor the sites need is present."""

@@ -7,10 +7,16 @@ from ditq.errors import CheckFailed
 
 
 def run(args: argparse.Namespace) -> int:
-    from ditq.export.lint import format_violations, lint_dir, lint_file
+    from ditq.artifacts import MANIFEST
+    from ditq.export.artifact import OnnxArtifact
+    from ditq.export.lint import format_violations, lint_dir, lint_file, lint_onnx_set
 
     path = Path(args.onnx_dir)
-    results = lint_dir(path) if path.is_dir() else {path.name: lint_file(path)}
+    if path.is_dir() and (path / MANIFEST).is_file():
+        # an exported set: its files must match their manifest (a truncated weights.bin, a garbled graph) first
+        results = lint_onnx_set(OnnxArtifact.load(path))
+    else:
+        results = lint_dir(path) if path.is_dir() else {path.name: lint_file(path)}
     print(format_violations(results))
     if any(results.values()):
         raise CheckFailed(f"{sum(map(len, results.values()))} TensorRT QDQ rule violations")

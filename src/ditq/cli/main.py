@@ -112,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--min-sqnr", type=float, default=15.0, help="QDQ graph SQNR floor in dB (default: %(default)s)")
     p.add_argument("--min-cosine", type=float, default=0.98, help="QDQ graph cosine floor (default: %(default)s)")
+    p.add_argument("--min-ref-sqnr", type=float, default=None,
+                   help="FP reference graph SQNR floor in dB (default: by the set's precision, fp32 60, fp16 30)")
+    p.add_argument("--min-ref-cosine", type=float, default=None,
+                   help="FP reference graph cosine floor (default: by the set's precision, fp32 0.99999, fp16 0.9995)")
     p.add_argument("--trt", metavar="ENGINE_DIR", default=None,
                    help="also run these TensorRT engines (`ditq build` of ARTIFACT) on the same feeds, same floors")
 

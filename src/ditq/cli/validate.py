@@ -1,32 +1,40 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from ditq.errors import CheckFailed
 
 REPORT_KIND = "ditq.validation"
+# the flag that sets each gate's floor, named in a failure
+GATE_FLAGS = {("onnxrt-fp", "sqnr_db"): "--min-ref-sqnr", ("onnxrt-fp", "cosine"): "--min-ref-cosine",
+              ("onnxrt-qdq", "sqnr_db"): "--min-sqnr", ("onnxrt-qdq", "cosine"): "--min-cosine"}
 
 
 def run(args: argparse.Namespace) -> int:
-    from ditq.calibration.recipe import Recipe
     from ditq.export.artifact import OnnxArtifact
     from ditq.models.dit import load_model
     from ditq.outputs import check_output, staging_dir
     from ditq.validate.compare import Thresholds
-    from ditq.validate.run import ValidateConfig, format_report, validate
+    from ditq.validate.run import ValidateConfig, default_thresholds, failure_lines, format_report, validate
 
-    art = OnnxArtifact.load(Path(args.artifact))
-    model = load_model(art.model["source"], expected_scheduler=art.scheduler_config,
-                       expected_as=f"the ONNX set {art.root}")
-    recipe = Recipe.load(art.recipe_dir) if art.recipe_dir and art.recipe_dir.is_dir() else None
+    art = OnnxArtifact.load(Path(args.artifact))  # refuses a set whose recipe changed since the export
+    recipe = art.load_parent_recipe()  # None when the recipe is gone: the set is validated alone
     out = Path(args.output) if args.output else art.root / "validation"
     # the default report directory is validate's own: a re-run replaces it; an explicit -o follows the usual rule
     force = args.force or not args.output
     inputs = [p for p in (args.artifact, args.trt) if p]
     check_output(out, kind=REPORT_KIND, force=force, inputs=inputs)  # before any work
-    config = ValidateConfig(steps=args.steps, thresholds={
-        "onnxrt-qdq": Thresholds(min_cosine=args.min_cosine, min_sqnr_db=args.min_sqnr)})
+    model = load_model(art.model["source"], expected_scheduler=art.scheduler_config,
+                       expected_as=f"the ONNX set {art.root}")
+    reference = default_thresholds(art.precision)["onnxrt-fp"]  # follows the set's float precision
+    if args.min_ref_sqnr is not None:
+        reference = replace(reference, min_sqnr_db=args.min_ref_sqnr)
+    if args.min_ref_cosine is not None:
+        reference = replace(reference, min_cosine=args.min_ref_cosine)
+    qdq = Thresholds(min_cosine=args.min_cosine, min_sqnr_db=args.min_sqnr)
+    config = ValidateConfig(steps=args.steps, thresholds={"onnxrt-fp": reference, "onnxrt-qdq": qdq})
     if args.trt:  # fail before the ONNX validation if the engines cannot run here or come from another set
         from ditq.validate.trt import open_engines
 
@@ -36,11 +44,10 @@ def run(args: argparse.Namespace) -> int:
         if args.trt:  # the engines on the same feeds, against golden and ONNX Runtime QDQ, QDQ floors
             from ditq.validate.trt import validate_trt
 
-            report = validate_trt(Path(args.trt), art, report, tmp,
-                                  Thresholds(min_cosine=args.min_cosine, min_sqnr_db=args.min_sqnr))
+            report = validate_trt(Path(args.trt), art, report, tmp, qdq)
     print(format_report(report))
     print(f"report: {out / 'validation.json'}")
     if not report["passed"]:
-        raise CheckFailed("; ".join(f"group {g['group']}: {', '.join(g['failures'])}"
+        raise CheckFailed("; ".join(f"group {g['group']}: {', '.join(failure_lines(g, GATE_FLAGS))}"
                                     for g in report["groups"] if not g["passed"]))
     return 0

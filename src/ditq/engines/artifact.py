@@ -1,7 +1,8 @@
 """The engine-set artifact: ``group_{g}.plan`` per timestep group, one shared ``timing.cache``, ``manifest.json``.
 
 A TensorRT plan only runs on the TensorRT version and the GPU architecture it was built for, so the manifest
-records both and :meth:`EngineArtifact.load` refuses a set that does not match this machine (or its own files).
+records both and :meth:`EngineArtifact.load` refuses a set that does not match this machine (or its own files), or
+whose ONNX set (recorded relative to it) is still present but changed since the build.
 The two runtime queries, :func:`installed_tensorrt_version` and :func:`current_gpu`, import tensorrt / torch
 only when called.
 """
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ditq.artifacts import read_manifest, sha256_file, write_manifest
+from ditq.artifacts import MANIFEST, manifest_sha256, read_manifest, sha256_file, write_manifest
 from ditq.errors import DitqError
 
 TRT_HINT = "pip install 'ditq[trt]' (needs an NVIDIA GPU, its driver and a CUDA build of torch)"
@@ -138,9 +139,10 @@ class EngineArtifact:
         }, parent_sha256=self.parent_sha256)
 
     @classmethod
-    def load(cls, root: Path, *, check_runtime: bool = True) -> EngineArtifact:
+    def load(cls, root: Path, *, check_runtime: bool = True, check_parent: bool = True) -> EngineArtifact:
         """Read the manifest and check every plan's sha256; with ``check_runtime`` also refuse a set built for
-        another TensorRT version or GPU architecture than this machine's (one-line DitqError each)."""
+        another TensorRT version or GPU architecture than this machine's; with ``check_parent`` one whose ONNX set
+        is still present but changed since the build (one-line DitqError each)."""
         root = Path(root)
         body = read_manifest(root, cls.KIND)
         try:
@@ -168,9 +170,27 @@ class EngineArtifact:
                 raise DitqError(f"{path} is missing; the engine set does not match its manifest, {rebuild}")
             if sha256_file(path) != g.sha256:
                 raise DitqError(f"{path} does not match the sha256 in its manifest; {rebuild}")
+        if check_parent:
+            art.check_parent()
         if check_runtime:
             art.check_runtime()
         return art
+
+    @property
+    def onnx_path(self) -> Path | None:
+        """The ONNX set these engines were built from (recorded relative to the engine directory)."""
+        return Path(os.path.normpath(self.root / self.onnx_dir)) if self.onnx_dir else None
+
+    def check_parent(self) -> Path | None:
+        """The ONNX set these engines were built from when it is still there (else None: the engines stand
+        alone); a one-line DitqError naming both directories when that set changed since the build."""
+        onnx = self.onnx_path
+        if onnx is None or not (onnx / MANIFEST).is_file():
+            return None
+        if manifest_sha256(onnx) != self.parent_sha256:
+            raise DitqError(f"the ONNX set {onnx} has changed since the engines in {self.root} were built from it "
+                            f"(its manifest no longer matches the engines' parent_sha256); {self.rebuild_hint()}")
+        return onnx
 
     def rebuild_hint(self) -> str:
         onnx = os.path.normpath(self.root / self.onnx_dir) if self.onnx_dir else "ONNX_DIR"

@@ -1,13 +1,22 @@
-"""The ONNX-set artifact: ``group_{g}.onnx`` per timestep group, ``reference.onnx``, shared ``weights.bin``."""
+"""The ONNX-set artifact: ``group_{g}.onnx`` per timestep group, ``reference.onnx``, shared ``weights.bin``.
+
+Lineage: the manifest records the recipe directory the set was exported from (relative to the set) and the sha256
+of that recipe's ``manifest.json`` (``parent_sha256``). Every reader goes through :meth:`OnnxArtifact.load`, which
+refuses a set whose recipe is still there but has changed since the export (re-calibrated, re-saved); a set whose
+recipe has been moved or deleted stands alone. :meth:`OnnxArtifact.load_parent_recipe` gives the recipe itself.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from ditq.artifacts import read_manifest, sha256_file, write_manifest
+from ditq.artifacts import MANIFEST, manifest_sha256, read_manifest, sha256_file, write_manifest
 from ditq.errors import DitqError
+
+if TYPE_CHECKING:
+    from ditq.calibration.recipe import Recipe
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,33 @@ class OnnxArtifact:
         rel = self.recipe.get("dir")
         return (self.root / rel).resolve() if rel else None
 
+    def check_parent(self) -> Path | None:
+        """The recipe directory this set was exported from when it is still there (else None: the set stands
+        alone); a one-line DitqError naming both directories when that recipe changed since the export."""
+        rdir = self.recipe_dir
+        if rdir is None or self.parent_sha256 is None or not (rdir / MANIFEST).is_file():
+            return None
+        if manifest_sha256(rdir) != self.parent_sha256:
+            raise DitqError(f"the recipe {rdir} has changed since the ONNX set {self.root} was exported from it "
+                            f"(its manifest no longer matches the set's parent_sha256); re-run "
+                            f"`ditq export {rdir} -o {self.root} --force` (or move the set away from the recipe "
+                            "to use it alone)")
+        return rdir
+
+    def load_parent_recipe(self) -> Recipe | None:
+        """The recipe this set was exported from, checked against the set's parent hash; None when it is gone."""
+        from ditq.calibration.recipe import Recipe
+
+        rdir = self.check_parent()
+        return None if rdir is None else Recipe.load(rdir)
+
+    def check_model(self, model: Any) -> None:
+        """Refuse a loaded model that is not the one this set was exported from (its sha256 differs)."""
+        if self.model.get("sha256") != model.sha256:
+            raise DitqError(f"the model {model.source} (sha256 {model.sha256[:12]}) is not the one the ONNX set "
+                            f"{self.root} was exported from ({str(self.model.get('sha256'))[:12]}); re-run "
+                            "`ditq calibrate` and `ditq export` on this model")
+
     def save(self) -> None:
         write_manifest(self.root, self.KIND, {
             "precision": self.precision, "opset": self.opset,
@@ -61,8 +97,9 @@ class OnnxArtifact:
         }, parent_sha256=self.parent_sha256)
 
     @classmethod
-    def load(cls, root: Path, *, verify: bool = True) -> OnnxArtifact:
-        """Read the manifest; with ``verify``, every file must exist and match its recorded sha256."""
+    def load(cls, root: Path, *, verify: bool = True, check_parent: bool = True) -> OnnxArtifact:
+        """Read the manifest; with ``verify``, every file must exist and match its recorded sha256; with
+        ``check_parent``, the recipe it was exported from must be unchanged where it is still present."""
         root = Path(root)
         body = read_manifest(root, cls.KIND)
         try:
@@ -87,4 +124,6 @@ class OnnxArtifact:
                     raise DitqError(f"{path} is missing; the ONNX set does not match its manifest, re-run export")
                 if sha256_file(path) != digest:
                     raise DitqError(f"{path} does not match the sha256 in its manifest; re-run `ditq export`")
+        if check_parent:
+            art.check_parent()
         return art

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -23,6 +24,9 @@ from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 from onnx import NodeProto, TensorProto, numpy_helper
 
 from ditq.errors import DitqError
+
+if TYPE_CHECKING:
+    from ditq.export.artifact import OnnxArtifact
 
 RULES: tuple[str, ...] = (
     "zero-point",  # zero point absent or 0, and signed: INT8 (INT4 for block-quantized weight DQ)
@@ -117,7 +121,12 @@ class _Graph:
         t = self.tensors.get(name)
         if t is None or (t.data_location == TensorProto.EXTERNAL and self.base_dir is None):
             return None
-        return numpy_helper.to_array(t, str(self.base_dir or ""))
+        try:
+            return numpy_helper.to_array(t, str(self.base_dir or ""))
+        except (ValueError, OSError) as e:  # external data file missing, truncated or garbled
+            where = next((kv.value for kv in t.external_data if kv.key == "location"), "its external data file")
+            raise DitqError(f"cannot read tensor {name!r} from {Path(self.base_dir or '') / where} "
+                            f"({' '.join(str(e).split())}); the file is damaged, re-run `ditq export`") from e
 
     def shape(self, name: str) -> tuple[int, ...] | None:
         t = self.tensors.get(name)
@@ -295,6 +304,9 @@ def lint_file(path: Path) -> list[Violation]:
         model = onnx.load(str(path), load_external_data=False)
     except (OSError, DecodeError) as e:
         raise DitqError(f"cannot read {path} as an ONNX model ({e}); re-export it") from e
+    if not model.ir_version or not model.graph.node:  # an empty file parses as an empty ModelProto
+        what = "is empty" if path.stat().st_size == 0 else "holds no ONNX graph (no IR version or no nodes)"
+        raise DitqError(f"{path} {what}; it is not an ONNX model, re-export it")
     return lint_model(model, path.parent)
 
 
@@ -305,6 +317,15 @@ def lint_dir(onnx_dir: Path) -> dict[str, list[Violation]]:
     if not files:
         raise DitqError(f"no *.onnx files in {onnx_dir}; pass the directory the exporter wrote")
     return {p.name: lint_file(p) for p in files}
+
+
+def lint_onnx_set(artifact: OnnxArtifact) -> dict[str, list[Violation]]:
+    """Lint every graph of an exported ONNX set, keyed by file name. A set with dynamically quantized activations
+    has weight-only DQs on purpose (the input is fake-quantized by float ops), so gemm-both-inputs is dropped."""
+    results = lint_dir(artifact.root)
+    if artifact.recipe.get("dynamic_activations"):
+        results = {f: [v for v in vs if v.rule != "gemm-both-inputs"] for f, vs in results.items()}
+    return results
 
 
 def format_violations(results: dict[str, list[Violation]]) -> str:

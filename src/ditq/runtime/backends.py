@@ -258,14 +258,15 @@ def _open_backend(path: Path, kind: str, *, fp: bool, threads: int | None, fuse:
         return backend, {**info, "conditioning": conditioning_from_info(info, path)}
     if kind != "torch":
         raise DitqError(f"unknown backend {kind!r}; choose onnxruntime or torch")
-    if kind_found == OnnxArtifact.KIND:
-        recipe_dir = OnnxArtifact.load(path, verify=False).recipe_dir
-        if recipe_dir is None or not recipe_dir.is_dir():
+    if kind_found == OnnxArtifact.KIND:  # its recipe, refused if it changed since the export
+        recipe_dir = OnnxArtifact.load(path, verify=False).check_parent()
+        if recipe_dir is None:
             raise DitqError(f"the recipe {path} was exported from is not found; pass the recipe directory instead")
         path = recipe_dir
     recipe = Recipe.load(path)
     model = load_model(recipe.model_source, scheduler=scheduler, expected_scheduler=recipe.scheduler_config,
                        expected_as=f"the recipe {path}")
+    recipe.check_model(model, path)
     info = {"conditioning": model.conditioning, "sample_shape": list(model.sample_shape),
             "scheduler_config": model.scheduler_config, "kind": model.kind,
             "config": {k: v for k, v in dict(model.config).items() if not k.startswith("_")}}

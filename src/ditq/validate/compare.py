@@ -45,9 +45,28 @@ class Metrics:
 
 
 @dataclass(frozen=True)
+class GateMiss:
+    """One failed gate: ``graph`` scored ``value`` on ``metric`` (a :class:`Metrics` field), below ``floor``."""
+
+    graph: str
+    metric: str  # "cosine" | "sqnr_db"
+    value: float
+    floor: float
+
+    def __str__(self) -> str:
+        unit = " dB" if self.metric == "sqnr_db" else ""
+        return f"{self.graph} {self.metric} {self.value:.6g}{unit} < floor {self.floor:g}{unit}"
+
+
+@dataclass(frozen=True)
 class Thresholds:
     min_cosine: float
     min_sqnr_db: float
+
+    def misses(self, m: Metrics, graph: str) -> tuple[GateMiss, ...]:
+        """The gates ``m`` (the scores of ``graph``) fails, each with its value and floor (NaN always fails)."""
+        gates = (("cosine", m.cosine, self.min_cosine), ("sqnr_db", m.sqnr_db, self.min_sqnr_db))
+        return tuple(GateMiss(graph, name, value, floor) for name, value, floor in gates if not value >= floor)
 
     def failures(self, m: Metrics) -> tuple[str, ...]:
         """Why ``m`` misses these thresholds (empty when it passes; NaN metrics always fail)."""
@@ -87,6 +106,9 @@ class GroupComparison:
 
     def failures(self) -> list[str]:
         return [f"{name}: {msg}" for name, g in self.graphs.items() for msg in g.failures]
+
+    def misses(self) -> list[GateMiss]:
+        return [miss for name, g in self.graphs.items() for miss in g.thresholds.misses(g.metrics, name)]
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
