@@ -3,7 +3,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ditq.cli.args import UsageError
 from ditq.errors import CheckFailed
+
+
+def check_opset(opset: int) -> None:
+    """The parser bounds --opset by what the exporter handles; the installed onnx may know fewer."""
+    import onnx
+
+    if opset > (newest := onnx.defs.onnx_opset_version()):
+        raise UsageError(f"--opset {opset} is newer than the installed onnx {onnx.__version__} knows ({newest}); "
+                         f"use --opset <= {newest} or upgrade onnx")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -12,6 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from ditq.export.onnx_export import export_onnx
     from ditq.models.dit import load_model
 
+    check_opset(args.opset)
     recipe = Recipe.load(Path(args.recipe))
     model = load_model(args.model or recipe.model_source)
     art = export_onnx(model, recipe, Path(args.output), recipe_dir=Path(args.recipe), opset=args.opset,
