@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ditq", description=__doc__)
     parser.add_argument("--version", action="version", version=f"ditq {__version__}")
     _common_args(parser, default=False)
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     _common_args(common, default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
