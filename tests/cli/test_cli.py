@@ -38,8 +38,8 @@ def test_unknown_method_is_a_usage_error(capsys, tiny_model_dir, tmp_path):
 
 def test_too_many_groups(capsys, tiny_model_dir, tmp_path):
     code = main(["-q", "calibrate", str(tiny_model_dir), "-o", str(tmp_path / "out"), "--steps", "3",
-                 "--samples", "1", "--groups", "5"])
-    assert "cannot make 5 groups" in _one_line_error(capsys, code)
+                 "--samples", "1", "--groups", "5"])  # caught right after parsing, before calibrating
+    assert "--groups <= 3" in _one_line_error(capsys, code, expected_code=2)
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
 
 

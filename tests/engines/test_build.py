@@ -40,9 +40,9 @@ def test_build_without_tensorrt_is_one_line_and_leaves_nothing(capsys, tiny_onnx
     assert not out.exists() and not list(tmp_path.glob(".engines*"))
 
 
-def test_bad_batch_range_is_a_user_error(capsys, tiny_onnx, tmp_path):
+def test_bad_batch_range_is_a_usage_error(capsys, tiny_onnx, tmp_path):
     code = main(["build", str(tiny_onnx.root), "-o", str(tmp_path / "e"), "--min-batch", "8", "--max-batch", "4"])
-    assert "--max-batch" in _one_line_error(capsys, code)
+    assert "--max-batch" in _one_line_error(capsys, code, expected_code=2)  # checked right after parsing
     with pytest.raises(DitqError, match="opt-level"):
         BuildConfig(opt_level=7)
 

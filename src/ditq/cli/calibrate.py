@@ -5,9 +5,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ditq.cli.args import UsageError
+from ditq.cli.main import CALIBRATION_DEFAULTS
 from ditq.outputs import staging_dir
 
-DEFAULT_STEPS, DEFAULT_SAMPLES = 100, 16
+DEFAULT_STEPS, DEFAULT_SAMPLES = CALIBRATION_DEFAULTS[""]["steps"], CALIBRATION_DEFAULTS[""]["samples"]
 
 
 def method_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -53,10 +55,14 @@ def run(args: argparse.Namespace) -> int:
     with staging_dir(out, kind="ditq.recipe", force=args.force,
                      inputs=[p for p in (args.model, args.scheduler_config) if p not in (None, "demo")]) as tmp:
         model = load_model(args.model, scheduler=args.scheduler_config)
+        if steps > model.num_train_timesteps:
+            raise UsageError(f"--steps {steps} is more than the model's {model.num_train_timesteps} training "
+                             f"timesteps; use --steps <= {model.num_train_timesteps}")
         recipe = calibrate(model, method, config)
         recipe.save(tmp)
     dynamic = "  dynamic activations (ONNX Runtime / torch only)" if recipe.dynamic_activations else ""
     print(f"recipe: {out}  method={recipe.method}  W{config.w_bits}A{config.a_bits}"
           f"{f' block {config.w_block}' if config.w_block else ''}  groups={recipe.num_groups}  "
+          f"steps={config.steps}  samples={config.samples}  "
           f"intervals={[g.interval for g in recipe.groups]}  ({recipe.calibration['seconds']:.1f} s){dynamic}")
     return 0

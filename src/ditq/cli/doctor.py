@@ -1,4 +1,5 @@
-"""``ditq doctor``: which backends work on this machine, and for each one that does not, why and what to install."""
+"""``ditq doctor``: which backends work on this machine, and for each one that does not, why and what to install;
+whether the CPU runs ONNX Runtime's fused INT8 kernels exactly (VNNI). Exit 3 when no backend can sample."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import sys
 from typing import Any
 
 from ditq import __version__
+from ditq.errors import CheckFailed
 
 TRT_HINT = "pip install 'ditq[trt]' (needs an NVIDIA GPU, its driver and a CUDA build of torch)"
 TORCH_CUDA_HINT = "install a CUDA build of torch (https://pytorch.org/get-started/locally/)"
-MINIMUM = {"torch": (2, 4), "onnxruntime": (1, 18), "tensorrt": (10, 0), "polygraphy": (0, 49), "onnx": (1, 16)}
+MINIMUM = {"torch": (2, 4), "onnxruntime": (1, 18), "tensorrt": (10, 0), "polygraphy": (0, 49), "onnx": (1, 16),
+           "diffusers": (0, 30)}
+BACKENDS = ("torch-cpu", "torch-cuda", "onnxruntime", "tensorrt")  # the rows that can sample (with diffusers)
 
 Check = tuple[str, bool, str]  # (backend, works, detail: versions when it works, else why not and the fix)
 
@@ -82,12 +86,29 @@ def checks() -> list[Check]:
     return [*torch_checks, _onnxruntime_check(), _tensorrt_check(torch_checks[1])]
 
 
+def cpu_int8_check() -> Check:
+    """VNNI decides CPU INT8 numerics: with it ONNX Runtime's fused integer kernels are exact, without it they
+    saturate and ditq runs the Q/DQ arithmetic exactly instead (``--qdq auto``)."""
+    from ditq.runtime.cpu import int8_support
+
+    support = int8_support()
+    if support.vnni:
+        return "cpu-vnni", True, f"{support.detail}: ONNX Runtime's fused INT8 kernels are exact; --qdq auto uses them"
+    return "cpu-vnni", False, (f"{support.detail}: ONNX Runtime's fused INT8 kernels may saturate, so --qdq auto "
+                               "runs Q/DQ exactly (slower); --qdq fused forces the kernels")
+
+
 def run(args: argparse.Namespace) -> int:
     print(f"ditq {__version__} on Python {platform.python_version()}, {platform.system()} {platform.machine()}")
-    for name, works, detail in checks():
-        print(f"{name:<12} {'ok' if works else 'no':<3} {detail}")
-    for name in ("polygraphy", "onnx"):
+    rows = [*checks(), cpu_int8_check()]
+    for name in ("polygraphy", "onnx", "diffusers"):
         module, detail = _import(name)
-        print(f"{name:<12} {'ok' if module is not None else 'no':<3} {detail}")
+        rows.append((name, module is not None, detail))
+    for name, works, detail in rows:
+        print(f"{name:<12} {'ok' if works else 'no':<3} {detail}")
     sys.stdout.flush()
+    ok = {name for name, works, _ in rows if works}
+    if not ok & set(BACKENDS) or "diffusers" not in ok:
+        missing = "diffusers is missing" if ok & set(BACKENDS) else f"none of {', '.join(BACKENDS)} works"
+        raise CheckFailed(f"no backend can sample on this machine ({missing}); install what the rows above name")
     return 0

@@ -3,12 +3,24 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ditq.cli.args import UsageError
+
+
+def check_opset(opset: int) -> None:
+    """The parser bounds --opset by what the exporter handles; the installed onnx may know fewer."""
+    import onnx
+
+    if opset > (newest := onnx.defs.onnx_opset_version()):
+        raise UsageError(f"--opset {opset} is newer than the installed onnx {onnx.__version__} knows ({newest}); "
+                         f"use --opset <= {newest} or upgrade onnx")
+
 
 def run(args: argparse.Namespace) -> int:
     from ditq.calibration.recipe import Recipe
     from ditq.export.onnx_export import export_onnx
     from ditq.models.dit import load_model
 
+    check_opset(args.opset)
     recipe = Recipe.load(Path(args.recipe))
     model = load_model(args.model or recipe.model_source, expected_scheduler=recipe.scheduler_config,
                        expected_as=f"the recipe {args.recipe}")

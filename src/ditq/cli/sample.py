@@ -4,6 +4,7 @@ import argparse
 import time
 from pathlib import Path
 
+from ditq.cli.args import UsageError
 from ditq.errors import DitqError
 
 
@@ -30,14 +31,18 @@ def run(args: argparse.Namespace) -> int:
     # the output is checked (and its staging file created) before the backend loads and the sampler runs
     with output_file(out, kind="PNG grid", force=args.force, inputs=[args.artifact]) as tmp:
         backend, info = open_backend(Path(args.artifact), args.backend, fp=args.fp, threads=args.threads,
-                                     fuse=not args.exact_qdq, scheduler=args.scheduler_config)
+                                     fuse=None if args.qdq == "auto" else args.qdq == "fused",
+                                     scheduler=args.scheduler_config)
+        scheduler = make_scheduler(info["scheduler_config"], args.scheduler)
+        if args.steps > (most := int(scheduler.config.num_train_timesteps)):
+            raise UsageError(f"--steps {args.steps} is more than the model's {most} training timesteps; "
+                             f"use --steps <= {most}")
         conditioning = info["conditioning"]
         labels = (list(range(min(10, conditioning.num))) if args.classes is None else
                   parse_classes(args.classes, conditioning.num,
                                 "labels" if conditioning.kind == "class" else "caption-table rows"))
         start = time.perf_counter()
-        images = sample(backend, make_scheduler(info["scheduler_config"], args.scheduler),
-                        conditioning.cond(labels), steps=args.steps, cfg_scale=args.cfg,
+        images = sample(backend, scheduler, conditioning.cond(labels), steps=args.steps, cfg_scale=args.cfg,
                         null_cond=conditioning.null(), sample_shape=tuple(info["sample_shape"]), seed=args.seed)
         seconds = time.perf_counter() - start
         save_grid([images], tmp)

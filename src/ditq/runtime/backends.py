@@ -219,13 +219,15 @@ def onnx_feeds(x: torch.Tensor, t: torch.Tensor, cond: Cond, np_float: Any = np.
             for k, v in feeds.items()}
 
 
-def open_backend(path: Path, kind: str, *, fp: bool = False, threads: int | None = None, fuse: bool = True,
+def open_backend(path: Path, kind: str, *, fp: bool = False, threads: int | None = None, fuse: bool | None = None,
                  scheduler: SchedulerSpec | None = None) -> tuple[GroupedBackend, dict[str, Any]]:
     """A backend from an artifact directory, and what sampling needs to know (shapes, classes, scheduler).
 
     ``onnxruntime`` reads an ONNX directory; ``torch`` reads a recipe directory, or the recipe an ONNX
-    directory was exported from. ``scheduler`` (a ``scheduler_config.json`` path, a config or a scheduler) names
-    the scheduler to sample with; its training schedule must be the one the artifact was calibrated for.
+    directory was exported from. ``fuse``: ONNX Runtime's fused integer kernels (True) or exact Q/DQ (False);
+    None picks fused only on a CPU with VNNI (``ditq.runtime.cpu``), where they are exact. ``scheduler`` (a
+    ``scheduler_config.json`` path, a config or a scheduler) names the scheduler to sample with; its training
+    schedule must be the one the artifact was calibrated for.
     """
     backend, info = _open_backend(Path(path), kind, fp=fp, threads=threads, fuse=fuse, scheduler=scheduler)
     conditioning = info["conditioning"]
@@ -238,7 +240,7 @@ def open_backend(path: Path, kind: str, *, fp: bool = False, threads: int | None
     return backend, info
 
 
-def _open_backend(path: Path, kind: str, *, fp: bool, threads: int | None, fuse: bool,
+def _open_backend(path: Path, kind: str, *, fp: bool, threads: int | None, fuse: bool | None,
                   scheduler: SchedulerSpec | None) -> tuple[GroupedBackend, dict[str, Any]]:
     from ditq.export.artifact import OnnxArtifact
     from ditq.models.dit import load_model
@@ -248,6 +250,10 @@ def _open_backend(path: Path, kind: str, *, fp: bool, threads: int | None, fuse:
         if kind_found != OnnxArtifact.KIND:
             raise DitqError(f"--backend onnxruntime needs an ONNX directory from `ditq export`, got a {kind_found}")
         art = OnnxArtifact.load(path)
+        if fuse is None:
+            from ditq.runtime.cpu import use_fused_qdq
+
+            fuse = use_fused_qdq("auto")
         info = {**art.model, "scheduler_config": art.scheduler_config,
                 "conditioning": conditioning_from_info(art.model, art.root)}
         return onnxruntime_backend(art, fp=fp, threads=threads, fuse=fuse), info

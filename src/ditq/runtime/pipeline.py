@@ -72,13 +72,14 @@ class QuantizedTransformer(ModelMixin, ConfigMixin):  # type: ignore[misc]
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, backend: str = "onnxruntime", threads: int | None = None,
-                        exact_qdq: bool = False) -> QuantizedTransformer:
+                        exact_qdq: bool | None = None) -> QuantizedTransformer:
         """Open a ditq artifact directory. ``exact_qdq``: ONNX Runtime without fused integer kernels (the
-        numerics TensorRT computes; slower)."""
+        numerics TensorRT computes; slower); None (default): exact unless the CPU has VNNI, whose fused kernels
+        compute the same (without VNNI they saturate; see ``ditq.runtime.cpu``)."""
         from ditq.runtime.backends import open_backend
 
         path = Path(path)
-        grouped, info = open_backend(path, backend, threads=threads, fuse=not exact_qdq)
+        grouped, info = open_backend(path, backend, threads=threads, fuse=None if exact_qdq is None else not exact_qdq)
         config, kind = info.get("config"), info.get("kind", "dit")
         if not config:
             raise DitqError(f"{path} does not record the transformer config; re-export it with this ditq version")

@@ -12,8 +12,9 @@ failing group can be replayed and bisected with the Polygraphy CLI::
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,21 @@ from polygraphy.logger import G_LOGGER
 from ditq.errors import DitqError
 
 Feed = Mapping[str, np.ndarray]
+@contextmanager
+def polygraphy_logging(quiet: bool = True) -> Iterator[None]:
+    """Polygraphy's logger under ditq's verbosity: silent when ``quiet`` (ditq's own summary reports failed
+    comparisons) unless the ``ditq`` logger is at DEBUG (``ditq --debug``), then Polygraphy's INFO log; never
+    coloured (no "'colored' module is not installed" warning)."""
+    colors = G_LOGGER.colors
+    G_LOGGER.colors = False
+    verbose = not quiet or logging.getLogger(__name__).isEnabledFor(logging.DEBUG)
+    try:
+        with G_LOGGER.verbosity(G_LOGGER.INFO if verbose else G_LOGGER.CRITICAL):
+            yield
+    finally:
+        G_LOGGER.colors = colors
+
+
 _RESERVED_NAMES = frozenset({"inputs", "golden"})  # file names compare_group writes itself
 
 
@@ -207,8 +223,8 @@ def compare_group(
 ) -> GroupComparison:
     """Run every graph on ``feeds`` and compare it with ``golden``; writes ``inputs.json``,
     ``golden.json`` and ``<name>.json`` into ``out_dir``. Threshold misses are returned, not raised.
-    ``fuse`` picks ditq's session per graph name (see ``run_onnxrt``); ``quiet`` limits Polygraphy's logging
-    to warnings and errors (its per-output stats are long)."""
+    ``fuse`` picks ditq's session per graph name (see ``run_onnxrt``); ``quiet`` silences Polygraphy's logging
+    (its per-output stats are long; see ``polygraphy_logging``)."""
     if missing := sorted(set(graphs) - set(thresholds)):
         raise DitqError(f"no thresholds for graph(s) {missing}; give thresholds for every graph")
     if reserved := sorted(set(graphs) & _RESERVED_NAMES):
@@ -222,7 +238,7 @@ def compare_group(
     out_dir.mkdir(parents=True, exist_ok=True)
     reference = [g[output_name] for g in golden]
     graph_results: dict[str, GraphComparison] = {}
-    with G_LOGGER.verbosity(G_LOGGER.WARNING) if quiet else nullcontext():
+    with polygraphy_logging(quiet):
         save_json([dict(f) for f in feeds], str(out_dir / "inputs.json"), description="validation inputs")
         golden_run = golden_results(golden)
         golden_run.save(str(out_dir / "golden.json"))

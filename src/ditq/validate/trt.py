@@ -23,13 +23,12 @@ import numpy as np
 from polygraphy.comparator import Comparator, CosineSimilarityCompareFunc, IterationResult, RunResults, SnrCompareFunc
 from polygraphy.exception import PolygraphyException
 from polygraphy.json import load_json
-from polygraphy.logger import G_LOGGER
 
 from ditq.artifacts import manifest_sha256
 from ditq.engines.artifact import EngineArtifact, require_tensorrt
 from ditq.errors import DitqError
 from ditq.export.artifact import OnnxArtifact
-from ditq.validate.compare import Thresholds, metrics
+from ditq.validate.compare import Thresholds, metrics, polygraphy_logging
 
 OUTPUT = "sample"
 QDQ_RUN = "onnxrt-qdq"  # the ONNX validation's name (and file) for the group's QDQ graph
@@ -93,7 +92,7 @@ def validate_trt(engine_dir: Path, onnx: OnnxArtifact, report: dict[str, Any], o
             raise DitqError(f"validation batch {bad} is outside the engines' profile [{lo}, {hi}]; rebuild with "
                             f"`ditq build --max-batch {max(*bad, hi)}`")
         golden, qdq = _outputs(gdir / "golden.json"), _outputs(gdir / f"{QDQ_RUN}.json")
-        with G_LOGGER.verbosity(G_LOGGER.WARNING):
+        with polygraphy_logging():
             run = run_trt(engines.path(g), feeds)
             run.save(str(gdir / f"{NAME}.json"))
             golden_run = RunResults.load(str(gdir / "golden.json"))
