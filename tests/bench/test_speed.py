@@ -78,7 +78,9 @@ def test_config_rejects_bad_values():
 
 
 def test_cli_bad_batch_is_one_line_error(capsys, tmp_path):
-    assert main(["bench", "speed", "--batches", "0", "-o", str(tmp_path / "out")]) == 1
+    with pytest.raises(SystemExit) as exc:  # a usage error: argparse exits 2
+        main(["bench", "speed", "--batches", "0", "-o", str(tmp_path / "out")])
+    assert exc.value.code == 2 and not (tmp_path / "out").exists()
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "error" in err
 

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from ditq.errors import DitqError
+from ditq.cli.args import nonnegative_int, positive_int
 
 KINDS = ("speed", "quality", "fullsize")  # main.py lists the same choices; add a kind here and a handler below
 
@@ -15,10 +15,14 @@ KINDS = ("speed", "quality", "fullsize")  # main.py lists the same choices; add 
 def _csv(value: str | None, cast: Callable[[str], object] = str) -> tuple | None:
     if value is None:
         return None
-    try:
-        items = tuple(cast(v.strip()) for v in value.split(",") if v.strip())
-    except ValueError as err:
-        raise DitqError(f"cannot parse the list {value!r}: {err}") from err
+    return tuple(cast(v.strip()) for v in value.split(",") if v.strip())
+
+
+def positive_ints(value: str) -> tuple[int, ...]:
+    """A comma-separated list of positive integers (argparse type: a bad item is a usage error)."""
+    items = tuple(positive_int(v.strip()) for v in value.split(",") if v.strip())
+    if not items:
+        raise argparse.ArgumentTypeError(f"must list positive integers, got {value!r}")
     return items
 
 
@@ -28,17 +32,19 @@ def add_speed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="CI smoke set: tiny model, batch 1-2, few repeats")
     p.add_argument("--models", default=None,
                    help="comma-separated: demo, tiny, demo-arch, dit-s2-like, dit-xl2-256, dit-xl2-512 or model dirs")
-    p.add_argument("--batches", default=None, help="comma-separated batch sizes (default: 1,8,32)")
+    p.add_argument("--batches", type=positive_ints, default=None,
+                   help="comma-separated batch sizes (default: 1,8,32)")
     p.add_argument("--backends", default=None,
                    help="comma-separated: onnxruntime, torch (default: onnxruntime on CPU, torch on CUDA)")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads, ORT and torch (default: 2)")
-    p.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (default: 10)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed runs first (default: 3)")
+    p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads, ORT and torch (default: 2)")
+    p.add_argument("--repeats", type=positive_int, default=None, help="timed runs per measurement (default: 10)")
+    p.add_argument("--warmup", type=nonnegative_int, default=None, help="untimed runs first (default: 3)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="torch backend device")
     p.add_argument("--torch-dtype", choices=("float32", "float16", "bfloat16"), default=None,
                    help="float parts of the torch pair (default: float32)")
-    p.add_argument("--sampling-steps", type=int, default=None, help="DDIM steps of the sampling timing; 0: skip")
-    p.add_argument("--sampling-batch", type=int, default=None, help="images per sampling run (default: 4)")
+    p.add_argument("--sampling-steps", type=nonnegative_int, default=None,
+                   help="DDIM steps of the sampling timing; 0: skip")
+    p.add_argument("--sampling-batch", type=positive_int, default=None, help="images per sampling run (default: 4)")
     p.add_argument("--spin", action=argparse.BooleanOptionalAction, default=None,
                    help="ORT intra-op thread spinning (default: off; spinning burns CPU on a shared machine)")
     p.add_argument("--profile", action="store_true", help="ORT per-op-type time breakdown (FP and INT8)")
@@ -53,7 +59,7 @@ def run_speed(args: argparse.Namespace) -> int:
     cuda = None if args.device is None else args.device == "cuda"
     config = with_overrides(
         default_config(quick=args.quick, cuda=cuda),
-        models=_csv(args.models), batches=_csv(args.batches, int), backends=_csv(args.backends),
+        models=_csv(args.models), batches=args.batches, backends=_csv(args.backends),
         threads=args.threads, repeats=args.repeats, warmup=args.warmup, device=args.device,
         torch_dtype=args.torch_dtype, sampling_steps=args.sampling_steps, sampling_batch=args.sampling_batch,
         spinning=args.spin, profile=args.profile or None, method=args.method,
@@ -78,14 +84,15 @@ def add_quality_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", default=None, help="comma-separated (default: minmax,smoothquant,ptq4dit,htg,qdit,"
                                                    "viditq)")
     p.add_argument("--bits", default=None, help="comma-separated: W8A8, W4A8 (default: both)")
-    p.add_argument("--steps", default=None, help="comma-separated sampler step counts (default: 100,50,25)")
-    p.add_argument("--eval-samples", type=int, default=None, help="images per cell (default: 100)")
+    p.add_argument("--steps", type=positive_ints, default=None,
+                   help="comma-separated sampler step counts (default: 100,50,25)")
+    p.add_argument("--eval-samples", type=positive_int, default=None, help="images per cell (default: 100)")
     p.add_argument("--w-block", type=int, choices=(0, 32, 64, 128), default=None,
                    help="W4A8 weight block along the input; 0: per output channel (default: 0)")
     p.add_argument("--peer", action=argparse.BooleanOptionalAction, default=None,
                    help="Model Optimizer rows when nvidia-modelopt is installed (default: on)")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=None, help="write plots (default: on)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads")
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
 
 
@@ -96,7 +103,7 @@ def run_quality(args: argparse.Namespace) -> int:
 
     base = quick_config() if args.quick else QualityConfig()
     overrides = {"model": args.model, "methods": _csv(args.methods), "bits": _csv(args.bits),
-                 "steps": _csv(args.steps, int), "eval_samples": args.eval_samples, "w4_block": args.w_block,
+                 "steps": args.steps, "eval_samples": args.eval_samples, "w4_block": args.w_block,
                  "peer": args.peer, "plots": args.plots, "threads": args.threads}
     config = replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
@@ -117,11 +124,11 @@ def add_fullsize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, help="directory for fullsize.json and fullsize.md")
     p.add_argument("--models", default=None, help="comma-separated architectures (default: dit-xl2-256, "
                    "dit-xl2-512, pixart-alpha-512, pixart-alpha-1024; also pixart-sigma-1024, tiny, pixart-tiny)")
-    p.add_argument("--calib-steps", type=int, default=None, help="calibration sampler steps (default: 4)")
-    p.add_argument("--calib-samples", type=int, default=None, help="calibration samples (default: 1)")
-    p.add_argument("--validate-steps", type=int, default=None, help="validation trajectory steps (default: 2)")
-    p.add_argument("--groups", type=int, default=None, help="HTG groups (default: 2)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: 2)")
+    p.add_argument("--calib-steps", type=positive_int, default=None, help="calibration sampler steps (default: 4)")
+    p.add_argument("--calib-samples", type=positive_int, default=None, help="calibration samples (default: 1)")
+    p.add_argument("--validate-steps", type=positive_int, default=None, help="validation trajectory steps (default: 2)")
+    p.add_argument("--groups", type=positive_int, default=None, help="HTG groups (default: 2)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: 2)")
     p.add_argument("--keep-artifacts", action="store_true", help="keep recipes and ONNX sets under OUTPUT/artifacts")
     p.add_argument("--force", action="store_true", help="replace an existing output directory of this bench")
 
