@@ -23,7 +23,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir: Path):
-    from ditq.models.dit import load_model
+    from ditq.models.loading import load_model
 
     return load_model(tiny_model_dir)
 
@@ -42,7 +42,7 @@ def tiny_recipe_dir(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 @pytest.fixture(scope="session")
 def tiny_recipe(tiny_recipe_dir: Path):
-    from ditq.calibration.recipe import Recipe
+    from ditq.artifacts.recipe import Recipe
 
     return Recipe.load(tiny_recipe_dir)
 
@@ -76,7 +76,7 @@ def pixart_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def pixart_model(pixart_dir: Path):
-    from ditq.models.dit import load_model
+    from ditq.models.loading import load_model
 
     return load_model(pixart_dir)
 
@@ -95,7 +95,7 @@ def pixart_recipe_dir(pixart_model, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.fixture(scope="session")
 def pixart_onnx(pixart_model, pixart_recipe_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    from ditq.calibration.recipe import Recipe
+    from ditq.artifacts.recipe import Recipe
     from ditq.export.onnx_export import export_onnx
 
     return export_onnx(pixart_model, Recipe.load(pixart_recipe_dir), tmp_path_factory.mktemp("pixart_onnx") / "onnx",

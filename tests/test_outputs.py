@@ -18,11 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from ditq import outputs
-from ditq.artifacts import MANIFEST, manifest_kind, write_manifest
+from ditq.artifacts import MANIFEST, manifest_kind, outputs, write_manifest
+from ditq.artifacts.outputs import output_file, staging_dir, sweep_stale
 from ditq.cli.main import main
 from ditq.errors import CheckFailed, DitqError
-from ditq.outputs import output_file, staging_dir, sweep_stale
 
 KIND = "ditq.test"
 
@@ -183,7 +182,8 @@ def test_fallback_crash_between_renames_is_restored(tmp_path: Path, monkeypatch:
 
 def test_export_lint_failure_keeps_the_previous_set(tiny_model, tiny_recipe, tiny_recipe_dir: Path, tiny_onnx,
                                                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ditq.export import lint, onnx_export
+    from ditq.artifacts import lint
+    from ditq.export import onnx_export
 
     out = tmp_path / "onnx"
     shutil.copytree(tiny_onnx.root, out)
@@ -219,7 +219,7 @@ def test_second_writer_is_refused(tmp_path: Path) -> None:
 _HOLDER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from ditq.outputs import staging_dir
+    from ditq.artifacts.outputs import staging_dir
     with staging_dir(Path(sys.argv[1]), kind="ditq.onnx") as tmp:
         print("holding", flush=True)
         time.sleep(float(sys.argv[2]))

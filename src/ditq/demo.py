@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ditq.outputs import staging_dir
+from ditq.artifacts.outputs import staging_dir
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig(), *, force: bool = Fals
     from ditq.calibration.calibrate import CalibConfig, calibrate
     from ditq.calibration.methods import method_config
     from ditq.export.onnx_export import export_onnx
-    from ditq.models.dit import load_model
+    from ditq.models.loading import load_model
     from ditq.runtime.backends import onnxruntime_backend
     from ditq.runtime.images import save_grid
     from ditq.validate.run import ValidateConfig, validate

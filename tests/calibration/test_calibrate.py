@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
+from ditq.artifacts.recipe import Recipe
 from ditq.calibration.calibrate import CalibConfig, calibrate
 from ditq.calibration.methods import METHODS, method_config
-from ditq.calibration.recipe import Recipe
 from ditq.errors import DitqError
 
 

@@ -5,7 +5,7 @@ import torch
 
 def test_weight_clip_search_with_input_rows_equals_the_second_moment_form():
     """input_factor F (few rows, large K) picks the same clips as input_power H = F^T F, in O(N K m)."""
-    from ditq.calibration.quantizers import weight_scales
+    from ditq.core.quantizers import weight_scales
 
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(24, 64, generator=gen) * torch.linspace(0.2, 3, 64)

@@ -43,7 +43,7 @@ def pretrained_recipe(pretrained_dir, tmp_path_factory) -> Path:
 
 
 def test_calibrate_uses_and_records_the_scheduler_beside_config_json(pretrained_recipe):
-    from ditq.calibration.recipe import Recipe
+    from ditq.artifacts.recipe import Recipe
 
     body = json.loads((pretrained_recipe / "recipe.json").read_text())
     assert body["scheduler_config"]["beta_schedule"] == "squaredcos_cap_v2"

@@ -9,10 +9,10 @@ import shutil
 import pytest
 
 from ditq.artifacts import manifest_sha256
+from ditq.artifacts.onnx import OnnxArtifact
 from ditq.cli.main import main
 from ditq.engines import BuildConfig, EngineArtifact, build_engines
 from ditq.errors import DitqError
-from ditq.export.artifact import OnnxArtifact
 
 
 def _one_line_error(capsys, code, expected_code=1):

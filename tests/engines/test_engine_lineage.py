@@ -14,7 +14,7 @@ from ditq.errors import DitqError
 @pytest.fixture
 def built(tiny_onnx, tmp_path, fake_trt):
     """A copy of the tiny ONNX set and the engines (fake TensorRT) built from that copy."""
-    from ditq.export.artifact import OnnxArtifact
+    from ditq.artifacts.onnx import OnnxArtifact
 
     onnx_dir = tmp_path / "onnx"
     shutil.copytree(tiny_onnx.root, onnx_dir)

@@ -8,9 +8,9 @@ import shutil
 
 import pytest
 
+from ditq.artifacts.onnx import OnnxArtifact
 from ditq.cli.main import main
 from ditq.engines import build_engines
-from ditq.export.artifact import OnnxArtifact
 from ditq.validate.compare import run_onnxrt
 
 

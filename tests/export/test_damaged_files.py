@@ -11,10 +11,10 @@ import onnx
 import pytest
 from onnx import TensorProto
 
-from ditq.calibration.recipe import Recipe
+from ditq.artifacts.lint import lint_file
+from ditq.artifacts.recipe import Recipe
 from ditq.cli.main import main
 from ditq.errors import DitqError
-from ditq.export.lint import lint_file
 
 
 def _one_line_error(capsys, code: int) -> str:

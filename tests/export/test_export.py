@@ -3,9 +3,9 @@ import onnx
 import pytest
 import torch
 
+from ditq.artifacts.lint import count_quantized_gemms, lint_dir
+from ditq.artifacts.onnx import OnnxArtifact
 from ditq.errors import DitqError
-from ditq.export.artifact import OnnxArtifact
-from ditq.export.lint import count_quantized_gemms, lint_dir
 from ditq.runtime.backends import group_denoiser, ort_session
 
 

@@ -1,7 +1,7 @@
 import torch
 
-from ditq.export.fold import fold_state
-from ditq.models.dit import quant_sites
+from ditq.core.fold import fold_state
+from ditq.models.loading import quant_sites
 from ditq.runtime.backends import group_denoiser
 
 
@@ -39,7 +39,7 @@ def test_fold_is_exact_with_random_shift_and_scale(tiny_model, feeds):
     modules = dict(model.named_modules())
     for name, (z, inv) in pre.items():
         modules[name].register_forward_pre_hook(lambda _m, a, z=z, inv=inv: ((a[0] - z) * inv,))
-    from ditq.models.dit import make_denoiser
+    from ditq.models.loading import make_denoiser
 
     for x, t, y in feeds([5, 700]):
         ref = tiny_model.denoiser()(x, t, y)

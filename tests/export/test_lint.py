@@ -12,8 +12,7 @@ import onnxruntime as ort  # type: ignore[import-untyped]
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from ditq.errors import DitqError
-from ditq.export.lint import (
+from ditq.artifacts.lint import (
     RULES,
     Violation,
     count_quantized_gemms,
@@ -22,6 +21,7 @@ from ditq.export.lint import (
     lint_file,
     lint_model,
 )
+from ditq.errors import DitqError
 
 RNG = np.random.default_rng(0)
 

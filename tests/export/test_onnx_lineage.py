@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from ditq.calibration.recipe import GroupSpec, Recipe
+from ditq.artifacts.onnx import OnnxArtifact
+from ditq.artifacts.recipe import GroupSpec, Recipe
 from ditq.cli.main import main
 from ditq.errors import DitqError
-from ditq.export.artifact import OnnxArtifact
 from ditq.runtime.backends import open_backend
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ditq.models.classifier import (
+from ditq.testbed.classifier import (
     DigitsClassifier,
     class_accuracy,
     frechet_distance,
@@ -14,8 +14,8 @@ from ditq.models.classifier import (
     reference_features,
     save_classifier,
 )
-from ditq.models.demo import DEMO_TRANSFORMER_CONFIG, NULL_CLASS, demo_model_dir
-from ditq.models.digits import load_digits_images
+from ditq.testbed.demo import DEMO_TRANSFORMER_CONFIG, NULL_CLASS, demo_model_dir
+from ditq.testbed.digits import load_digits_images
 
 
 @pytest.fixture(scope="module")

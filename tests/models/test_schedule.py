@@ -27,7 +27,7 @@ def _cosine():
 
 
 def test_scheduler_beside_config_json_is_found(tmp_path):
-    from ditq.models.dit import load_model
+    from ditq.models.loading import load_model
 
     model = load_model(_save_pretrained_dir(tmp_path / "m", _cosine()))
     assert (tmp_path / "m" / "config.json").is_file() and (tmp_path / "m" / "scheduler_config.json").is_file()
@@ -36,7 +36,7 @@ def test_scheduler_beside_config_json_is_found(tmp_path):
 
 
 def test_transformer_subfolder_given_directly_uses_the_pipeline_scheduler(tiny_model_dir):
-    from ditq.models.dit import load_model
+    from ditq.models.loading import load_model
 
     model = load_model(tiny_model_dir / "transformer")
     assert model.scheduler_config["beta_schedule"] == "squaredcos_cap_v2"
@@ -44,7 +44,7 @@ def test_transformer_subfolder_given_directly_uses_the_pipeline_scheduler(tiny_m
 
 
 def test_pipeline_layout_and_demo_still_load(tiny_model_dir):
-    from ditq.models.dit import load_model
+    from ditq.models.loading import load_model
 
     assert load_model(tiny_model_dir).scheduler_config["beta_schedule"] == "squaredcos_cap_v2"
     assert load_model("demo").scheduler_config["beta_schedule"] == "squaredcos_cap_v2"
@@ -53,7 +53,7 @@ def test_pipeline_layout_and_demo_still_load(tiny_model_dir):
 def test_no_scheduler_is_refused_unless_one_is_named(tmp_path):
     from diffusers import DDIMScheduler
 
-    from ditq.models.dit import load_model
+    from ditq.models.loading import load_model
 
     bare = _save_pretrained_dir(tmp_path / "bare")
     _cosine().save_pretrained(tmp_path / "scheduler")  # a neighbour's scheduler/: not this model's (no pipeline)
@@ -74,7 +74,7 @@ def test_no_scheduler_is_refused_unless_one_is_named(tmp_path):
 
 
 def test_expected_schedule_must_match_the_models(tiny_model_dir):
-    from ditq.models.dit import load_model
+    from ditq.models.loading import load_model
 
     linear = {"_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "beta_schedule": "linear"}
     with pytest.raises(DitqError, match=r"the recipe .*T=1000 linear 0.0001..0.02 epsilon.* uses T=1000 squaredcos"):

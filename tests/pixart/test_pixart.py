@@ -12,7 +12,7 @@ from ditq.errors import DitqError
 
 
 def test_sites_cover_self_and_cross_attention_and_the_feed_forward(pixart_model):
-    from ditq.models.dit import quant_sites
+    from ditq.models.loading import quant_sites
 
     sites = {s.name: s for s in quant_sites(pixart_model.transformer)}
     b = "transformer_blocks.0"
@@ -27,7 +27,7 @@ def test_sites_cover_self_and_cross_attention_and_the_feed_forward(pixart_model)
 
 
 def test_folding_is_exact_in_every_group(pixart_model, pixart_recipe_dir):
-    from ditq.calibration.recipe import Recipe
+    from ditq.artifacts.recipe import Recipe
     from ditq.runtime.backends import group_denoiser
 
     recipe = Recipe.load(pixart_recipe_dir)
@@ -44,9 +44,9 @@ def test_folding_is_exact_in_every_group(pixart_model, pixart_recipe_dir):
 
 
 def test_table_sites_fold_the_shift_into_the_table_and_scale_with_a_mul(pixart_model, pixart_recipe_dir):
-    from ditq.calibration.recipe import Recipe
-    from ditq.export.fold import fold_state
-    from ditq.models.dit import quant_sites
+    from ditq.artifacts.recipe import Recipe
+    from ditq.core.fold import fold_state
+    from ditq.models.loading import quant_sites
 
     recipe = Recipe.load(pixart_recipe_dir)
     sites = quant_sites(pixart_model.transformer)
@@ -67,8 +67,8 @@ def test_table_sites_fold_the_shift_into_the_table_and_scale_with_a_mul(pixart_m
 
 
 def test_export_lint_and_onnxruntime_match_the_fake_quant_reference(pixart_model, pixart_recipe_dir, pixart_onnx):
-    from ditq.calibration.recipe import Recipe
-    from ditq.export.lint import lint_dir
+    from ditq.artifacts.lint import lint_dir
+    from ditq.artifacts.recipe import Recipe
     from ditq.runtime.backends import onnxruntime_backend, torch_backend
 
     assert {k: v for k, v in lint_dir(pixart_onnx.root).items() if v} == {}
@@ -105,9 +105,9 @@ def test_the_shift_is_grafted_into_each_groups_graph(pixart_onnx, pixart_recipe_
 
 
 def test_validate_and_grouped_sampling(pixart_model, pixart_onnx, pixart_recipe_dir, tmp_path):
-    from ditq.calibration.recipe import Recipe
+    from ditq.artifacts.recipe import Recipe
+    from ditq.core.sampler import make_scheduler, sample
     from ditq.runtime.backends import open_backend
-    from ditq.runtime.sampler import make_scheduler, sample
     from ditq.validate.run import ValidateConfig, validate
 
     report = validate(pixart_onnx, pixart_model, Recipe.load(pixart_recipe_dir), tmp_path / "val",
@@ -129,7 +129,7 @@ def test_validate_and_grouped_sampling(pixart_model, pixart_onnx, pixart_recipe_
 def test_a_pixart_dir_without_captions_is_a_clear_error(tmp_path, pixart_dir):
     import shutil
 
-    from ditq.models.dit import load_model
+    from ditq.models.loading import load_model
 
     shutil.copytree(pixart_dir, tmp_path / "m")
     (tmp_path / "m" / "captions.safetensors").unlink()

@@ -73,7 +73,7 @@ def dit_1000(tmp_path_factory):
     from ditq.calibration.calibrate import CalibConfig, calibrate
     from ditq.calibration.methods import method_config
     from ditq.export.onnx_export import export_onnx
-    from ditq.models.dit import load_model
+    from ditq.models.loading import load_model
     from ditq.models.tiny import save_tiny_model_dir
 
     root = tmp_path_factory.mktemp("dit1000")

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
+from ditq.core.sampler import make_scheduler, sample
 from ditq.errors import DitqError
 from ditq.runtime.backends import GroupedBackend, torch_backend
-from ditq.runtime.sampler import make_scheduler, sample
 
 
 def _recording_backend(intervals):

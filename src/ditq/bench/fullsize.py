@@ -63,9 +63,9 @@ def run_one(name: str, config: FullsizeConfig, work: Path) -> dict[str, Any]:
     """The whole pipeline on architecture ``name``, in this process; returns the record."""
     import torch
 
+    from ditq.artifacts.lint import lint_dir
     from ditq.calibration.calibrate import CalibConfig, calibrate
     from ditq.calibration.methods import method_config
-    from ditq.export.lint import lint_dir
     from ditq.export.onnx_export import export_onnx
     from ditq.models.configs import num_params, random_model
     from ditq.validate.run import ValidateConfig, validate
@@ -107,8 +107,8 @@ def benchmark_fullsize(config: FullsizeConfig, out: Path, progress: Callable[[st
     ``out`` follows ditq's output rule (``ditq.outputs``): it appears whole when the run ends, an existing one is
     replaced only with ``force`` and only if it holds an earlier full-size benchmark.
     """
+    from ditq.artifacts.outputs import staging_dir
     from ditq.models.configs import ARCH_CONFIGS
-    from ditq.outputs import staging_dir
 
     unknown = [m for m in config.models if m not in ARCH_CONFIGS]
     if unknown:

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ditq.models.conditioning import Cond, select
-from ditq.models.dit import LoadedModel
-from ditq.runtime.sampler import as_denoise, make_scheduler, sample
+from ditq.core.cond import Cond, select
+from ditq.core.sampler import as_denoise, make_scheduler, sample
+from ditq.models.loading import LoadedModel
 
 Denoise = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -75,13 +75,13 @@ class ImageScorer:
     """Class accuracy and Fréchet distance with the bundled digits classifier."""
 
     def __init__(self) -> None:
-        from ditq.models.classifier import load_classifier, reference_features
+        from ditq.testbed.classifier import load_classifier, reference_features
 
         self.classifier = load_classifier()
         self.real = reference_features(self.classifier)
 
     def score(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        from ditq.models.classifier import class_accuracy, classifier_features, frechet_distance
+        from ditq.testbed.classifier import class_accuracy, classifier_features, frechet_distance
 
         feats = classifier_features(images, self.classifier)
         return {"class_accuracy": class_accuracy(images, labels, self.classifier),

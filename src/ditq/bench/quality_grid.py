@@ -102,7 +102,7 @@ def quick_config(**overrides: Any) -> QualityConfig:
 def run_quality_grid(out: Path, config: QualityConfig = QualityConfig(), *, force: bool = False,
                      progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the grid; write everything into ``out`` (all-or-nothing); returns the ``quality.json`` body."""
-    from ditq.outputs import staging_dir
+    from ditq.artifacts.outputs import staging_dir
 
     say = progress or (lambda msg: log.info("%s", msg))
     threads = torch.get_num_threads()
@@ -122,7 +122,7 @@ def run_quality_grid(out: Path, config: QualityConfig = QualityConfig(), *, forc
 
 
 def _load(config: QualityConfig, root: Path) -> Any:
-    from ditq.models.dit import load_model
+    from ditq.models.loading import load_model
 
     if config.model == TINY:
         from ditq.models.tiny import save_tiny_model_dir
@@ -260,7 +260,7 @@ def _ort_vs_torch(ref: Any, backend: Any, ort: Any, recipe: Any) -> float:
     """Min over groups of the SQNR (dB) between ONNX Runtime's exact-QDQ output and the torch fake-quant output,
     on one FP-trajectory input per group (the first 8 images and their CFG twins)."""
     from ditq.bench.quality import _cfg_rows, sqnr_db
-    from ditq.models.conditioning import select
+    from ditq.core.cond import select
 
     worst = math.inf
     for g in recipe.groups:
@@ -321,8 +321,8 @@ def _peers(model: Any, config: QualityConfig, refs: dict[int, Any], specs: dict[
 
     from ditq.bench.quality import evaluate
     from ditq.calibration.calibrate import CalibConfig
-    from ditq.models.dit import quant_sites
-    from ditq.runtime.sampler import make_scheduler, sample
+    from ditq.core.sampler import make_scheduler, sample
+    from ditq.models.loading import quant_sites
 
     linears = [lin for s in quant_sites(model.transformer) for lin in s.linears]
     calib = CalibConfig(steps=config.calib_steps or DEFAULT_CALIB_STEPS,

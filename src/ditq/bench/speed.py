@@ -349,10 +349,10 @@ def resolve_model(name: str, seed: int = 0) -> BenchModel:
     """``demo`` (random weights of its architecture while its trained weights are absent), an architecture
     name from ``models.configs``, or a local model directory."""
     from ditq.models.configs import ARCH_CONFIGS, random_model
-    from ditq.models.dit import load_model
+    from ditq.models.loading import load_model
 
     if name == "demo":
-        from ditq.models.demo import demo_model_dir
+        from ditq.testbed.demo import demo_model_dir
 
         root = demo_model_dir()
         if (root / "transformer" / "config.json").is_file() or (root / "config.json").is_file():
@@ -396,7 +396,7 @@ def _time_sampling(bm: BenchModel, fns: dict[str, Callable[..., Any]], config: S
                    sync: Callable[[], None] | None = None) -> dict[str, Any]:
     import torch
 
-    from ditq.runtime.sampler import make_scheduler, sample
+    from ditq.core.sampler import make_scheduler, sample
 
     model = bm.model
     cond = model.cond(torch.arange(config.sampling_batch) % model.num_conditions)
@@ -571,7 +571,7 @@ def benchmark_speed(config: SpeedConfig, out: Path, *, progress: Callable[[str],
     ``out`` follows ditq's output rule (``ditq.outputs``): it appears whole when the run ends, an existing one is
     replaced only with ``force`` and only if it holds an earlier speed benchmark.
     """
-    from ditq.outputs import staging_dir
+    from ditq.artifacts.outputs import staging_dir
 
     with staging_dir(Path(out), kind="ditq.bench.speed", force=force) as tmp:
         return _benchmark_speed(config, tmp, say=progress or (lambda msg: log.info("%s", msg)))

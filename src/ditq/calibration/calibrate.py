@@ -12,16 +12,16 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ditq.artifacts.recipe import GroupSpec, LinearSpec, Recipe, SiteSpec
 from ditq.calibration.methods import MethodConfig
 from ditq.calibration.methods.base import Context, folded_inputs, input_factor, input_moments
-from ditq.calibration.quantizers import rotate_weight, weight_scales
-from ditq.calibration.recipe import GroupSpec, LinearSpec, Recipe, SiteSpec
 from ditq.calibration.stats import ActivationCollector
+from ditq.core.cond import Cond
+from ditq.core.fold import fold_state
+from ditq.core.quantizers import rotate_weight, weight_scales
+from ditq.core.sampler import make_scheduler, sample
 from ditq.errors import DitqError
-from ditq.export.fold import fold_state
-from ditq.models.conditioning import Cond
-from ditq.models.dit import LoadedModel, quant_sites
-from ditq.runtime.sampler import make_scheduler, sample
+from ditq.models.loading import LoadedModel, quant_sites
 
 log = logging.getLogger(__name__)
 ForwardLoop = Callable[[ActivationCollector], None]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ditq.models.dit import Site
+from ditq.core.sites import Site
 
 
 @dataclass

@@ -5,8 +5,8 @@ from pathlib import Path
 
 
 def run(args: argparse.Namespace) -> int:
+    from ditq.artifacts.onnx import OnnxArtifact
     from ditq.engines.build import BuildConfig, build_engines
-    from ditq.export.artifact import OnnxArtifact
 
     config = BuildConfig(min_batch=args.min_batch, opt_batch=args.opt_batch, max_batch=args.max_batch,
                          workspace_gib=args.workspace_gib, opt_level=args.opt_level,

@@ -5,9 +5,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ditq.artifacts.outputs import staging_dir
 from ditq.cli.args import UsageError
 from ditq.cli.main import CALIBRATION_DEFAULTS
-from ditq.outputs import staging_dir
 
 DEFAULT_STEPS, DEFAULT_SAMPLES = CALIBRATION_DEFAULTS[""]["steps"], CALIBRATION_DEFAULTS[""]["samples"]
 
@@ -41,7 +41,7 @@ def method_params(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from ditq.calibration.calibrate import CalibConfig, calibrate
     from ditq.calibration.methods import method_config
-    from ditq.models.dit import load_model
+    from ditq.models.loading import load_model
 
     method = method_config(args.method, **method_params(args))
     own = method.calibration_defaults

@@ -16,9 +16,9 @@ def check_opset(opset: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ditq.calibration.recipe import Recipe
+    from ditq.artifacts.recipe import Recipe
     from ditq.export.onnx_export import export_onnx
-    from ditq.models.dit import load_model
+    from ditq.models.loading import load_model
 
     check_opset(args.opset)
     recipe = Recipe.load(Path(args.recipe))

@@ -8,8 +8,8 @@ from ditq.errors import CheckFailed
 
 def run(args: argparse.Namespace) -> int:
     from ditq.artifacts import MANIFEST
-    from ditq.export.artifact import OnnxArtifact
-    from ditq.export.lint import format_violations, lint_dir, lint_file, lint_onnx_set
+    from ditq.artifacts.lint import format_violations, lint_dir, lint_file, lint_onnx_set
+    from ditq.artifacts.onnx import OnnxArtifact
 
     path = Path(args.onnx_dir)
     if path.is_dir() and (path / MANIFEST).is_file():

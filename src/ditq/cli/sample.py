@@ -20,10 +20,10 @@ def parse_classes(text: str, num_classes: int, what: str = "labels") -> list[int
 
 
 def run(args: argparse.Namespace) -> int:
-    from ditq.outputs import output_file
+    from ditq.artifacts.outputs import output_file
+    from ditq.core.sampler import make_scheduler, sample
     from ditq.runtime.backends import open_backend
     from ditq.runtime.images import save_grid
-    from ditq.runtime.sampler import make_scheduler, sample
 
     out = Path(args.output)
     if out.suffix.lower() != ".png":

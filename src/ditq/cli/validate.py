@@ -13,9 +13,9 @@ GATE_FLAGS = {("onnxrt-fp", "sqnr_db"): "--min-ref-sqnr", ("onnxrt-fp", "cosine"
 
 
 def run(args: argparse.Namespace) -> int:
-    from ditq.export.artifact import OnnxArtifact
-    from ditq.models.dit import load_model
-    from ditq.outputs import check_output, staging_dir
+    from ditq.artifacts.onnx import OnnxArtifact
+    from ditq.artifacts.outputs import check_output, staging_dir
+    from ditq.models.loading import load_model
     from ditq.validate.compare import Thresholds
     from ditq.validate.run import ValidateConfig, default_thresholds, failure_lines, format_report, validate
 

@@ -24,18 +24,11 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 from ditq.artifacts import manifest_sha256, sha256_file
-from ditq.engines.artifact import (
-    TIMING_CACHE,
-    EngineArtifact,
-    EngineGroup,
-    require_gpu,
-    require_tensorrt,
-    trt_major,
-)
+from ditq.artifacts.engines import TIMING_CACHE, EngineArtifact, EngineGroup, require_gpu, require_tensorrt, trt_major
+from ditq.artifacts.onnx import OnnxArtifact
+from ditq.artifacts.outputs import check_output, staging_dir
 from ditq.errors import DitqError
-from ditq.export.artifact import OnnxArtifact
 from ditq.models.conditioning import CAPTIONS_FILE
-from ditq.outputs import check_output, staging_dir
 
 if TYPE_CHECKING:
     import tensorrt as trt

@@ -23,15 +23,16 @@ import torch
 from tqdm.auto import tqdm
 
 from ditq.artifacts import manifest_sha256, sha256_bytes, sha256_file, write_json
-from ditq.calibration.recipe import Recipe
+from ditq.artifacts.onnx import OnnxArtifact, OnnxGroup
+from ditq.artifacts.outputs import check_output, staging_dir
+from ditq.artifacts.recipe import Recipe
+from ditq.core.cond import cat_cond
+from ditq.core.fold import fold_state, foldable_params
 from ditq.errors import CheckFailed, DitqError
-from ditq.export.artifact import OnnxArtifact, OnnxGroup
-from ditq.export.fold import fold_state, foldable_params
 from ditq.export.qdq import SCOPE_KEY, apply_group, find_gemms, find_params
-from ditq.models.conditioning import CAPTIONS_FILE, cat_cond
-from ditq.models.dit import LoadedModel, quant_sites
+from ditq.models.conditioning import CAPTIONS_FILE
+from ditq.models.loading import LoadedModel, quant_sites
 from ditq.models.schedule import check_schedule
-from ditq.outputs import check_output, staging_dir
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ def model_info(model: LoadedModel) -> dict[str, object]:
 def lint_violations(root: Path, recipe: Recipe) -> dict[str, list]:
     """TensorRT-rule violations of an exported set, less the expected ones: a dynamically quantized GEMM has a weight
     DQ but a float fake-quant on its input, so ``gemm-both-inputs`` does not apply to a dynamic-activation recipe."""
-    from ditq.export.lint import lint_dir
+    from ditq.artifacts.lint import lint_dir
 
     results = lint_dir(root)
     if recipe.dynamic_activations:
@@ -204,7 +205,7 @@ def lint_violations(root: Path, recipe: Recipe) -> dict[str, list]:
 
 
 def check_lint(artifact: OnnxArtifact, recipe: Recipe, out: Path) -> None:
-    from ditq.export.lint import format_violations
+    from ditq.artifacts.lint import format_violations
 
     results = lint_violations(artifact.root, recipe)
     if any(results.values()):

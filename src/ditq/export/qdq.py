@@ -27,18 +27,11 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
-from ditq.calibration.quantizers import (
-    DYNAMIC_EPS,
-    qrange,
-    quantize,
-    quantize_weight,
-    rotate_weight,
-    rotation_matrix,
-)
-from ditq.calibration.recipe import LinearSpec, Recipe
+from ditq.artifacts.recipe import LinearSpec, Recipe
+from ditq.core.fold import PreAffine
+from ditq.core.quantizers import DYNAMIC_EPS, qrange, quantize, quantize_weight, rotate_weight, rotation_matrix
+from ditq.core.sites import Site
 from ditq.errors import DitqError
-from ditq.export.fold import PreAffine
-from ditq.models.dit import Site
 
 SCOPE_KEY = "pkg.torch.onnx.name_scopes"
 MODULE_PREFIX = "m."  # the Denoiser wraps the transformer as attribute ``m``

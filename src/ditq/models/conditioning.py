@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
+from ditq.core.cond import Cond, batch_size, cat_cond, select  # noqa: F401  (re-exported)
 from ditq.errors import DitqError
 
-Cond = dict[str, torch.Tensor]
 CAPTIONS_FILE = "captions.safetensors"
 CAPTION_KEYS = ("prompt_embeds", "prompt_attention_mask", "null_prompt_embeds", "null_prompt_attention_mask")
 REQUIRED_CAPTION_KEYS = ("prompt_embeds", "null_prompt_embeds")  # a missing mask means "every token": ones
@@ -96,18 +96,6 @@ class Conditioning:
 def _ones(embeds: torch.Tensor) -> torch.Tensor:
     """The all-tokens mask of ``embeds`` [N, L, D] (a shape mismatch is reported by the caller)."""
     return torch.ones(embeds.shape[:2]) if embeds.dim() == 3 else torch.ones(0)
-
-
-def batch_size(cond: Mapping[str, torch.Tensor]) -> int:
-    return int(next(iter(cond.values())).shape[0])
-
-
-def cat_cond(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> Cond:
-    return {k: torch.cat([a[k], b[k]]) for k in a}
-
-
-def select(cond: Mapping[str, torch.Tensor], rows: torch.Tensor | slice) -> Cond:
-    return {k: v[rows] for k, v in cond.items()}
 
 
 def save_caption_table(path: Path, prompt_embeds: torch.Tensor, prompt_attention_mask: torch.Tensor | None,

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ditq.errors import DitqError
-from ditq.models.dit import DEFAULT_SCHEDULER, LoadedModel
+from ditq.models.loading import DEFAULT_SCHEDULER, LoadedModel
 from ditq.models.tiny import TINY_CAPTIONS, TINY_PIXART_CONFIG
 
 _DIT = dict(norm_type="ada_norm_zero", num_embeds_ada_norm=1000, patch_size=2)

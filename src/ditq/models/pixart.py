@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ditq.models.dit import Denoiser, Site
+from ditq.core.sites import Denoiser, Site
 
 VAE_SCALE = 8  # PixArt's VAE: 8x spatial down-sampling (the resolution the 1024 px model is conditioned on)
 

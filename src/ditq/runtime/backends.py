@@ -19,18 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ditq.calibration.quantizers import (
-    dynamic_fake_quant,
-    fake_quant,
-    fake_quant_weight,
-    rotate_weight,
-    rotation_matrix,
-)
-from ditq.calibration.recipe import Recipe
+from ditq.artifacts.recipe import Recipe
+from ditq.core.cond import Cond
+from ditq.core.fold import PreAffine, fold_state
+from ditq.core.quantizers import dynamic_fake_quant, fake_quant, fake_quant_weight, rotate_weight, rotation_matrix
+from ditq.core.sites import Denoiser, Site
 from ditq.errors import DitqError
-from ditq.export.fold import PreAffine, fold_state
-from ditq.models.conditioning import Cond, conditioning_from_info
-from ditq.models.dit import Denoiser, LoadedModel, Site, make_denoiser, quant_sites
+from ditq.models.conditioning import conditioning_from_info
+from ditq.models.loading import LoadedModel, make_denoiser, quant_sites
 from ditq.models.schedule import SchedulerSpec, check_schedule, scheduler_config_of
 
 Fn = Callable[[torch.Tensor, torch.Tensor, Cond], torch.Tensor]
@@ -194,7 +190,7 @@ def ort_session(path: Path, threads: int | None = None, *, fuse: bool = True) ->
 def onnxruntime_backend(artifact: Any, *, fp: bool = False, threads: int | None = None,
                         fuse: bool = True) -> GroupedBackend:
     """Sessions for every group (or the FP reference) of an OnnxArtifact, created once."""
-    from ditq.export.artifact import OnnxArtifact
+    from ditq.artifacts.onnx import OnnxArtifact
 
     assert isinstance(artifact, OnnxArtifact)
     paths = [artifact.path(None)] if fp else [artifact.path(g.group_id) for g in artifact.groups]
@@ -242,8 +238,8 @@ def open_backend(path: Path, kind: str, *, fp: bool = False, threads: int | None
 
 def _open_backend(path: Path, kind: str, *, fp: bool, threads: int | None, fuse: bool | None,
                   scheduler: SchedulerSpec | None) -> tuple[GroupedBackend, dict[str, Any]]:
-    from ditq.export.artifact import OnnxArtifact
-    from ditq.models.dit import load_model
+    from ditq.artifacts.onnx import OnnxArtifact
+    from ditq.models.loading import load_model
 
     kind_found = read_manifest_kind(path)
     if kind == "onnxruntime":

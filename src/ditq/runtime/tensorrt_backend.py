@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ditq.engines.artifact import EngineArtifact, require_tensorrt
+from ditq.artifacts.engines import EngineArtifact, require_tensorrt
 from ditq.errors import DitqError
 from ditq.runtime.backends import GroupedBackend, read_manifest_kind
 

@@ -31,11 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ditq.calibration.quantizers import DYNAMIC_EPS, qrange, quantize_weight, rotate_weight, rotation_matrix
-from ditq.calibration.recipe import Recipe
+from ditq.artifacts.recipe import Recipe
+from ditq.core.cond import Cond
+from ditq.core.quantizers import DYNAMIC_EPS, qrange, quantize_weight, rotate_weight, rotation_matrix
+from ditq.core.sites import Denoiser
 from ditq.errors import DitqError
-from ditq.models.conditioning import Cond
-from ditq.models.dit import Denoiser, LoadedModel, make_denoiser
+from ditq.models.loading import LoadedModel, make_denoiser
 from ditq.models.schedule import check_schedule
 from ditq.runtime.backends import GroupedBackend, folded_transformer
 

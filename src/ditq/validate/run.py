@@ -19,15 +19,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from ditq.calibration.recipe import Recipe
+from ditq.artifacts.lint import lint_onnx_set
+from ditq.artifacts.onnx import OnnxArtifact
+from ditq.artifacts.recipe import Recipe
+from ditq.core.cond import Cond
+from ditq.core.sampler import make_scheduler, sample
+from ditq.core.sites import Denoiser
 from ditq.errors import CheckFailed, DitqError
-from ditq.export.artifact import OnnxArtifact
-from ditq.export.lint import lint_onnx_set
-from ditq.models.conditioning import Cond
-from ditq.models.dit import Denoiser, LoadedModel
+from ditq.models.loading import LoadedModel
 from ditq.models.schedule import check_schedule
 from ditq.runtime.backends import group_denoiser
-from ditq.runtime.sampler import make_scheduler, sample
 from ditq.validate.compare import GateMiss, Thresholds, compare_group, metrics
 
 log = logging.getLogger(__name__)

@@ -25,9 +25,9 @@ from polygraphy.exception import PolygraphyException
 from polygraphy.json import load_json
 
 from ditq.artifacts import manifest_sha256
-from ditq.engines.artifact import EngineArtifact, require_tensorrt
+from ditq.artifacts.engines import EngineArtifact, require_tensorrt
+from ditq.artifacts.onnx import OnnxArtifact
 from ditq.errors import DitqError
-from ditq.export.artifact import OnnxArtifact
 from ditq.validate.compare import Thresholds, metrics, polygraphy_logging
 
 OUTPUT = "sample"

@@ -25,7 +25,7 @@ def assert_fold_exact(model, recipe) -> None:
 
 
 def assert_round_trip(recipe, root: Path) -> None:
-    from ditq.calibration.recipe import Recipe
+    from ditq.artifacts.recipe import Recipe
 
     recipe.save(root)
     again = Recipe.load(root)
@@ -39,7 +39,7 @@ def assert_round_trip(recipe, root: Path) -> None:
 def export_and_compare(model, recipe, reference, root: Path, *, max_rel: float = 2e-3):
     """Export, lint (static recipes: clean; dynamic: only the expected gemm-both-inputs), and check that ONNX
     Runtime's exact Q/DQ output matches the torch fake-quant backend at a timestep of every group."""
-    from ditq.export.lint import lint_dir
+    from ditq.artifacts.lint import lint_dir
     from ditq.export.onnx_export import export_onnx
     from ditq.runtime.backends import onnxruntime_backend, torch_backend
 

@@ -39,7 +39,7 @@ def test_ptq4dit_scale_is_the_balanced_salience(tiny_model):
     from ditq.calibration.methods.base import Context
     from ditq.calibration.methods.ptq4dit import PTQ4DiTConfig
     from ditq.calibration.stats import SiteStats
-    from ditq.models.dit import quant_sites
+    from ditq.models.loading import quant_sites
 
     sites = quant_sites(tiny_model.transformer)
     state = tiny_model.transformer.state_dict()

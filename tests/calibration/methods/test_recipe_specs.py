@@ -9,7 +9,7 @@ import pytest
 import torch
 from method_checks import export_and_compare, int4_weight_dqs
 
-from ditq.calibration.recipe import LinearSpec, Recipe
+from ditq.artifacts.recipe import LinearSpec, Recipe
 from ditq.errors import DitqError
 
 
@@ -101,7 +101,7 @@ def test_ptq4dit_uses_its_own_calibration_defaults(tiny_model_dir, tmp_path, mon
 
 
 def test_output_aware_weight_clip_search_minimises_the_output_error():
-    from ditq.calibration.quantizers import CLIP_GRID, fake_quant_weight, scale_from_amax, weight_scales
+    from ditq.core.quantizers import CLIP_GRID, fake_quant_weight, scale_from_amax, weight_scales
 
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(16, 64, generator=gen)

@@ -2,7 +2,7 @@ import torch
 from method_checks import assert_fold_exact, assert_round_trip, export_and_compare, int4_weight_dqs
 
 from ditq.calibration.methods.viditq import rotation_block
-from ditq.calibration.quantizers import hadamard, rotation_matrix
+from ditq.core.quantizers import hadamard, rotation_matrix
 
 
 def test_hadamard_rotation_is_orthogonal_and_exact_in_fp():

@@ -9,12 +9,12 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import nn
 
+from ditq.artifacts.recipe import LinearSpec
 from ditq.calibration.groups import Grouping
-from ditq.calibration.quantizers import block_for, rotation_matrix, scale_from_amax, search_act_scale
-from ditq.calibration.recipe import LinearSpec
 from ditq.calibration.stats import SiteStats
+from ditq.core.quantizers import block_for, rotation_matrix, scale_from_amax, search_act_scale
+from ditq.core.sites import Site
 from ditq.errors import DitqError
-from ditq.models.dit import Site
 
 
 @dataclass
@@ -155,8 +155,8 @@ class ProbeEvaluator:
                  pre: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
         import copy
 
-        from ditq.models.conditioning import select
-        from ditq.models.dit import make_denoiser
+        from ditq.core.cond import select
+        from ditq.models.loading import make_denoiser
 
         if ctx.transformer is None or not ctx.probes:
             raise DitqError("this method evaluates the model during calibration; give calibrate() the model and a "

@@ -24,6 +24,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from ditq.artifacts.recipe import LinearSpec
 from ditq.calibration.methods.base import (
     Context,
     MethodConfig,
@@ -34,8 +35,7 @@ from ditq.calibration.methods.base import (
     register_method,
 )
 from ditq.calibration.methods.smoothquant import one_group
-from ditq.calibration.quantizers import block_for, weight_scales
-from ditq.calibration.recipe import LinearSpec
+from ditq.core.quantizers import block_for, weight_scales
 from ditq.errors import DitqError
 
 QDIT_GROUP_SIZES = (32, 64, 128, 192, 288)

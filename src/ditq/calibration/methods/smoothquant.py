@@ -15,8 +15,8 @@ import torch
 
 from ditq.calibration.groups import Grouping, SiteRange, group_timesteps
 from ditq.calibration.methods.base import Context, MethodConfig, Solution, act_scales_for, register_method
+from ditq.core.sites import Site
 from ditq.errors import DitqError
-from ditq.models.dit import Site
 
 
 def smoothing_scale(a: torch.Tensor, w: torch.Tensor, alpha: float) -> torch.Tensor:

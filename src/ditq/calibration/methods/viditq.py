@@ -23,6 +23,7 @@ from typing import ClassVar
 
 import torch
 
+from ditq.artifacts.recipe import LinearSpec
 from ditq.calibration.methods.base import (
     Context,
     MethodConfig,
@@ -33,8 +34,7 @@ from ditq.calibration.methods.base import (
     register_method,
 )
 from ditq.calibration.methods.smoothquant import one_group, site_smoothing
-from ditq.calibration.quantizers import largest_pow2_divisor, rotate_weight, weight_scales
-from ditq.calibration.recipe import LinearSpec
+from ditq.core.quantizers import largest_pow2_divisor, rotate_weight, weight_scales
 from ditq.errors import DitqError
 
 
@@ -92,7 +92,7 @@ class ViDiTQConfig(MethodConfig):
     def _mixed_precision(self, ctx: Context, shifts: dict[str, torch.Tensor], smooth: dict[str, torch.Tensor],
                          specs: dict[str, LinearSpec]) -> tuple[dict[str, LinearSpec], dict]:
         """Keep 8-bit weights on the sites most sensitive under any timestep segment's metric, within budget."""
-        from ditq.export.fold import fold_state
+        from ditq.core.fold import fold_state
         from ditq.runtime.backends import QLinear
 
         assert ctx.transformer is not None

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ditq.models.digits import IMAGE_SIZE, NUM_CLASSES, load_digits_images, split_indices
+from ditq.testbed.digits import IMAGE_SIZE, NUM_CLASSES, load_digits_images, split_indices
 
 NULL_CLASS = NUM_CLASSES  # label 10: the unconditional / null label for classifier-free guidance
 LABEL_DROPOUT = 0.1
@@ -78,7 +78,9 @@ CHECK_PER_CLASS = 10
 
 def demo_model_dir() -> Path:
     """The packaged demo model directory (``ditq/models/demo_weights``)."""
-    return Path(__file__).parent / "demo_weights"
+    from ditq.models.loading import DEMO_DIR
+
+    return DEMO_DIR
 
 
 def load_demo_transformer(model_dir: str | Path | None = None):
@@ -153,12 +155,7 @@ def quality_check(
     Also gives ``fd_real_floor``: the Fréchet distance of an equal number of real held-out digits
     (the classifier's test split, ``per_class`` of each class) against the same reference set.
     """
-    from ditq.models.classifier import (
-        class_accuracy,
-        classifier_features,
-        frechet_distance,
-        reference_features,
-    )
+    from ditq.testbed.classifier import class_accuracy, classifier_features, frechet_distance, reference_features
 
     gen = torch.Generator().manual_seed(seed)
     labels = torch.arange(NUM_CLASSES).repeat_interleave(per_class)
@@ -213,7 +210,7 @@ def train_demo(
     from diffusers import DDPMScheduler, DiTTransformer2DModel
     from tqdm.auto import tqdm
 
-    from ditq.models.classifier import save_classifier, train_classifier
+    from ditq.testbed.classifier import save_classifier, train_classifier
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -346,13 +343,13 @@ DDIM with eta=0 at guidance 3 does not give clean digits on this model; use DDPM
 """
     return f"""# Demo model: class-conditional DiT on scikit-learn digits
 
-Written by `ditq.models.demo.train_demo`. Reproduce with
+Written by `ditq.testbed.demo.train_demo`. Reproduce with
 
 ```
 ditq train-demo -o DIR
 ```
 
-(or `python -c "from ditq.models.demo import train_demo; train_demo('DIR')"`). Training is deterministic for a
+(or `python -c "from ditq.testbed.demo import train_demo; train_demo('DIR')"`). Training is deterministic for a
 given seed **and thread count**; `train_demo` fixes `torch.set_num_threads({r['threads']})`. Other CPUs or thread
 counts may give slightly different weights.
 
@@ -395,7 +392,7 @@ diffusers {diffusers.__version__}. The machine was shared with other work, so wa
 
 ## Classifier
 
-`ditq.models.classifier.DigitsClassifier`: 4 conv layers (32/32/64/64 channels, two 2x max-pools), a 64-d ReLU
+`ditq.testbed.classifier.DigitsClassifier`: 4 conv layers (32/32/64/64 channels, two 2x max-pools), a 64-d ReLU
 feature layer (`features()`, used for Fréchet distances) and a linear head. AdamW + one-cycle lr, 30 epochs,
 ±1-pixel shift and light pixel-noise augmentation, label smoothing 0.05, trained on the 80% split.
 {quality}"""

@@ -16,7 +16,7 @@ from ditq.artifacts import MANIFEST, manifest_sha256, read_manifest, sha256_file
 from ditq.errors import DitqError
 
 if TYPE_CHECKING:
-    from ditq.calibration.recipe import Recipe
+    from ditq.artifacts.recipe import Recipe
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class OnnxArtifact:
 
     def load_parent_recipe(self) -> Recipe | None:
         """The recipe this set was exported from, checked against the set's parent hash; None when it is gone."""
-        from ditq.calibration.recipe import Recipe
+        from ditq.artifacts.recipe import Recipe
 
         rdir = self.check_parent()
         return None if rdir is None else Recipe.load(rdir)

@@ -26,7 +26,7 @@ from onnx import NodeProto, TensorProto, numpy_helper
 from ditq.errors import DitqError
 
 if TYPE_CHECKING:
-    from ditq.export.artifact import OnnxArtifact
+    from ditq.artifacts.onnx import OnnxArtifact
 
 RULES: tuple[str, ...] = (
     "zero-point",  # zero point absent or 0, and signed: INT8 (INT4 for block-quantized weight DQ)

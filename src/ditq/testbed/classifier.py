@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ditq.models.digits import IMAGE_SIZE, NUM_CLASSES, load_digits_images, split_indices
+from ditq.testbed.digits import IMAGE_SIZE, NUM_CLASSES, load_digits_images, split_indices
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -134,7 +134,9 @@ def save_classifier(model: DigitsClassifier, dir: str | Path) -> Path:
 
 
 def default_classifier_dir() -> Path:
-    return Path(__file__).parent / "demo_weights" / "classifier"
+    from ditq.models.loading import DEMO_DIR
+
+    return DEMO_DIR / "classifier"
 
 
 def load_classifier(dir: str | Path | None = None) -> DigitsClassifier:

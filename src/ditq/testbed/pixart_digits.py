@@ -28,7 +28,7 @@ PIXART_DIGITS_CONFIG: dict[str, Any] = dict(
 
 def digit_captions(seed: int = 0) -> dict[str, torch.Tensor]:
     from ditq.models.conditioning import random_caption_table
-    from ditq.models.demo import NUM_CLASSES
+    from ditq.testbed.demo import NUM_CLASSES
 
     tokens = [4 + (3 * c) % 13 for c in range(NUM_CLASSES)]
     return random_caption_table(NUM_CLASSES, CAPTION_LENGTH, CAPTION_DIM, tokens=tokens, seed=seed + 100, std=1.0)
@@ -41,9 +41,9 @@ def train_pixart_digits(out_dir: str | Path, *, seed: int = 0, steps: int | None
     from diffusers import DDPMScheduler, PixArtTransformer2DModel
     from tqdm.auto import tqdm
 
-    from ditq.models import demo
     from ditq.models.conditioning import CAPTIONS_FILE, Conditioning, save_caption_table
-    from ditq.models.digits import load_digits_images
+    from ditq.testbed import demo
+    from ditq.testbed.digits import load_digits_images
 
     steps = steps or demo.DEFAULT_STEPS
     out = Path(out_dir)
@@ -117,7 +117,7 @@ def train_pixart_digits(out_dir: str | Path, *, seed: int = 0, steps: int | None
 def _quality(model_dir: Path, seed: int) -> dict[str, float]:
     """Class accuracy and Fréchet distance of 100 FP samples (DDPM 100 steps, CFG 3) with the digits classifier."""
     from ditq.bench.quality import ImageScorer, SamplingSpec, run_sampler
-    from ditq.models.dit import load_model
+    from ditq.models.loading import load_model
 
     model = load_model(model_dir)
     labels = torch.arange(10).repeat_interleave(10)

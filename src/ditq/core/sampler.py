@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
+from ditq.core.cond import Cond, batch_size, cat_cond
 from ditq.errors import DitqError
-from ditq.models.conditioning import Cond, batch_size, cat_cond
 
 Denoise = Callable[[torch.Tensor, torch.Tensor, Cond], torch.Tensor]
 

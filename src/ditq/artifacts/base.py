@@ -1,4 +1,4 @@
-"""Typed artifact directories: manifest read/write, hashing; the output rules live in ``ditq.outputs``."""
+"""The manifest codec every artifact shares (kind, format version, producer, parent hash) and hashing."""
 
 from __future__ import annotations
 
@@ -82,9 +82,3 @@ def manifest_kind(root: Path) -> str | None:
     kind = body.get("kind") if isinstance(body, dict) else None
     return kind if isinstance(kind, str) else None
 
-
-# The output rules moved to ditq.outputs; re-exported here for the stages that import them from this module.
-from ditq.outputs import output_file, staging_dir  # noqa: E402
-
-__all__ = ["MANIFEST", "manifest_kind", "manifest_sha256", "output_file", "read_manifest", "sha256_bytes",
-           "sha256_file", "staging_dir", "write_json", "write_manifest"]

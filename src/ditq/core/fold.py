@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from ditq.models.dit import Site
+from ditq.core.sites import Site
 
 PreAffine = dict[str, tuple[torch.Tensor, torch.Tensor]]  # site name -> (shift, inverse scale)
 

@@ -1,0 +1,1 @@
+"""The digits testbed: the bundled demo DiT's training, the digits classifier and the image scorer."""
