@@ -33,7 +33,7 @@ class DemoConfig:
 
 
 def run_demo(out: Path, config: DemoConfig = DemoConfig(), *, force: bool = False) -> dict[str, Any]:
-    from ditq.bench.quality import ImageScorer, SamplingSpec, evaluate, fp_reference
+    from ditq.bench.quality import evaluate
     from ditq.bench.speed import ort_latency_ms
     from ditq.calibration.calibrate import CalibConfig, calibrate
     from ditq.calibration.methods import method_config
@@ -41,6 +41,7 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig(), *, force: bool = Fals
     from ditq.models.loading import load_model
     from ditq.runtime.backends import onnxruntime_backend
     from ditq.runtime.images import save_grid
+    from ditq.testbed.scoring import ImageScorer, SamplingSpec, fp_reference
     from ditq.validate.run import ValidateConfig, validate
 
     out = Path(out)

@@ -134,7 +134,7 @@ def _load(config: QualityConfig, root: Path) -> Any:
 def _scorer(model: Any, say: Callable[[str], None]) -> tuple[Any, str]:
     """The digits classifier, for digits models only: the demo DiT or ``train-demo --arch pixart`` (16x16x1 images,
     10 conditions; it knows nothing else)."""
-    from ditq.bench.quality import ImageScorer
+    from ditq.testbed.scoring import ImageScorer
 
     if tuple(model.sample_shape) != (1, 16, 16) or model.num_conditions != 10:
         return None, "class accuracy and Fréchet distance need the demo model's digits classifier: not computed"
@@ -148,11 +148,12 @@ def _scorer(model: Any, say: Callable[[str], None]) -> tuple[Any, str]:
 def _run(root: Path, config: QualityConfig, say: Callable[[str], None]
          ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The grid's measurements, and the W4A8 sample images per method for the plot."""
-    from ditq.bench.quality import SamplingSpec, evaluate, fp_reference
+    from ditq.bench.quality import evaluate
     from ditq.calibration.calibrate import CalibConfig, calibrate
     from ditq.calibration.methods import METHODS, method_config
     from ditq.export.onnx_export import export_onnx, export_reference
     from ditq.runtime.backends import onnxruntime_backend, torch_backend
+    from ditq.testbed.scoring import SamplingSpec, fp_reference
 
     started = time.perf_counter()
     model = _load(config, root)
@@ -259,8 +260,9 @@ def _cell(q: dict[str, Any]) -> dict[str, Any]:
 def _ort_vs_torch(ref: Any, backend: Any, ort: Any, recipe: Any) -> float:
     """Min over groups of the SQNR (dB) between ONNX Runtime's exact-QDQ output and the torch fake-quant output,
     on one FP-trajectory input per group (the first 8 images and their CFG twins)."""
-    from ditq.bench.quality import _cfg_rows, sqnr_db
+    from ditq.bench.quality import _cfg_rows
     from ditq.core.cond import select
+    from ditq.core.metrics import sqnr_db
 
     worst = math.inf
     for g in recipe.groups:

@@ -16,13 +16,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ditq.artifacts.recipe import Recipe
 from ditq.core.cond import Cond
 from ditq.core.fold import PreAffine, fold_state
-from ditq.core.quantizers import dynamic_fake_quant, fake_quant, fake_quant_weight, rotate_weight, rotation_matrix
+from ditq.core.qlinear import QLinear
 from ditq.core.sites import Denoiser, Site
 from ditq.errors import DitqError
 from ditq.models.conditioning import conditioning_from_info
@@ -72,45 +71,6 @@ class GroupedBackend:
         self.check_cond(cond)
         self.calls[g] += 1
         return self.fns[g](x, timestep, cond)
-
-
-class QLinear(nn.Module):
-    """A Linear with an optional explicit pre-affine ``(x - shift) * scale`` and fake-quantized input/weight.
-
-    ``rotation`` > 0: an online block-Hadamard ``x @ R`` with ``W @ R`` folded into the weight (exact in FP).
-    ``w_scale`` of shape [N] is per output channel, [N, K / block] per block. The input is quantized statically
-    with ``act_scale``, or at run time per token (``dynamic_group=0``) or per token and channel group
-    (``dynamic_group`` > 0); ``None`` for both leaves it in float.
-    """
-
-    def __init__(self, linear: nn.Linear, *, w_scale: torch.Tensor | None = None, act_scale: float | None = None,
-                 pre: tuple[torch.Tensor, torch.Tensor] | None = None, w_bits: int = 8, a_bits: int = 8,
-                 dynamic_group: int | None = None, rotation: int = 0) -> None:
-        super().__init__()
-        weight = linear.weight.detach()
-        if rotation:
-            weight = rotate_weight(weight, rotation).to(linear.weight.dtype)
-        if w_scale is not None:
-            weight = fake_quant_weight(weight, w_scale, w_bits)
-        self.register_buffer("weight", weight)
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach())
-        self.rotation: torch.Tensor | None
-        self.register_buffer("rotation", rotation_matrix(weight.shape[1], rotation).to(weight.dtype)
-                             if rotation else None)
-        self.act_scale, self.a_bits = act_scale, a_bits
-        self.dynamic_group = dynamic_group
-        self.pre = pre
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pre is not None:
-            x = (x - self.pre[0]) * self.pre[1]
-        if self.rotation is not None:
-            x = x @ self.rotation
-        if self.act_scale is not None:
-            x = fake_quant(x, self.act_scale, self.a_bits)
-        elif self.dynamic_group is not None:
-            x = dynamic_fake_quant(x, self.a_bits, self.dynamic_group)
-        return F.linear(x, self.weight, self.bias)
 
 
 def folded_transformer(model: LoadedModel, recipe: Recipe, group_id: int) -> tuple[nn.Module, PreAffine, list[Site]]:

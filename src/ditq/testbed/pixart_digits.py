@@ -116,8 +116,8 @@ def train_pixart_digits(out_dir: str | Path, *, seed: int = 0, steps: int | None
 
 def _quality(model_dir: Path, seed: int) -> dict[str, float]:
     """Class accuracy and Fréchet distance of 100 FP samples (DDPM 100 steps, CFG 3) with the digits classifier."""
-    from ditq.bench.quality import ImageScorer, SamplingSpec, run_sampler
     from ditq.models.loading import load_model
+    from ditq.testbed.scoring import ImageScorer, SamplingSpec, run_sampler
 
     model = load_model(model_dir)
     labels = torch.arange(10).repeat_interleave(10)

@@ -31,6 +31,7 @@ from polygraphy.exception import PolygraphyException
 from polygraphy.json import save_json
 from polygraphy.logger import G_LOGGER
 
+from ditq.core.metrics import cosine_np, sqnr_db_np
 from ditq.errors import DitqError
 
 Feed = Mapping[str, np.ndarray]
@@ -127,13 +128,6 @@ class GroupComparison:
         return [miss for name, g in self.graphs.items() for miss in g.thresholds.misses(g.metrics, name)]
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
-    if na == 0.0 or nb == 0.0:
-        return 1.0 if na == nb else 0.0
-    return float(np.clip(np.dot(a, b) / (na * nb), -1.0, 1.0))  # clip keeps NaN
-
-
 def metrics(outputs: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> Metrics:
     """Accuracy of ``outputs`` vs ``reference`` (one array per iteration), computed in float64."""
     if len(outputs) != len(reference) or not outputs:
@@ -150,12 +144,10 @@ def metrics(outputs: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> M
     ref = np.concatenate([r.ravel() for r in refs])
     if diff.size == 0:
         raise DitqError("cannot compare empty arrays; the graph output has no elements")
-    signal, noise = float(ref @ ref), float(diff @ diff)
-    with np.errstate(divide="ignore"):
-        sqnr = float("inf") if noise == 0.0 else float(10.0 * np.log10(signal / noise))
+    sqnr = sqnr_db_np(diff, ref)
     abs_err = np.abs(diff)
     return Metrics(
-        cosine=float(np.min([_cosine(o.ravel(), r.ravel()) for o, r in zip(outs, refs)])),
+        cosine=float(np.min([cosine_np(o.ravel(), r.ravel()) for o, r in zip(outs, refs)])),
         sqnr_db=sqnr,
         max_abs_err=float(abs_err.max()),
         mean_abs_err=float(abs_err.mean()),

@@ -8,7 +8,7 @@ from ditq.core.quantizers import hadamard, rotation_matrix
 def test_hadamard_rotation_is_orthogonal_and_exact_in_fp():
     from torch import nn
 
-    from ditq.runtime.backends import QLinear
+    from ditq.core.qlinear import QLinear
 
     for n in (1, 2, 32, 128):
         h = hadamard(n)

@@ -12,6 +12,7 @@ from torch import nn
 from ditq.artifacts.recipe import LinearSpec
 from ditq.calibration.groups import Grouping
 from ditq.calibration.stats import SiteStats
+from ditq.core.metrics import noise_ratio, ratio_db
 from ditq.core.quantizers import block_for, rotation_matrix, scale_from_amax, search_act_scale
 from ditq.core.sites import Site
 from ditq.errors import DitqError
@@ -173,7 +174,7 @@ class ProbeEvaluator:
         self.model = make_denoiser(transformer)
         self.modules = dict(transformer.named_modules())
         if pre:
-            from ditq.runtime.backends import QLinear
+            from ditq.core.qlinear import QLinear
 
             for site in ctx.sites:
                 if site.name in pre:
@@ -199,7 +200,7 @@ class ProbeEvaluator:
             ratios = []
             for inp, ref in zip(self.inputs, self.reference):
                 out = self.model.predict(*inp)
-                ratios.append(float((out - ref).double().square().sum() / ref.double().square().sum().clamp_min(1e-30)))
+                ratios.append(noise_ratio(out, ref))
             return ratios
         finally:
             for name, module in originals.items():
@@ -208,7 +209,4 @@ class ProbeEvaluator:
 
     def sqnr_db(self, replacements: Mapping[str, nn.Module]) -> float:
         """Mean over probes of the output SQNR in dB."""
-        import math
-
-        return float(sum(-10 * math.log10(max(r, 1e-30)) for r in self.noise_ratios(replacements))
-                     / len(self.inputs))
+        return float(sum(ratio_db(max(r, 1e-30)) for r in self.noise_ratios(replacements)) / len(self.inputs))

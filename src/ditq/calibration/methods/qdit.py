@@ -142,7 +142,7 @@ class QDiTConfig(MethodConfig):
             raise DitqError(f"qdit mutate_prob must lie in [0, 1], got {self.mutate_prob}")
 
     def solve(self, ctx: Context) -> Solution:
-        from ditq.runtime.backends import QLinear
+        from ditq.core.qlinear import QLinear
 
         grouping = one_group(ctx)
         evaluator = ProbeEvaluator(ctx, n_timesteps=self.fitness_timesteps, batch=self.fitness_batch)

@@ -93,7 +93,7 @@ class ViDiTQConfig(MethodConfig):
                          specs: dict[str, LinearSpec]) -> tuple[dict[str, LinearSpec], dict]:
         """Keep 8-bit weights on the sites most sensitive under any timestep segment's metric, within budget."""
         from ditq.core.fold import fold_state
-        from ditq.runtime.backends import QLinear
+        from ditq.core.qlinear import QLinear
 
         assert ctx.transformer is not None
         folded, pre = fold_state(ctx.transformer.state_dict(), ctx.sites, {k: v[0] for k, v in shifts.items()},
