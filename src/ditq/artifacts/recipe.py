@@ -15,7 +15,6 @@ block-Hadamard ``rotation`` (block size, 0 = none; the weight is quantized after
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,6 +22,7 @@ from typing import Any, ClassVar
 import torch
 
 from ditq.artifacts import read_manifest, sha256_file, write_json, write_manifest
+from ditq.core.groups import TimestepGroups
 from ditq.errors import DitqError
 
 RECIPE_JSON = "recipe.json"
@@ -131,13 +131,7 @@ class Recipe:
         return any(not self.linear_spec(lin).dynamic for lin in site.linears)
 
     def group_of(self, timestep: float) -> int:
-        if not math.isfinite(float(timestep)):
-            raise DitqError(f"timestep {timestep} is outside the recipe's range [0, {self.num_train_timesteps - 1}]")
-        t = int(round(float(timestep)))
-        for g in self.groups:
-            if g.interval[0] <= t <= g.interval[1]:
-                return g.group_id
-        raise DitqError(f"timestep {timestep} is outside the recipe's range [0, {self.num_train_timesteps - 1}]")
+        return TimestepGroups.of([g.interval for g in self.groups]).group_of(timestep)
 
     def body(self) -> dict[str, Any]:
         return {

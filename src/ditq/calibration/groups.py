@@ -9,7 +9,6 @@ a Kneedle knee when asked for ``auto``.
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import operator
 from collections.abc import Sequence
@@ -18,6 +17,7 @@ from typing import Literal
 
 import numpy as np
 
+from ditq.core.groups import TimestepGroups
 from ditq.errors import DitqError
 
 Segments = list[tuple[int, int]]
@@ -44,11 +44,8 @@ class Grouping:
     def n_groups(self) -> int:
         return len(self.segments)
 
-    def group_of(self, timestep: int) -> int:
-        t = operator.index(timestep)
-        if not self.intervals[0][0] <= t <= self.intervals[-1][1]:
-            raise DitqError(f"timestep {t} is outside the training axis [0, {self.intervals[-1][1]}].")
-        return bisect.bisect_right([lo for lo, _ in self.intervals], t) - 1
+    def group_of(self, timestep: float) -> int:
+        return TimestepGroups(self.intervals).group_of(timestep)
 
     def members(self, group_id: int) -> tuple[int, ...]:
         if not 0 <= group_id < len(self.segments):

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from torch import nn
 from ditq.artifacts.recipe import Recipe
 from ditq.core.cond import Cond
 from ditq.core.fold import PreAffine, fold_state
+from ditq.core.groups import TimestepGroups
 from ditq.core.qlinear import QLinear
 from ditq.core.sites import Denoiser, Site
 from ditq.errors import DitqError
@@ -43,16 +43,10 @@ class GroupedBackend:
 
     def __post_init__(self) -> None:
         self.calls = [0] * len(self.fns)
+        self.groups = TimestepGroups.of(self.intervals)
 
     def group_of(self, timestep: float) -> int:
-        t = float(timestep)
-        if math.isfinite(t):
-            for g, (lo, hi) in enumerate(self.intervals):
-                if lo <= int(round(t)) <= hi:
-                    return g
-        lo, hi = min(i[0] for i in self.intervals), max(i[1] for i in self.intervals)
-        raise DitqError(f"timestep {timestep} is outside the training timestep range [{lo}, {hi}] this "
-                        "model was calibrated on; pass timesteps from a scheduler with the model's training schedule")
+        return self.groups.group_of(timestep)
 
     def check_cond(self, cond: Cond) -> None:
         """Refuse class labels the model has no embedding for (ONNX Runtime and TensorRT would fail deep inside

@@ -23,6 +23,7 @@ from ditq.artifacts.lint import lint_onnx_set
 from ditq.artifacts.onnx import OnnxArtifact
 from ditq.artifacts.recipe import Recipe
 from ditq.core.cond import Cond
+from ditq.core.groups import TimestepGroups
 from ditq.core.sampler import make_scheduler, sample
 from ditq.core.sites import Denoiser
 from ditq.errors import CheckFailed, DitqError
@@ -119,9 +120,9 @@ def validate(artifact: OnnxArtifact, model: LoadedModel, recipe: Recipe | None, 
     den = model.denoiser()
     report: dict[str, Any] = {"precision": artifact.precision, "groups": [],
                               "thresholds": {k: asdict(v) for k, v in thresholds.items()}}
-    for group in artifact.groups:
-        lo, hi = group.interval
-        inside = [f for f in all_feeds if lo <= float(f["timestep"][0]) <= hi]
+    groups = TimestepGroups.of([g.interval for g in artifact.groups])  # the runtime's own lookup
+    for index, group in enumerate(artifact.groups):
+        inside = [f for f in all_feeds if groups.group_of(float(f["timestep"][0])) == index]
         if not inside:
             raise DitqError(f"no validation step falls in group {group.group_id} {group.interval}; "
                             "validate with more --steps")
