@@ -6,8 +6,9 @@ import hashlib
 import json
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from ditq import __version__
 from ditq.errors import DitqError
@@ -82,3 +83,62 @@ def manifest_kind(root: Path) -> str | None:
     kind = body.get("kind") if isinstance(body, dict) else None
     return kind if isinstance(kind, str) else None
 
+
+
+A = TypeVar("A", bound="Artifact")
+
+
+class Artifact:
+    """A typed artifact directory: one ``manifest.json`` (kind, format version, producer, parent hash) and the
+    kind's own fields. Subclasses (frozen dataclasses with a ``root`` field) give ``KIND``, ``body()`` and
+    ``from_body()``; saving, reading, file verification and the parent check are the same for every kind.
+    """
+
+    KIND: ClassVar[str] = ""
+    REDO: ClassVar[str] = "re-create it with ditq"  # how to make a fresh one, for error messages
+    root: Path
+
+    @property
+    def parent_hash(self) -> str | None:
+        """The sha256 of the parent artifact's manifest, or None (no parent, or not recorded)."""
+        return getattr(self, "parent_sha256", None)
+
+    def body(self) -> dict[str, Any]:
+        """The kind's own manifest fields."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_body(cls: type[A], root: Path, body: dict[str, Any]) -> A:
+        """The artifact from its manifest fields (KeyError/TypeError/ValueError on a malformed manifest)."""
+        raise NotImplementedError
+
+    def save(self) -> None:
+        """Write ``manifest.json`` (atomically) from ``body()``."""
+        write_manifest(self.root, self.KIND, self.body(), parent_sha256=self.parent_hash)
+
+    @classmethod
+    def read(cls: type[A], root: Path) -> A:
+        """Read and check the manifest; a one-line DitqError for a wrong kind, version or a malformed field."""
+        root = Path(root)
+        body = read_manifest(root, cls.KIND)
+        try:
+            return cls.from_body(root, body)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+            raise DitqError(f"{root}/{MANIFEST} is malformed (bad or missing field {err}); {cls.REDO}") from err
+
+    def verify_files(self, files: Iterable[tuple[str, str]], redo: str | None = None) -> None:
+        """Every ``(name, sha256)`` must exist under ``root`` and match; one-line DitqError otherwise."""
+        redo = redo or self.REDO
+        for name, digest in files:
+            path = self.root / name
+            if not path.is_file():
+                raise DitqError(f"{path} is missing; the {self.KIND} artifact does not match its manifest, {redo}")
+            if sha256_file(path) != digest:
+                raise DitqError(f"{path} does not match the sha256 in its manifest; {redo}")
+
+    def parent_changed(self, parent: Path | None) -> Path | None:
+        """``parent`` when it is present and its manifest no longer has the recorded hash; None when it matches
+        or is gone (an artifact whose parent was moved or deleted stands alone)."""
+        if parent is None or self.parent_hash is None or not (Path(parent) / MANIFEST).is_file():
+            return None
+        return None if manifest_sha256(parent) == self.parent_hash else Path(parent)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ditq.artifacts import MANIFEST, manifest_sha256, read_manifest, sha256_file, write_manifest
+from ditq.artifacts.base import Artifact
 from ditq.errors import DitqError
 
 TRT_HINT = "pip install 'ditq[trt]' (needs an NVIDIA GPU, its driver and a CUDA build of torch)"
@@ -87,8 +87,9 @@ class EngineGroup:
 
 
 @dataclass(frozen=True)
-class EngineArtifact:
+class EngineArtifact(Artifact):
     KIND: ClassVar[str] = "ditq.engines"
+    REDO: ClassVar[str] = "re-run `ditq build`"
 
     root: Path
     trt_version: str
@@ -123,8 +124,8 @@ class EngineArtifact:
     def path(self, group_id: int) -> Path:
         return self.root / self.groups[group_id].file
 
-    def save(self) -> None:
-        write_manifest(self.root, self.KIND, {
+    def body(self) -> dict[str, Any]:
+        return {
             "tensorrt_version": self.trt_version,
             "gpu": {"name": self.gpu_name, "compute_capability": self.compute_capability},
             "device": self.device, "precision": self.precision,
@@ -136,40 +137,34 @@ class EngineArtifact:
             "onnx": {"dir": self.onnx_dir, "sha256": self.parent_sha256},
             "model": self.model, "scheduler_config": self.scheduler_config, "recipe": self.recipe,
             "seconds": self.seconds, **self.extra,
-        }, parent_sha256=self.parent_sha256)
+        }
+
+    @classmethod
+    def from_body(cls, root: Path, body: dict[str, Any]) -> EngineArtifact:
+        return cls(
+            root=root, trt_version=str(body["tensorrt_version"]), gpu_name=str(body["gpu"]["name"]),
+            compute_capability=str(body["gpu"]["compute_capability"]), precision=str(body["precision"]),
+            groups=tuple(EngineGroup(int(g["id"]), (int(g["interval"][0]), int(g["interval"][1])), g["file"],
+                                     g["sha256"], g["onnx_file"], g["onnx_sha256"], g["polygraphy"],
+                                     float(g.get("seconds", 0.0))) for g in body["groups"]),
+            profile={k: {e: [int(d) for d in v[e]] for e in ("min", "opt", "max")}
+                     for k, v in body["profile"].items()},
+            builder=dict(body["builder"]), onnx_dir=body["onnx"]["dir"], parent_sha256=body["parent_sha256"],
+            model=body["model"], scheduler_config=body["scheduler_config"], recipe=body["recipe"],
+            seconds=float(body.get("seconds", 0.0)),
+        )
 
     @classmethod
     def load(cls, root: Path, *, check_runtime: bool = True, check_parent: bool = True) -> EngineArtifact:
         """Read the manifest and check every plan's sha256; with ``check_runtime`` also refuse a set built for
         another TensorRT version or GPU architecture than this machine's; with ``check_parent`` one whose ONNX set
         is still present but changed since the build (one-line DitqError each)."""
-        root = Path(root)
-        body = read_manifest(root, cls.KIND)
-        try:
-            art = cls(
-                root=root, trt_version=str(body["tensorrt_version"]), gpu_name=str(body["gpu"]["name"]),
-                compute_capability=str(body["gpu"]["compute_capability"]), precision=str(body["precision"]),
-                groups=tuple(EngineGroup(int(g["id"]), (int(g["interval"][0]), int(g["interval"][1])), g["file"],
-                                         g["sha256"], g["onnx_file"], g["onnx_sha256"], g["polygraphy"],
-                                         float(g.get("seconds", 0.0))) for g in body["groups"]),
-                profile={k: {e: [int(d) for d in v[e]] for e in ("min", "opt", "max")}
-                         for k, v in body["profile"].items()},
-                builder=dict(body["builder"]), onnx_dir=body["onnx"]["dir"], parent_sha256=body["parent_sha256"],
-                model=body["model"], scheduler_config=body["scheduler_config"], recipe=body["recipe"],
-                seconds=float(body.get("seconds", 0.0)),
-            )
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
-            raise DitqError(f"{root}/manifest.json is malformed (bad or missing field {err}); "
-                            "re-run `ditq build`") from err
+        art = cls.read(root)
+        root = art.root
         rebuild = art.rebuild_hint()
         if not art.groups or [g.group_id for g in art.groups] != list(range(len(art.groups))) or not art.profile:
             raise DitqError(f"{root}/manifest.json must list groups 0..G-1 and a profile; {rebuild}")
-        for g in art.groups:
-            path = root / g.file
-            if not path.is_file():
-                raise DitqError(f"{path} is missing; the engine set does not match its manifest, {rebuild}")
-            if sha256_file(path) != g.sha256:
-                raise DitqError(f"{path} does not match the sha256 in its manifest; {rebuild}")
+        art.verify_files(((g.file, g.sha256) for g in art.groups), redo=rebuild)
         if check_parent:
             art.check_parent()
         if check_runtime:
@@ -185,11 +180,11 @@ class EngineArtifact:
         """The ONNX set these engines were built from when it is still there (else None: the engines stand
         alone); a one-line DitqError naming both directories when that set changed since the build."""
         onnx = self.onnx_path
-        if onnx is None or not (onnx / MANIFEST).is_file():
-            return None
-        if manifest_sha256(onnx) != self.parent_sha256:
+        if self.parent_changed(onnx) is not None:
             raise DitqError(f"the ONNX set {onnx} has changed since the engines in {self.root} were built from it "
                             f"(its manifest no longer matches the engines' parent_sha256); {self.rebuild_hint()}")
+        if onnx is None or not (onnx / "manifest.json").is_file():
+            return None
         return onnx
 
     def rebuild_hint(self) -> str:

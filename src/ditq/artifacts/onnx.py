@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ditq.artifacts import MANIFEST, manifest_sha256, read_manifest, sha256_file, write_manifest
+from ditq.artifacts.base import Artifact
 from ditq.errors import DitqError
 
 if TYPE_CHECKING:
@@ -28,8 +28,9 @@ class OnnxGroup:
 
 
 @dataclass(frozen=True)
-class OnnxArtifact:
+class OnnxArtifact(Artifact):
     KIND: ClassVar[str] = "ditq.onnx"
+    REDO: ClassVar[str] = "re-run `ditq export`"
 
     root: Path
     precision: str
@@ -62,13 +63,13 @@ class OnnxArtifact:
         """The recipe directory this set was exported from when it is still there (else None: the set stands
         alone); a one-line DitqError naming both directories when that recipe changed since the export."""
         rdir = self.recipe_dir
-        if rdir is None or self.parent_sha256 is None or not (rdir / MANIFEST).is_file():
-            return None
-        if manifest_sha256(rdir) != self.parent_sha256:
+        if self.parent_changed(rdir) is not None:
             raise DitqError(f"the recipe {rdir} has changed since the ONNX set {self.root} was exported from it "
                             f"(its manifest no longer matches the set's parent_sha256); re-run "
                             f"`ditq export {rdir} -o {self.root} --force` (or move the set away from the recipe "
                             "to use it alone)")
+        if rdir is None or self.parent_sha256 is None or not (rdir / "manifest.json").is_file():
+            return None
         return rdir
 
     def load_parent_recipe(self) -> Recipe | None:
@@ -85,8 +86,8 @@ class OnnxArtifact:
                             f"{self.root} was exported from ({str(self.model.get('sha256'))[:12]}); re-run "
                             "`ditq calibrate` and `ditq export` on this model")
 
-    def save(self) -> None:
-        write_manifest(self.root, self.KIND, {
+    def body(self) -> dict[str, Any]:
+        return {
             "precision": self.precision, "opset": self.opset,
             "groups": [{"id": g.group_id, "interval": list(g.interval), "file": g.file, "sha256": g.sha256}
                        for g in self.groups],
@@ -94,36 +95,30 @@ class OnnxArtifact:
             "data": {"file": "weights.bin", "sha256": self.data_sha256},
             "model": self.model, "scheduler_config": self.scheduler_config, "recipe": self.recipe,
             "seconds": self.seconds, **self.extra,
-        }, parent_sha256=self.parent_sha256)
+        }
+
+    @classmethod
+    def from_body(cls, root: Path, body: dict[str, Any]) -> OnnxArtifact:
+        return cls(
+            root=root, precision=body["precision"], opset=int(body["opset"]),
+            groups=tuple(OnnxGroup(int(g["id"]), (int(g["interval"][0]), int(g["interval"][1])), g["file"],
+                                   g["sha256"]) for g in body["groups"]),
+            reference_sha256=body["reference"]["sha256"], data_sha256=body["data"]["sha256"],
+            model=body["model"], scheduler_config=body["scheduler_config"], recipe=body["recipe"],
+            parent_sha256=body.get("parent_sha256"), seconds=float(body.get("seconds", 0.0)),
+        )
 
     @classmethod
     def load(cls, root: Path, *, verify: bool = True, check_parent: bool = True) -> OnnxArtifact:
         """Read the manifest; with ``verify``, every file must exist and match its recorded sha256; with
         ``check_parent``, the recipe it was exported from must be unchanged where it is still present."""
-        root = Path(root)
-        body = read_manifest(root, cls.KIND)
-        try:
-            art = cls(
-                root=root, precision=body["precision"], opset=int(body["opset"]),
-                groups=tuple(OnnxGroup(int(g["id"]), (int(g["interval"][0]), int(g["interval"][1])), g["file"],
-                                       g["sha256"]) for g in body["groups"]),
-                reference_sha256=body["reference"]["sha256"], data_sha256=body["data"]["sha256"],
-                model=body["model"], scheduler_config=body["scheduler_config"], recipe=body["recipe"],
-                parent_sha256=body.get("parent_sha256"), seconds=float(body.get("seconds", 0.0)),
-            )
-        except (KeyError, TypeError, ValueError, IndexError) as err:
-            raise DitqError(f"{root}/manifest.json is malformed (bad or missing field {err}); re-run export") from err
+        art = cls.read(root)
+        root = art.root
         if [g.group_id for g in art.groups] != list(range(len(art.groups))) or not art.groups:
             raise DitqError(f"{root}/manifest.json must list groups 0..G-1; re-run `ditq export`")
         if verify:
-            expected = [(g.file, g.sha256) for g in art.groups]
-            expected += [("reference.onnx", art.reference_sha256), ("weights.bin", art.data_sha256)]
-            for name, digest in expected:
-                path = root / name
-                if not path.is_file():
-                    raise DitqError(f"{path} is missing; the ONNX set does not match its manifest, re-run export")
-                if sha256_file(path) != digest:
-                    raise DitqError(f"{path} does not match the sha256 in its manifest; re-run `ditq export`")
+            art.verify_files([*((g.file, g.sha256) for g in art.groups), ("reference.onnx", art.reference_sha256),
+                              ("weights.bin", art.data_sha256)], redo="re-run export")
         if check_parent:
             art.check_parent()
         return art
