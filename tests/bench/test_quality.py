@@ -78,3 +78,9 @@ def test_method_variants_parse():
     with pytest.raises(DitqError, match="key=value"):
         parse_method("htg:groups")
     QualityConfig(methods=("qdit:min_mean_group=64",))
+
+
+def test_evaluation_spec_follows_the_config():
+    from ditq.testbed.scoring import SamplingSpec
+
+    assert QualityConfig(cfg_scale=2.0, seed=7).spec(25) == SamplingSpec(steps=25, cfg_scale=2.0, seed=7)
