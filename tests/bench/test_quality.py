@@ -62,10 +62,10 @@ def test_modelopt_config_touches_only_the_quantized_linears():
 
 def test_peer_rows_are_skipped_with_a_note_without_modelopt(monkeypatch):
     import ditq._deps
-    from ditq.bench import quality_grid
+    from ditq.bench.quality_grid.peers import peer_rows
 
     monkeypatch.setattr(ditq._deps, "has_module", lambda name: False)
-    rows, note = quality_grid._peers(None, QualityConfig(), {}, {}, None, lambda _m: None)
+    rows, note = peer_rows(None, QualityConfig(), {}, {}, None, lambda _m: None)
     assert rows == [] and "nvidia-modelopt is not installed" in note
 
 
@@ -78,3 +78,9 @@ def test_method_variants_parse():
     with pytest.raises(DitqError, match="key=value"):
         parse_method("htg:groups")
     QualityConfig(methods=("qdit:min_mean_group=64",))
+
+
+def test_evaluation_spec_follows_the_config():
+    from ditq.testbed.scoring import SamplingSpec
+
+    assert QualityConfig(cfg_scale=2.0, seed=7).spec(25) == SamplingSpec(steps=25, cfg_scale=2.0, seed=7)

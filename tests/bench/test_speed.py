@@ -107,3 +107,19 @@ def test_architectures():
     assert xl.config.num_layers == 28 and xl.inner_dim == 1152 and num_tokens(ARCH_CONFIGS["dit-xl2-512"]) == 1024
     tiny = random_dit("tiny")
     assert all(p.any() for p in tiny.parameters())  # adaLN / proj_out are re-drawn, not zero
+
+
+def test_profile_and_spinning_go_through_the_runtime_session_builder(tiny_onnx):
+    from ditq.bench.speed.ort import ort_feeds, ort_profile
+    from ditq.runtime.backends import ort_session
+
+    sess = ort_session(tiny_onnx.path(0), 1, spinning=False)
+    assert sess.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    prof = ort_profile(tiny_onnx.path(0), ort_feeds((1, 8, 8), 2), 1, spinning=False, runs=1)
+    assert len(prof["run_ms"]) == 1 and prof["ops"] and all(0 < o["share"] <= 1 for o in prof["ops"])
+
+
+def test_sampling_timing_uses_the_shared_sampling_spec():
+    from ditq.testbed.scoring import SamplingSpec
+
+    assert TINY_CFG.sampling_spec == SamplingSpec(steps=2, cfg_scale=3.0, seed=0, scheduler="ddim")

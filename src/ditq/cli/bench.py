@@ -7,9 +7,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from ditq.cli.args import nonnegative_int, positive_int
+from ditq.cli.args import Parser, common_parent, nonnegative_int, positive_int
 
-KINDS = ("speed", "quality", "fullsize")  # main.py lists the same choices; add a kind here and a handler below
+KINDS = ("speed", "quality", "fullsize")  # add a kind here, in add_args and a handler below
 
 
 def _csv(value: str | None, cast: Callable[[str], object] = str) -> tuple | None:
@@ -117,8 +117,6 @@ def run_quality(args: argparse.Namespace) -> int:
     return 0
 
 
-
-
 def add_fullsize_args(p: argparse.ArgumentParser) -> None:
     """The ``bench fullsize`` flags (defaults in ``ditq.bench.fullsize.FullsizeConfig``)."""
     p.add_argument("-o", "--output", required=True, help="directory for fullsize.json and fullsize.md")
@@ -148,6 +146,22 @@ def run_fullsize(args: argparse.Namespace) -> int:
     print(f"{Path(args.output) / 'fullsize.md'}: {len(results['models'])} model(s)"
           + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 3 if failed else 0
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    """``bench KIND``: one sub-parser per kind, each with its own --debug and -q."""
+    kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND", parser_class=Parser)
+    common = common_parent()
+    add_speed_args(kinds.add_parser("speed", help="FP vs INT8 latency: ORT on CPU, torch-int8 on CUDA",
+                                    parents=[common],
+                                    description="FP vs INT8 latency (ORT on CPU, torch-int8 on CUDA), speed.json/.md"))
+    add_quality_args(kinds.add_parser("quality", help="method x W8A8/W4A8 x steps quality grid vs FP", parents=[common],
+                                      description="quality of every method at W8A8 and W4A8 and several step "
+                                                  "counts vs FP: quality.md/.csv/.json and plots"))
+    add_fullsize_args(kinds.add_parser("fullsize", help="DiT-XL/2 and PixArt-α with random weights through the "
+                                       "pipeline: time and peak memory per stage", parents=[common],
+                                       description="published full-size architectures (random weights): calibrate "
+                                                   "-> export -> lint -> validate, fullsize.json/.md"))
 
 
 HANDLERS = {"speed": run_speed, "quality": run_quality, "fullsize": run_fullsize}

@@ -6,10 +6,50 @@ from pathlib import Path
 from typing import Any
 
 from ditq.artifacts.outputs import staging_dir
-from ditq.cli.args import UsageError
-from ditq.cli.main import CALIBRATION_DEFAULTS
+from ditq.cli.args import (
+    CALIBRATION_DEFAULTS,
+    SCHEDULER_CONFIG_HELP,
+    UsageError,
+    check_groups_fit_steps,
+    defaults_help,
+    float_range,
+    groups_arg,
+    positive_int,
+    sampling_args,
+    set_help,
+)
 
+# kept in sync with ditq.calibration.methods by a test, without importing torch here
+METHODS = ("htg", "minmax", "smoothquant", "ptq4dit", "qdit", "viditq")
 DEFAULT_STEPS, DEFAULT_SAMPLES = CALIBRATION_DEFAULTS[""]["steps"], CALIBRATION_DEFAULTS[""]["samples"]
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a local diffusers DiT or PixArt directory, or 'demo'")
+    p.add_argument("--scheduler-config", default=None, metavar="PATH", help=SCHEDULER_CONFIG_HELP)
+    p.add_argument("-o", "--output", required=True, help="recipe directory to write")
+    p.add_argument("--method", default="htg", choices=METHODS)
+    p.add_argument("--groups", type=groups_arg, default="auto", help="number of timestep groups, or 'auto' (htg)")
+    p.add_argument("--samples", type=positive_int, default=None,
+                   help=f"samples per calibration run (default: {defaults_help('samples')})")
+    sampling_args(p, steps=100)
+    p.set_defaults(steps=None)  # the method's own calibration steps (CALIBRATION_DEFAULTS)
+    set_help(p, "--steps", f"calibration sampler steps, at most the model's training timesteps (default: "
+                           f"{defaults_help('steps')})")
+    p.add_argument("--w-bits", type=int, choices=(8, 4), default=8, help="weight bits (default: %(default)s)")
+    p.add_argument("--w-block", type=int, choices=(0, 32, 64, 128), default=0,
+                   help="weight block along the input channels; 0: per output channel (default: %(default)s)")
+    p.add_argument("--alpha", type=float_range(0.0, 1.0), default=None, help="smoothing exponent (smoothquant, viditq)")
+    p.add_argument("--weight-clip", choices=("output", "mse"), default="output",
+                   help="weight clip search criterion of htg/ptq4dit/qdit/viditq: output error (H-weighted) or "
+                        "weight MSE (default: %(default)s)")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="a method option, e.g. --param population=20 for qdit (repeatable; values parsed as JSON)")
+    p.add_argument("--force", action="store_true", help="replace an existing output directory")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    check_groups_fit_steps(args, args.method)
 
 
 def method_params(args: argparse.Namespace) -> dict[str, Any]:

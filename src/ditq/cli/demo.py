@@ -4,6 +4,25 @@ import argparse
 import sys
 from pathlib import Path
 
+from ditq.cli.args import check_groups_fit_steps, groups_arg, positive_int
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", default="ditq-demo", help="output directory (default: %(default)s)")
+    p.add_argument("--model", default="demo", help="model directory (default: the bundled demo)")
+    p.add_argument("--steps", type=positive_int, default=100, help="sampler steps (default: %(default)s)")
+    p.add_argument("--samples", type=positive_int, default=16, help="calibration samples (default: %(default)s)")
+    p.add_argument("--eval-samples", type=positive_int, default=50,
+                   help="images generated per variant for the metrics (default: %(default)s)")
+    p.add_argument("--groups", type=groups_arg, default="auto")
+    p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
+                   help="also run the minmax baseline for comparison (default: on)")
+    p.add_argument("--force", action="store_true")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    check_groups_fit_steps(args, "htg")  # demo calibrates htg (and the one-group baseline)
+
 
 def run(args: argparse.Namespace) -> int:
     from ditq.demo import DemoConfig, run_demo

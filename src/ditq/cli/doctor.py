@@ -18,6 +18,7 @@ MINIMUM = {"torch": (2, 4), "onnxruntime": (1, 18), "tensorrt": (10, 0), "polygr
            "diffusers": (0, 30)}
 BACKENDS = ("torch-cpu", "torch-cuda", "onnxruntime", "tensorrt")  # the rows that can sample (with diffusers)
 
+
 Check = tuple[str, bool, str]  # (backend, works, detail: versions when it works, else why not and the fix)
 
 
@@ -96,6 +97,10 @@ def cpu_int8_check() -> Check:
         return "cpu-vnni", True, f"{support.detail}: ONNX Runtime's fused INT8 kernels are exact; --qdq auto uses them"
     return "cpu-vnni", False, (f"{support.detail}: ONNX Runtime's fused INT8 kernels may saturate, so --qdq auto "
                                "runs Q/DQ exactly (slower); --qdq fused forces the kernels")
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    """No flags of its own (the common --debug and -q only)."""
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,7 +3,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ditq.cli.args import UsageError
+from ditq.cli.args import UsageError, int_range
+
+# --opset: the dynamo exporter needs >= 18 and FP16 Q/DQ scales 19; onnx's version converter (onnx 1.23, torch
+# 2.13) fails on the Attention op above 25. `ditq export` also refuses an opset the installed onnx does not know.
+OPSETS = (19, 25)
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="recipe directory from `ditq calibrate`")
+    p.add_argument("-o", "--output", required=True, help="ONNX directory to write")
+    p.add_argument("--model", default=None, help="model directory (default: the one the recipe names)")
+    p.add_argument("--opset", type=int_range(*OPSETS), default=21,
+                   help=f"ONNX opset, {OPSETS[0]}-{OPSETS[1]} (default: %(default)s)")
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                   help="float type outside INT8 (fp16 for TensorRT's strongly typed networks; fp32 for CPU speed)")
+    p.add_argument("--force", action="store_true")
 
 
 def check_opset(opset: int) -> None:

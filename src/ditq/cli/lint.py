@@ -6,6 +6,10 @@ from pathlib import Path
 from ditq.errors import CheckFailed
 
 
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("onnx_dir", help="directory of .onnx files (or one file)")
+
+
 def run(args: argparse.Namespace) -> int:
     from ditq.artifacts import MANIFEST
     from ditq.artifacts.lint import format_violations, lint_dir, lint_file, lint_onnx_set

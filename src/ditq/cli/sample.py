@@ -4,8 +4,25 @@ import argparse
 import time
 from pathlib import Path
 
-from ditq.cli.args import UsageError
+from ditq.cli.args import SCHEDULER_CONFIG_HELP, UsageError, positive_int, sampling_args
 from ditq.errors import DitqError
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("artifact", help="ONNX directory (or a recipe directory with --backend torch)")
+    p.add_argument("--scheduler-config", default=None, metavar="PATH", help=SCHEDULER_CONFIG_HELP)
+    p.add_argument("--backend", choices=("onnxruntime", "torch", "tensorrt"), default="onnxruntime")
+    p.add_argument("--fp", action="store_true", help="run the unquantized model instead")
+    p.add_argument("--classes", default=None,
+                   help="comma-separated class labels (DiT) or caption-table rows (PixArt); default: the first 10")
+    p.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime intra-op threads")
+    p.add_argument("--qdq", choices=("auto", "exact", "fused"), default="auto",
+                   help="ONNX Runtime: Q/DQ as exact float arithmetic, or fused integer kernels (exact only with "
+                        "VNNI: they saturate on AVX2); auto: fused only on a CPU with VNNI (default: %(default)s)")
+    p.add_argument("--exact-qdq", dest="qdq", action="store_const", const="exact", help="same as --qdq exact")
+    sampling_args(p, steps=100)
+    p.add_argument("-o", "--output", required=True, help="PNG grid to write")
+    p.add_argument("--force", action="store_true", help="replace an existing PNG file")
 
 
 def parse_classes(text: str, num_classes: int, what: str = "labels") -> list[int]:

@@ -4,6 +4,17 @@ import argparse
 from pathlib import Path
 
 from ditq.artifacts.outputs import staging_dir
+from ditq.cli.args import positive_int, seed_int
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", required=True, help="model directory to write")
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--train-steps", type=positive_int, default=None,
+                   help="optimizer steps (default: the shipped recipe)")
+    p.add_argument("--arch", choices=("dit", "pixart"), default="dit",
+                   help="dit: the bundled demo model; pixart: a tiny caption-conditioned PixArt (not bundled)")
+    p.add_argument("--force", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -117,13 +117,16 @@ def torch_backend(model: LoadedModel, recipe: Recipe | None) -> GroupedBackend:
     return GroupedBackend(f"torch-{recipe.method}", [g.interval for g in recipe.groups], fns, num_classes=classes)
 
 
-def ort_session(path: Path, threads: int | None = None, *, fuse: bool = True) -> Any:
+def ort_session(path: Path, threads: int | None = None, *, fuse: bool = True, spinning: bool | None = None,
+                optimized_path: Path | None = None, profile_prefix: str | None = None) -> Any:
     """A CPU session; ``fuse`` lets ONNX Runtime turn each DQ->MatMul into an integer kernel.
 
     ``fuse=False`` keeps the Q/DQ arithmetic exact (float ops), the numerics TensorRT and the torch reference
     share. On x86 CPUs without VNNI, the fused u8s8 kernels can saturate int16 partial sums with full-range
     INT8 weights, which costs accuracy (measured: ~2% relative output error on a tiny DiT; 7-bit weights remove
     it), so quality comparisons use ``fuse=False`` and speed measurements ``fuse=True``.
+    What a benchmark adds: ``spinning`` (intra-op thread spinning; None: ONNX Runtime's default, on),
+    ``optimized_path`` (save the optimized graph there, weights in a side file), ``profile_prefix`` (profiling).
     """
     import onnxruntime as ort
 
@@ -134,6 +137,17 @@ def ort_session(path: Path, threads: int | None = None, *, fuse: bool = True) ->
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    if spinning is not None:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    if optimized_path is not None:
+        opts.optimized_model_filepath = str(optimized_path)
+        # keep weights out of the saved graph: large models would pass protobuf's 2 GB limit
+        opts.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                      Path(optimized_path).stem + ".bin")
+        opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    if profile_prefix is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"],
                                     disabled_optimizers=["CommonSubexpressionElimination"])

@@ -1,0 +1,239 @@
+"""The grid itself: FP references per step count, then per method and bit width calibrate once, export the ONNX
+set, and evaluate at every step count against the FP run of the same seeds and noise (``bench.quality``)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ditq.bench.quality_grid.config import (
+    BITS,
+    DEFAULT_CALIB_SAMPLES,
+    DEFAULT_CALIB_STEPS,
+    TINY,
+    QualityConfig,
+    parse_method,
+)
+from ditq.bench.quality_grid.peers import peer_rows
+from ditq.bench.quality_grid.plots import write_plots
+from ditq.bench.quality_grid.report import cell_metrics, jsonable, write_results
+from ditq.errors import DitqError
+
+log = logging.getLogger("ditq.bench.quality_grid")
+
+
+def run_quality_grid(out: Path, config: QualityConfig = QualityConfig(), *, force: bool = False,
+                     progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the grid; write everything into ``out`` (all-or-nothing); returns the ``quality.json`` body."""
+    from ditq.artifacts.outputs import staging_dir
+
+    say = progress or (lambda msg: log.info("%s", msg))
+    threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        with staging_dir(Path(out), kind="ditq.bench.quality", force=force,
+                         inputs=[] if config.model in ("demo", TINY) else [config.model]) as tmp:
+            result, grid_rows = _run(tmp, config, say)
+            result["output"] = str(out)
+            if config.plots:
+                result["plots"] = write_plots(result, tmp, grid_rows)
+            write_results(result, tmp)
+    finally:
+        torch.set_num_threads(threads)
+    return result
+
+
+def _load(config: QualityConfig, root: Path) -> Any:
+    from ditq.models.loading import load_model
+
+    if config.model == TINY:
+        from ditq.models.tiny import save_tiny_model_dir
+
+        return load_model(save_tiny_model_dir(root / "model"))
+    return load_model(config.model)
+
+
+def _scorer(model: Any, say: Callable[[str], None]) -> tuple[Any, str]:
+    """The digits classifier, for digits models only: the demo DiT or ``train-demo --arch pixart`` (16x16x1 images,
+    10 conditions; it knows nothing else)."""
+    from ditq.testbed.scoring import ImageScorer
+
+    if tuple(model.sample_shape) != (1, 16, 16) or model.num_conditions != 10:
+        return None, "class accuracy and Fréchet distance need the demo model's digits classifier: not computed"
+    try:
+        return ImageScorer(), ""
+    except (DitqError, OSError) as err:
+        say(f"no digits classifier ({err}); class accuracy and Fréchet distance are skipped")
+        return None, f"the digits classifier could not be loaded ({err}): class metrics not computed"
+
+
+@dataclass
+class _Grid:
+    """What every cell is measured against, and what the cells add up to."""
+
+    model: Any
+    config: QualityConfig
+    scorer: Any
+    root: Path
+    reference: Any  # the FP reference graph, shared by every ONNX set
+    specs: dict[int, Any]  # step count -> SamplingSpec
+    refs: dict[int, Any]  # step count -> FPReference
+    cells: list[dict[str, Any]] = field(default_factory=list)
+    recipes: dict[str, Any] = field(default_factory=dict)
+    agreement: dict[str, Any] = field(default_factory=dict)
+    grid_rows: dict[str, torch.Tensor] = field(default_factory=dict)  # W4A8 sample images per method
+
+
+def _fp_rows(grid: _Grid, labels: torch.Tensor, say: Callable[[str], None]) -> list[dict[str, Any]]:
+    """The FP reference run at every step count (``grid.refs``), and its floor rows."""
+    from ditq.testbed.scoring import fp_reference
+
+    rows = []
+    for s in grid.config.steps:
+        say(f"FP reference, {s} steps")
+        grid.refs[s] = fp_reference(grid.model, labels, grid.specs[s])
+        rows.append({"method": "fp", "bits": "FP32", "steps": s, **(grid.scorer.score(grid.refs[s].images, labels)
+                                                                   if grid.scorer else {})})
+    return rows
+
+
+def _run(root: Path, config: QualityConfig, say: Callable[[str], None]
+         ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The grid's measurements, and the W4A8 sample images per method for the plot."""
+    from ditq.calibration.calibrate import CalibConfig
+    from ditq.calibration.methods import METHODS
+    from ditq.export.onnx_export import export_reference
+
+    started = time.perf_counter()
+    model = _load(config, root)
+    scorer, scorer_note = _scorer(model, say)
+    labels = torch.arange(config.eval_samples) % model.num_conditions
+    grid = _Grid(model, config, scorer, root, None, {s: config.spec(s) for s in config.steps}, {})
+    fp_rows = _fp_rows(grid, labels, say)
+    say("exporting the FP reference graph (shared by every ONNX set)")
+    grid.reference = export_reference(model)
+    grid.grid_rows["fp"] = grid.refs[max(config.steps)].images[:20]
+    for method in config.methods:
+        name, variant = parse_method(method)
+        own = METHODS[name].calibration_defaults
+        calib = CalibConfig(steps=config.calib_steps or own.get("steps", DEFAULT_CALIB_STEPS),
+                            samples=config.calib_samples or own.get("samples", DEFAULT_CALIB_SAMPLES),
+                            cfg_scale=config.cfg_scale, seed=config.calib_seed, progress=False)
+        for bits in config.bits:
+            _run_cell(grid, method, bits, calib, say)
+    peers, peer_note = peer_rows(model, config, grid.refs, grid.specs, scorer, say)
+    return {
+        "kind": "ditq.bench.quality", "config": jsonable(asdict(config)),
+        "model": {"source": "tiny (seeded, saved in model/)" if config.model == TINY else model.source,
+                  "sha256": model.sha256,
+                  "parameters": sum(p.numel() for p in model.transformer.parameters()),
+                  "sample_shape": list(model.sample_shape)},
+        "sampling": {"scheduler": model.scheduler_config.get("_class_name", "DDPMScheduler"),
+                     "cfg_scale": config.cfg_scale, "seed": config.seed, "images": config.eval_samples,
+                     "sqnr_images": min(config.sqnr_samples, config.eval_samples)},
+        "scorer_note": scorer_note, "fp": fp_rows, "cells": grid.cells, "recipes": grid.recipes,
+        "agreement": grid.agreement, "peers": peers, "peer_note": peer_note,
+        "seconds": round(time.perf_counter() - started, 1),
+    }, grid.grid_rows
+
+
+def _run_cell(grid: _Grid, method: str, bits: str, calib: Any, say: Callable[[str], None]) -> None:
+    """One method at one bit width: calibrate, export, check ONNX Runtime against torch, evaluate every step count
+    (and on ONNX Runtime too when it is the agreement cell)."""
+    from ditq.bench.quality import evaluate
+    from ditq.calibration.calibrate import CalibConfig, calibrate
+    from ditq.calibration.methods import method_config
+    from ditq.export.onnx_export import export_onnx
+    from ditq.runtime.backends import onnxruntime_backend, torch_backend
+
+    config, model = grid.config, grid.model
+    name, variant = parse_method(method)
+    key = f"{method}-{bits}"
+    folder = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
+    w_bits = BITS[bits]
+    say(f"{key}: calibrating ({calib.steps} steps x {calib.samples} samples)")
+    params = {**config.method_params.get(name, {}), **variant}
+    recipe = calibrate(model, method_config(name, **params),
+                       CalibConfig(**{**asdict(calib), "w_bits": w_bits,
+                                      "w_block": config.w4_block if w_bits == 4 else 0}))
+    recipe.save(grid.root / "recipes" / folder)
+    say(f"{key}: exporting")
+    art = export_onnx(model, recipe, grid.root / "onnx" / folder, recipe_dir=grid.root / "recipes" / folder,
+                      progress=False, reference=grid.reference)
+    size = artifact_bytes(art)
+    backend = torch_backend(model, recipe)
+    ort = onnxruntime_backend(art, fuse=False)
+    consistency = _ort_vs_torch(grid.refs[min(config.steps)], backend, ort, recipe)
+    grid.recipes[key] = _recipe_summary(recipe, size, consistency)
+    top = max(config.steps)
+    for s in config.steps:
+        say(f"{key}: evaluating at {s} steps")
+        q = evaluate(model, backend, grid.refs[s], grid.specs[s], grid.scorer, sqnr_rows=config.sqnr_samples)
+        images = q.pop("images")
+        if bits == "W4A8" and s == top:
+            grid.grid_rows[method] = images[:20]
+        grid.cells.append({"method": method, "bits": bits, "steps": s, "backend": "torch", **cell_metrics(q),
+                           "groups": recipe.num_groups, "dynamic": recipe.dynamic_activations,
+                           "calibration_seconds": recipe.calibration["seconds"], "artifact_bytes": size,
+                           "ort_vs_torch_sqnr_db": consistency})
+    if (method, bits) == tuple(config.agreement or ("htg", "W4A8")):
+        s = min(config.steps)
+        say(f"{key}: evaluating at {s} steps on ONNX Runtime (exact Q/DQ) as well")
+        q = evaluate(model, ort, grid.refs[s], grid.specs[s], grid.scorer, sqnr_rows=config.sqnr_samples)
+        q.pop("images")
+        torch_cell = next(c for c in grid.cells if (c["method"], c["bits"], c["steps"]) == (method, bits, s))
+        grid.agreement = {"method": method, "bits": bits, "steps": s, "onnxruntime": cell_metrics(q),
+                          "torch": {k: torch_cell[k] for k in cell_metrics(q)}}
+
+
+def artifact_bytes(art: Any) -> int:
+    """What a deployment of the quantized set ships: the group graphs plus the ``weights.bin`` byte ranges they
+    reference (each once; the FP reference graph's own weights, also in ``weights.bin``, are not counted)."""
+    import onnx
+
+    ranges: set[tuple[int, int]] = set()
+    total = 0
+    for g in art.groups:
+        path = art.root / g.file
+        total += path.stat().st_size
+        for t in onnx.load(str(path), load_external_data=False).graph.initializer:
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                info = {e.key: e.value for e in t.external_data}
+                ranges.add((int(info.get("offset", 0)), int(info["length"])))
+    return total + sum(length for _, length in ranges)
+
+
+@torch.no_grad()
+def _ort_vs_torch(ref: Any, backend: Any, ort: Any, recipe: Any) -> float:
+    """Min over groups of the SQNR (dB) between ONNX Runtime's exact-QDQ output and the torch fake-quant output,
+    on one FP-trajectory input per group (the first 8 images and their CFG twins)."""
+    from ditq.bench.quality import _cfg_rows
+    from ditq.core.cond import select
+    from ditq.core.metrics import sqnr_db
+
+    worst = math.inf
+    for g in recipe.groups:
+        inside = [inp for inp in ref.inputs if g.interval[0] <= float(inp[1][0]) <= g.interval[1]]
+        if not inside:
+            continue
+        inp = inside[len(inside) // 2]
+        idx = _cfg_rows(inp[0].shape[0], 8)
+        x, t, y = inp[0][idx], inp[1][idx], select(inp[2], idx)
+        worst = min(worst, sqnr_db(ort(x, t, y), backend(x, t, y)))
+    return worst
+
+
+def _recipe_summary(recipe: Any, size: int, consistency: float) -> dict[str, Any]:
+    specs = [recipe.linear_spec(lin) for s in recipe.sites for lin in s.linears]
+    return {"groups": [list(g.interval) for g in recipe.groups], "dynamic_activations": recipe.dynamic_activations,
+            "weight_bits": sorted({s.w_bits for s in specs}), "calibration": recipe.calibration,
+            "alphas": {s.name: s.alpha for s in recipe.sites}, "artifact_bytes": size,
+            "ort_vs_torch_sqnr_db": consistency}

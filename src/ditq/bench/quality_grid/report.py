@@ -1,0 +1,121 @@
+"""``quality.md``, ``quality.csv`` and ``quality.json``: the rows in table order, the markdown table and notes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from ditq.bench.quality_grid.config import METHOD_ORDER
+
+COLUMNS = ("method", "bits", "steps", "groups", "sqnr_mean_db", "sqnr_min_db", "psnr_db", "class_accuracy",
+           "frechet_distance", "calibration_seconds", "artifact_bytes", "ort_vs_torch_sqnr_db", "dynamic", "backend")
+
+
+def cell_metrics(q: dict[str, Any]) -> dict[str, Any]:
+    keys = ("sqnr_mean_db", "sqnr_min_db", "psnr_db", "class_accuracy", "frechet_distance")
+    out = {k: q[k] for k in keys if k in q}
+    out["sqnr_per_step_db"] = q["sqnr_per_step_db"]
+    out["timesteps"] = q["timesteps"]
+    return out
+
+
+def jsonable(body: Any) -> Any:
+    return json.loads(json.dumps(body, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+
+
+def all_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """FP floor rows first, then every cell and peer row, ordered by bits, steps and method."""
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    rows = [{**r, "backend": "torch"} for r in result["fp"]]
+    rows += sorted(result["cells"] + result["peers"],
+                   key=lambda r: (r["bits"] != "W8A8", -r["steps"], order.get(r["method"].split(":")[0], 99),
+                                  r["method"]))
+    return rows
+
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, float):
+        return "inf" if math.isinf(v) else f"{v:.{digits}f}"
+    return str(v)
+
+
+def format_markdown(result: dict[str, Any]) -> str:
+    cfg, m, smp = result["config"], result["model"], result["sampling"]
+    w4 = "per output channel" if not cfg["w4_block"] else f"in blocks of {cfg['w4_block']}"
+    lines = [
+        "# ditq bench quality", "",
+        f"Model `{m['source']}` ({m['parameters']:,} parameters, sha256 {m['sha256'][:12]}), {smp['scheduler']} "
+        f"with CFG {smp['cfg_scale']}, {smp['images']} images per cell (seed {smp['seed']}, the FP run's noise), "
+        f"per-step SQNR teacher-forced on {smp['sqnr_images']} of them. W8A8: INT8 per-channel weights; W4A8: INT4 "
+        f"weights {w4} (Q-DiT: its "
+        "own searched groups); activations INT8 (static per tensor for minmax/smoothquant/ptq4dit/htg, dynamic for "
+        "qdit/viditq). Quality on the torch fake-quant backend (exact Q/DQ arithmetic).", "",
+        "| method | bits | steps | groups | mean step SQNR (dB) | min step SQNR (dB) | PSNR vs FP (dB) | class acc. "
+        "| Fréchet dist. | calib. (s) | artifact (MB) | ORT vs torch (dB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in all_rows(result):
+        name = "FP32 (floor)" if r["method"] == "fp" else r["method"] + (" (dyn.)" if r.get("dynamic") else "")
+        size = r.get("artifact_bytes")
+        lines.append(
+            f"| {name} | {r['bits']} | {r['steps']} | {_fmt(r.get('groups'))} | {_fmt(r.get('sqnr_mean_db'))} | "
+            f"{_fmt(r.get('sqnr_min_db'))} | {_fmt(r.get('psnr_db'))} | {_fmt(r.get('class_accuracy'), 3)} | "
+            f"{_fmt(r.get('frechet_distance'), 3)} | {_fmt(r.get('calibration_seconds'), 1)} | "
+            f"{_fmt(size / 2**20 if size else None, 3)} | {_fmt(r.get('ort_vs_torch_sqnr_db'), 1)} |")
+    notes = ["", "Notes:", "",
+             "- `ORT vs torch`: the SQNR between ONNX Runtime's exact-QDQ graphs and the torch fake-quant backend "
+             "(worst group, one FP-trajectory input each). Both compute the same Q/DQ arithmetic; what remains is "
+             "float rounding order (ONNX Runtime's kernels vs torch), which now and then moves a value across a "
+             "rounding boundary, i.e. by one quantization step: tens of dB above the quantization noise itself.",
+             "- `artifact`: the group graphs plus the `weights.bin` ranges they reference (the FP reference graph's "
+             "own weights excluded): what a deployment ships.",
+             "- `(dyn.)`: dynamic activation quantization (Q-DiT, ViDiT-Q): runs on ONNX Runtime and torch, not as "
+             "TensorRT INT8 engines.",
+             "- TensorRT runs W4A8 as INT4-weight dequantization + FP16 GEMMs (a memory win, not a compute win).",
+             f"- {result['peer_note']}."]
+    if result.get("scorer_note"):
+        notes.append(f"- {result['scorer_note']}.")
+    ag = result.get("agreement")
+    if ag:
+        o, t = ag["onnxruntime"], ag["torch"]
+        notes.append(f"- End-to-end check, {ag['method']} {ag['bits']} at {ag['steps']} steps: ONNX Runtime "
+                     f"(exact QDQ) mean step SQNR {_fmt(o['sqnr_mean_db'])} dB, PSNR {_fmt(o['psnr_db'])} dB, class "
+                     f"acc. {_fmt(o.get('class_accuracy'), 3)}; torch {_fmt(t['sqnr_mean_db'])} dB, "
+                     f"{_fmt(t['psnr_db'])} dB, {_fmt(t.get('class_accuracy'), 3)}.")
+    notes += ["", "Recipes:", ""]
+    for key, r in result["recipes"].items():
+        info = r["calibration"].get("method", {})
+        extra = ""
+        if "group_sizes" in info:
+            extra = (f"; group sizes mean {info['mean_group_size']:.0f} "
+                     f"(≥ {info['constraint_mean_group_at_least']:.0f}), {info['evaluations']} candidates, "
+                     f"best fitness {info['best_fitness_db']} dB")
+        if "w8_sites" in info:
+            extra = f"; 8-bit weight sites {len(info['w8_sites'])}, mean weight bits {info['mean_weight_bits']}"
+        alphas = sorted({a for a in r["alphas"].values() if a is not None})
+        notes.append(f"- {key}: calibration {r['calibration']['steps']} steps x {r['calibration']['samples']} "
+                     f"samples, {len(r['groups'])} group(s) {r['groups'] if len(r['groups']) > 1 else ''}, "
+                     f"alphas {alphas or '–'}{extra}.")
+    for name in result.get("plots", {}).get("files", []):
+        notes.append(f"- plot: `{name}`")
+    if result.get("plots", {}).get("note"):
+        notes.append(f"- {result['plots']['note']}")
+    notes += ["", f"Total {result['seconds']} s.", ""]
+    return "\n".join(lines + notes)
+
+
+def write_results(result: dict[str, Any], out: Path) -> None:
+    from ditq.artifacts import write_json
+
+    write_json(out / "quality.json", jsonable(result))
+    (out / "quality.md").write_text(format_markdown(result))
+    with open(out / "quality.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for r in all_rows(result):
+            w.writerow({k: r.get(k, "") for k in COLUMNS})
