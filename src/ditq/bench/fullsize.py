@@ -80,7 +80,7 @@ def run_one(name: str, config: FullsizeConfig, work: Path) -> dict[str, Any]:
     with _stage(stages, "calibrate"):
         recipe = calibrate(model, method_config("htg", groups=config.groups),
                            CalibConfig(steps=config.calib_steps, samples=config.calib_samples, progress=False))
-        recipe.save(work / "recipe")
+        recipe.write(work / "recipe")
     rec["groups"] = [list(g.interval) for g in recipe.groups]
     with _stage(stages, "export"):
         art = export_onnx(model, recipe, work / "onnx", recipe_dir=work / "recipe", progress=False, force=True)

@@ -188,7 +188,7 @@ def _run(root: Path, config: QualityConfig, say: Callable[[str], None]
             recipe = calibrate(model, method_config(name, **params),
                                CalibConfig(**{**asdict(calib), "w_bits": w_bits,
                                               "w_block": config.w4_block if w_bits == 4 else 0}))
-            recipe.save(root / "recipes" / folder)
+            recipe.write(root / "recipes" / folder)
             say(f"{key}: exporting")
             art = export_onnx(model, recipe, root / "onnx" / folder, recipe_dir=root / "recipes" / folder,
                               progress=False, reference=reference)
