@@ -247,13 +247,13 @@ def sample(artifact: str | Path, classes_or_prompt_rows: Sequence[int], *, steps
                                                          seed=seed)
 
 
-def validate(onnx_dir: str | Path, out: str | Path | None = None, *, model: ModelLike = None, steps: int = 50,
+def validate(onnx_dir: OnnxArtifact | str | Path, out: str | Path | None = None, *, model: ModelLike = None, steps: int = 50,
              thresholds: Mapping[str, Any] | None = None, trt: str | Path | None = None, force: bool = False,
              **load_kwargs: Any) -> dict[str, Any]:
     """Compare every group's QDQ graph with the FP model on its own sampling trajectory (``ditq validate``).
 
     Args:
-        onnx_dir: the ONNX set.
+        onnx_dir: the ONNX set (a directory or an ``OnnxArtifact``).
         out: the report directory (default ``onnx_dir/validation``, replaced on every run).
         model: the model, where it cannot be loaded from the source the set records (an in-memory model).
         steps: sampler steps of the validation trajectory.
@@ -277,11 +277,11 @@ def validate(onnx_dir: str | Path, out: str | Path | None = None, *, model: Mode
     from ditq.validate.run import validate as run_validate
 
     kind = "ditq.validation"
-    art = OnnxArtifact.load(Path(onnx_dir))
-    recipe = art.load_parent_recipe()
+    art = onnx_dir if isinstance(onnx_dir, OnnxArtifact) else OnnxArtifact.load(Path(onnx_dir))
+    recipe = art.load_parent_recipe()  # None when the recipe is gone: the set is validated alone
     target = Path(out) if out is not None else art.root / "validation"
     force = force or out is None  # the default report directory is validate's own
-    inputs = [p for p in (onnx_dir, trt) if p]
+    inputs = [p for p in (art.root, trt) if p]
     check_output(target, kind=kind, force=force, inputs=inputs)
     gates = {**default_thresholds(art.precision), **dict(thresholds or {})}
     loaded = _model_of_artifact(art, recipe, model, load_kwargs)
@@ -321,8 +321,10 @@ def _is_transformer(obj: Any) -> bool:
 def _load_for_calibration(model: ModelLike, *, prompts: Any, scheduler: Any, captions: Any,
                           load_kwargs: dict[str, Any]) -> tuple[LoadedModel, Any, str]:
     """(the LoadedModel, what a user forward_loop receives, how the model is found again)."""
-    from ditq.models.dit import load_model
+    from ditq.models.dit import LoadedModel, load_model
 
+    if isinstance(model, LoadedModel):  # what ``load_model`` returns (the CLI loads it to check its flags first)
+        return model, model.transformer, DIRECTORY
     if isinstance(model, (str, Path)):
         local = Path(str(model)).expanduser()
         if str(model) == "demo" or (local.is_dir() and not (prompts and (local / "model_index.json").is_file())):

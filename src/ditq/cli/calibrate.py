@@ -6,11 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ditq.cli.args import UsageError
-from ditq.cli.main import CALIBRATION_DEFAULTS
 from ditq.outputs import staging_dir
-
-DEFAULT_STEPS, DEFAULT_SAMPLES = CALIBRATION_DEFAULTS[""]["steps"], CALIBRATION_DEFAULTS[""]["samples"]
-
 
 def method_params(args: argparse.Namespace) -> dict[str, Any]:
     """The method options from --groups, --alpha and --param KEY=VALUE (values as JSON, else strings)."""
@@ -38,19 +34,38 @@ def method_params(args: argparse.Namespace) -> dict[str, Any]:
     return params
 
 
-def run(args: argparse.Namespace) -> int:
-    from ditq.calibration.calibrate import CalibConfig, calibrate
+def quant_config(args: argparse.Namespace) -> Any:
+    """The ``QuantConfig`` of the flags: ``--preset`` (default: the ditq defaults, htg) with every flag given
+    overriding its field, so ``ditq calibrate`` and ``ditq.calibrate`` build the same object."""
+    from dataclasses import replace
+
     from ditq.calibration.methods import method_config
+    from ditq.config import CalibrationSpec, QuantConfig, preset
+
+    base = preset(args.preset) if args.preset else None
+    args.method = args.method or (base.method.name if base else "htg")
+    params = method_params(args)
+    if base is not None and base.method.name == args.method:
+        method = replace(base.method, **params) if params else base.method
+    else:
+        method = method_config(args.method, **params)
+    own = base.calibration if base is not None and base.method.name == args.method else CalibrationSpec(
+        **type(method).calibration_defaults)
+    calibration = CalibrationSpec(steps=args.steps if args.steps is not None else own.steps,
+                                  samples=args.samples if args.samples is not None else own.samples,
+                                  cfg_scale=args.cfg, seed=args.seed, scheduler=args.scheduler)
+    fields = {"w_bits": args.w_bits, "w_block": args.w_block, "weight_clip": args.weight_clip}
+    start = base if base is not None else QuantConfig(method=method)
+    return replace(start, method=method, calibration=calibration,
+                   **{k: v for k, v in fields.items() if v is not None})
+
+
+def run(args: argparse.Namespace) -> int:
+    from ditq.api import calibrate
     from ditq.models.dit import load_model
 
-    method = method_config(args.method, **method_params(args))
-    own = method.calibration_defaults
-    steps = args.steps if args.steps is not None else own.get("steps", DEFAULT_STEPS)
-    samples = args.samples if args.samples is not None else own.get("samples", DEFAULT_SAMPLES)
-    config = CalibConfig(steps=steps, samples=samples, cfg_scale=args.cfg,
-                         seed=args.seed, scheduler=args.scheduler, w_bits=args.w_bits, w_block=args.w_block,
-                         weight_clip=args.weight_clip,
-                         progress=not args.quiet)
+    config = quant_config(args)
+    steps = config.calibration.steps
     out = Path(args.output)
     with staging_dir(out, kind="ditq.recipe", force=args.force,
                      inputs=[p for p in (args.model, args.scheduler_config) if p not in (None, "demo")]) as tmp:
@@ -58,11 +73,12 @@ def run(args: argparse.Namespace) -> int:
         if steps > model.num_train_timesteps:
             raise UsageError(f"--steps {steps} is more than the model's {model.num_train_timesteps} training "
                              f"timesteps; use --steps <= {model.num_train_timesteps}")
-        recipe = calibrate(model, method, config)
-        recipe.save(tmp)
+        recipe = calibrate(model, config, progress=not args.quiet)
+        recipe.write(tmp)
     dynamic = "  dynamic activations (ONNX Runtime / torch only)" if recipe.dynamic_activations else ""
+    c = config.calibration
     print(f"recipe: {out}  method={recipe.method}  W{config.w_bits}A{config.a_bits}"
           f"{f' block {config.w_block}' if config.w_block else ''}  groups={recipe.num_groups}  "
-          f"steps={config.steps}  samples={config.samples}  "
+          f"steps={c.steps}  samples={c.samples}  "
           f"intervals={[g.interval for g in recipe.groups]}  ({recipe.calibration['seconds']:.1f} s){dynamic}")
     return 0

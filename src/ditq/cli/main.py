@@ -23,6 +23,8 @@ from ditq.errors import CheckFailed, DitqError
 EXIT_OK, EXIT_USER_ERROR, EXIT_USAGE, EXIT_CHECK_FAILED = 0, 1, 2, 3
 # kept in sync with ditq.calibration.methods by a test, without importing torch here
 METHODS = ("htg", "minmax", "smoothquant", "ptq4dit", "qdit", "viditq")
+# the named presets of ditq.config (kept here so `ditq --help` imports no torch; a test pins the two lists)
+PRESETS = ("W8A8_HTG", "W4A8_HTG", "W8A8_SMOOTHQUANT", "W8A8_PTQ4DIT", "W4A8_QDIT", "W8A8_VIDITQ", "W8A8_MINMAX")
 SCHEDULER_CONFIG_HELP = ("the scheduler_config.json (or a folder holding it) of the schedule the model was trained "
                          "with; needed when the model directory has none (sample: must match the artifact's)")
 # the calibration steps and samples each method uses when --steps / --samples are not given: "" for every method
@@ -103,7 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a local diffusers DiT or PixArt directory, or 'demo'")
     p.add_argument("--scheduler-config", default=None, metavar="PATH", help=SCHEDULER_CONFIG_HELP)
     p.add_argument("-o", "--output", required=True, help="recipe directory to write")
-    p.add_argument("--method", default="htg", choices=METHODS)
+    p.add_argument("--preset", default=None, type=str.upper, choices=PRESETS, metavar="NAME",
+                   help=f"a named QuantConfig ({', '.join(PRESETS)}): method, bits and calibration run; the "
+                        "flags below override its fields (Python: ditq.<NAME>)")
+    p.add_argument("--method", default=None, choices=METHODS, help="default: htg, or the preset's")
     p.add_argument("--groups", type=_groups, default="auto", help="number of timestep groups, or 'auto' (htg)")
     p.add_argument("--samples", type=positive_int, default=None,
                    help=f"samples per calibration run (default: {_defaults_help('samples')})")
@@ -111,13 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(steps=None)  # the method's own calibration steps (CALIBRATION_DEFAULTS)
     _set_help(p, "--steps", f"calibration sampler steps, at most the model's training timesteps (default: "
                             f"{_defaults_help('steps')})")
-    p.add_argument("--w-bits", type=int, choices=(8, 4), default=8, help="weight bits (default: %(default)s)")
-    p.add_argument("--w-block", type=int, choices=(0, 32, 64, 128), default=0,
-                   help="weight block along the input channels; 0: per output channel (default: %(default)s)")
+    p.add_argument("--w-bits", type=int, choices=(8, 4), default=None,
+                   help="weight bits (default: 8, or the preset's)")
+    p.add_argument("--w-block", type=int, choices=(0, 32, 64, 128), default=None,
+                   help="weight block along the input channels; 0: per output channel (default: 0, or the preset's)")
     p.add_argument("--alpha", type=float_range(0.0, 1.0), default=None, help="smoothing exponent (smoothquant, viditq)")
-    p.add_argument("--weight-clip", choices=("output", "mse"), default="output",
+    p.add_argument("--weight-clip", choices=("output", "mse"), default=None,
                    help="weight clip search criterion of htg/ptq4dit/qdit/viditq: output error (H-weighted) or "
-                        "weight MSE (default: %(default)s)")
+                        "weight MSE (default: output, or the preset's)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="a method option, e.g. --param population=20 for qdit (repeatable; values parsed as JSON)")
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
@@ -228,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     """Checks between flags, right after parsing (before any work): ``UsageError`` (exit 2)."""
-    method = getattr(args, "method", "htg")  # demo calibrates htg (and the one-group baseline)
+    method = getattr(args, "method", None) or _preset_method(getattr(args, "preset", None))  # demo: htg
     if args.command in ("calibrate", "demo") and isinstance(args.groups, int) and method == "htg":
         steps = args.steps if args.steps is not None else calibration_default(method, "steps")
         if args.groups > steps:
@@ -237,6 +243,11 @@ def check_args(args: argparse.Namespace) -> None:
     if args.command == "build" and not args.min_batch <= args.opt_batch <= args.max_batch:
         raise UsageError(f"batches must satisfy --min-batch <= --opt-batch <= --max-batch, got {args.min_batch}, "
                          f"{args.opt_batch}, {args.max_batch}")
+
+
+def _preset_method(preset: str | None) -> str:
+    """The method of a preset name (``W8A8_HTG`` -> ``htg``) without importing the configs."""
+    return preset.split("_", 1)[1].lower() if preset else "htg"
 
 
 def configure_logging(debug: bool) -> None:
