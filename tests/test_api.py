@@ -142,6 +142,12 @@ def test_pixart_pipeline_captions_come_from_the_prompts(cls_name, tmp_path):
     assert recipe.captions.num == len(PROMPTS) and torch.allclose(recipe.captions.embeds, emb, atol=1e-5)
     recipe.save(tmp_path / "recipe")
     assert (tmp_path / "recipe" / "captions.safetensors").is_file()
+
+    # Model Optimizer style: the bare transformer, the pipeline run by the user's loop, the caption table given
+    own = ditq.calibrate(pipe.transformer, _fast(ditq.W8A8_MINMAX), scheduler=pipe.scheduler,
+                         captions=recipe.captions, forward_loop=lambda tr: pipe(PROMPTS[:1], **PIXART_CALL))
+    pipe.scheduler.set_timesteps(PIXART_CALL["num_inference_steps"])
+    assert sorted(t for g in own.groups for t in g.timesteps) == sorted(int(t) for t in pipe.scheduler.timesteps)
     onnx_set = ditq.export_onnx(tmp_path / "recipe", tmp_path / "onnx", model=pipe)
     pipe.transformer = QuantizedTransformer.from_pretrained(onnx_set.root, backend="onnxruntime", exact_qdq=True)
     q = pipe(PROMPTS[:2], generator=torch.Generator().manual_seed(0), **PIXART_CALL).images

@@ -89,11 +89,9 @@ def calibrate(model: ModelLike, config: QuantConfig | str | None = None, *,
     loaded, target, loader = _load_for_calibration(model, prompts=prompts, scheduler=scheduler, captions=captions,
                                                    load_kwargs=load_kwargs)
     calib = config.calib_config(progress=progress, num_train_timesteps=loaded.num_train_timesteps)
-    if forward_loop is not None:
-        def loop(_transformer: Any) -> None:
-            forward_loop(target)
-    else:
-        loop = sampler_forward_loop(loaded, calib, _dit_rows(target, loaded, prompts))
+    user_loop = forward_loop
+    loop: Callable[[Any], Any] = (sampler_forward_loop(loaded, calib, _dit_rows(target, loaded, prompts))
+                                  if user_loop is None else lambda _transformer: user_loop(target))
     recipe = run_calibration(loaded, config.method, calib, loop)
     recipe.calibration.update({"model_loader": loader, "model_class": type(loaded.transformer).__name__,
                                "config": config.to_dict(), **({"forward_loop": "user"} if forward_loop else {})})
@@ -247,9 +245,9 @@ def sample(artifact: str | Path, classes_or_prompt_rows: Sequence[int], *, steps
                                                          seed=seed)
 
 
-def validate(onnx_dir: OnnxArtifact | str | Path, out: str | Path | None = None, *, model: ModelLike = None, steps: int = 50,
-             thresholds: Mapping[str, Any] | None = None, trt: str | Path | None = None, force: bool = False,
-             **load_kwargs: Any) -> dict[str, Any]:
+def validate(onnx_dir: OnnxArtifact | str | Path, out: str | Path | None = None, *, model: ModelLike = None,
+             steps: int = 50, thresholds: Mapping[str, Any] | None = None, trt: str | Path | None = None,
+             force: bool = False, **load_kwargs: Any) -> dict[str, Any]:
     """Compare every group's QDQ graph with the FP model on its own sampling trajectory (``ditq validate``).
 
     Args:

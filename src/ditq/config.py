@@ -167,13 +167,14 @@ class QuantConfig:
                            weight_clip=self.weight_clip, progress=progress)
 
 
-def _own_calibration(method: MethodConfig) -> CalibrationSpec:
+def own_calibration(method: MethodConfig) -> CalibrationSpec:
     """The calibration run a method's paper uses (its ``calibration_defaults``), else the ditq default."""
-    return CalibrationSpec(**type(method).calibration_defaults)
+    own = type(method).calibration_defaults
+    return CalibrationSpec(steps=own.get("steps", 100), samples=own.get("samples", 16))
 
 
 def _preset(method: MethodConfig, w_bits: int = 8) -> QuantConfig:
-    return QuantConfig(method=method, w_bits=w_bits, calibration=_own_calibration(method))  # type: ignore[arg-type]
+    return QuantConfig(method=method, w_bits=w_bits, calibration=own_calibration(method))  # type: ignore[arg-type]
 
 
 #: HTG (timestep-grouped shift + smoothing), INT8 weights and activations, groups at the knee of the cost curve.

@@ -8,6 +8,7 @@ from typing import Any
 from ditq.cli.args import UsageError
 from ditq.outputs import staging_dir
 
+
 def method_params(args: argparse.Namespace) -> dict[str, Any]:
     """The method options from --groups, --alpha and --param KEY=VALUE (values as JSON, else strings)."""
     from ditq.errors import DitqError
@@ -40,7 +41,7 @@ def quant_config(args: argparse.Namespace) -> Any:
     from dataclasses import replace
 
     from ditq.calibration.methods import method_config
-    from ditq.config import CalibrationSpec, QuantConfig, preset
+    from ditq.config import CalibrationSpec, QuantConfig, own_calibration, preset
 
     base = preset(args.preset) if args.preset else None
     args.method = args.method or (base.method.name if base else "htg")
@@ -49,8 +50,7 @@ def quant_config(args: argparse.Namespace) -> Any:
         method = replace(base.method, **params) if params else base.method
     else:
         method = method_config(args.method, **params)
-    own = base.calibration if base is not None and base.method.name == args.method else CalibrationSpec(
-        **type(method).calibration_defaults)
+    own = base.calibration if base is not None and base.method.name == args.method else own_calibration(method)
     calibration = CalibrationSpec(steps=args.steps if args.steps is not None else own.steps,
                                   samples=args.samples if args.samples is not None else own.samples,
                                   cfg_scale=args.cfg, seed=args.seed, scheduler=args.scheduler)

@@ -42,8 +42,8 @@ def weights_sha256(transformer: nn.Module, captions: Conditioning | None = None)
 
 def source_of(obj: Any) -> str:
     """Where diffusers loaded ``obj`` (a pipeline or model) from: its ``_name_or_path`` (a hub id or directory)."""
-    config = getattr(obj, "config", None)
-    name = config.get("_name_or_path") if isinstance(config, dict) or hasattr(config, "get") else None
+    config: Any = getattr(obj, "config", None)
+    name = config.get("_name_or_path") if hasattr(config, "get") else None
     return str(name) if name else IN_MEMORY
 
 
