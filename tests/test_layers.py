@@ -22,7 +22,7 @@ LAYER = {
     "calibration": 4, "export": 4, "engines": 4, "runtime": 4, "validate": 4,
     "testbed": 5,
     "bench": 6,
-    "api": 7, "config": 7, "demo": 7,
+    "config": 6.5, "api": 7, "demo": 7,
     "cli": 8,
 }
 ALLOWED_SIDEWAYS = {("validate", "runtime")}  # validate runs the backends it checks

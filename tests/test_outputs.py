@@ -1,4 +1,4 @@
-"""Fault injection for ditq's output rule (``ditq.outputs``): nothing lost, nothing half-done.
+"""Fault injection for ditq's output rule (``ditq.artifacts.outputs``): nothing lost, nothing half-done.
 
 Each test names the promise of README "What ditq guarantees" it keeps. The CLI cases run ``main`` in-process;
 the signal cases run a child process and kill it while its staging directory exists.

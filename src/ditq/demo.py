@@ -64,7 +64,7 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig(), *, force: bool = Fals
             t0 = time.perf_counter()
             recipe = calibrate(model, method_config(name, **({"groups": config.groups} if name == "htg" else {})),
                                CalibConfig(steps=config.steps, samples=config.samples, progress=config.progress))
-            recipe.save(tmp / f"recipe-{name}")
+            recipe.write(tmp / f"recipe-{name}")
             art = export_onnx(model, recipe, tmp / f"onnx-{name}", recipe_dir=tmp / f"recipe-{name}",
                               progress=config.progress)
             val = validate(art, model, recipe, art.root / "validation", ValidateConfig())

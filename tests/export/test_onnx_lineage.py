@@ -64,7 +64,7 @@ def test_copies_are_accepted_as_they_are(tiny_onnx, tiny_recipe_dir, tmp_path):
 def test_validate_refuses_a_recipe_recalibrated_with_another_group_count(capsys, tiny_onnx, tiny_recipe_dir,
                                                                           tiny_recipe, tmp_path):
     recipe, onnx_dir = copy_lineage(tiny_onnx, tiny_recipe_dir, tmp_path)
-    fewer_groups(tiny_recipe).save(recipe)
+    fewer_groups(tiny_recipe).write(recipe)
     code = main(["validate", str(onnx_dir), "-o", str(tmp_path / "v"), "--steps", "20"])
     err = _refusal(capsys, code, recipe, onnx_dir)
     assert str(recipe) in err and "ditq export" in err
@@ -74,7 +74,7 @@ def test_validate_refuses_a_recipe_recalibrated_with_another_group_count(capsys,
 def test_validate_refuses_a_recipe_with_the_same_groups_but_other_scales(capsys, tiny_onnx, tiny_recipe_dir,
                                                                         tiny_recipe, tmp_path):
     recipe, onnx_dir = copy_lineage(tiny_onnx, tiny_recipe_dir, tmp_path)
-    other_scales(tiny_recipe).save(recipe)
+    other_scales(tiny_recipe).write(recipe)
     code = main(["validate", str(onnx_dir), "-o", str(tmp_path / "v"), "--steps", "20"])
     assert "has changed since" in _refusal(capsys, code, recipe, onnx_dir)
     assert not (tmp_path / "v").exists()
@@ -83,7 +83,7 @@ def test_validate_refuses_a_recipe_with_the_same_groups_but_other_scales(capsys,
 def test_sample_with_the_torch_backend_refuses_a_changed_recipe(capsys, tiny_onnx, tiny_recipe_dir, tiny_recipe,
                                                                  tmp_path):
     recipe, onnx_dir = copy_lineage(tiny_onnx, tiny_recipe_dir, tmp_path)
-    other_scales(tiny_recipe).save(recipe)
+    other_scales(tiny_recipe).write(recipe)
     code = main(["sample", str(onnx_dir), "--backend", "torch", "--steps", "2", "-o", str(tmp_path / "g.png")])
     _refusal(capsys, code, recipe, onnx_dir)
     assert not (tmp_path / "g.png").exists()
@@ -91,7 +91,7 @@ def test_sample_with_the_torch_backend_refuses_a_changed_recipe(capsys, tiny_onn
 
 def test_every_load_checks_the_parent(tiny_onnx, tiny_recipe_dir, tiny_recipe, tmp_path):
     recipe, onnx_dir = copy_lineage(tiny_onnx, tiny_recipe_dir, tmp_path)
-    other_scales(tiny_recipe).save(recipe)
+    other_scales(tiny_recipe).write(recipe)
     for verify in (True, False):
         with pytest.raises(DitqError, match="re-run `ditq export"):
             OnnxArtifact.load(onnx_dir, verify=verify)

@@ -281,7 +281,7 @@ def staging_dir(out: Path, *, kind: str, force: bool = False, inputs: Iterable[s
 
     Example:
         >>> with staging_dir(Path("recipe"), kind="ditq.recipe") as tmp:  # doctest: +SKIP
-        ...     recipe.save(tmp)
+        ...     recipe.write(tmp)
     """
     from ditq.artifacts import MANIFEST, write_manifest
 

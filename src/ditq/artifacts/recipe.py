@@ -101,6 +101,10 @@ class Recipe:
     # the scheduler config calibration ran with: its training schedule (models.schedule) defines the timestep
     # axis the groups live on; None only in recipes written before ditq recorded it
     scheduler_config: dict[str, Any] | None = None
+    # PixArt models calibrated in memory (the Python API): the caption table calibration ran on, saved as
+    # captions.safetensors beside the scales so an export can rebuild the same model (its hash covers the table)
+    captions: Any = field(default=None, compare=False, repr=False)
+    root: Path | None = field(default=None, compare=False, repr=False)  # the directory it was saved to / loaded from
 
     # -- accessors -------------------------------------------------------------------------------------------
     @property
@@ -152,18 +156,42 @@ class Recipe:
         }
 
     # -- persistence -----------------------------------------------------------------------------------------
-    def save(self, root: Path) -> None:
+    def save(self, path: str | Path, *, force: bool = False) -> Path:
+        """Write the recipe directory ``path`` under ditq's output rule (``ditq.artifacts.outputs.staging_dir``): staged
+        beside it and put in place in one rename; an existing non-empty directory is replaced only with
+        ``force`` and only if it is a recipe. Returns ``path``.
+
+        Example::
+
+            recipe = ditq.calibrate(pipe, ditq.W8A8_HTG)
+            recipe.save("recipe")
+        """
+        from ditq.artifacts.outputs import staging_dir
+
+        with staging_dir(Path(path), kind=self.KIND, force=force) as tmp:
+            self.write(tmp)
+        self.root = Path(path)
+        return Path(path)
+
+    def write(self, root: Path) -> None:
+        """Write the files into ``root`` as they are (no output rule: callers stage ``root`` themselves)."""
         from safetensors.torch import save_file
 
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.tensors.items()}, str(root / SCALES))
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.tensors.items()}, str(root / SCALES))
         write_json(root / RECIPE_JSON, self.body())
+        names = [RECIPE_JSON, SCALES]
+        if self.captions is not None:
+            from ditq.models.conditioning import CAPTIONS_FILE
+
+            self.captions.save(root / CAPTIONS_FILE)
+            names.append(CAPTIONS_FILE)
         write_manifest(root, self.KIND, {"method": self.method, "num_groups": self.num_groups,
                                          "model_sha256": self.model_sha256,
                                          "dynamic_activations": self.dynamic_activations,
                                          # so the manifest hash (an ONNX set's parent_sha256) covers the scales
-                                         "files": {n: sha256_file(root / n) for n in (RECIPE_JSON, SCALES)}})
+                                         "files": {n: sha256_file(root / n) for n in names}})
 
     @classmethod
     def load(cls, root: Path) -> Recipe:
@@ -201,6 +229,11 @@ class Recipe:
         except (KeyError, TypeError, ValueError, IndexError) as err:
             raise DitqError(f"{root / RECIPE_JSON} is malformed (bad or missing field {err}); "
                             "re-run calibrate") from err
+        from ditq.models.conditioning import CAPTIONS_FILE, load_caption_table
+
+        if (root / CAPTIONS_FILE).is_file():
+            recipe.captions = load_caption_table(root / CAPTIONS_FILE)
+        recipe.root = root
         recipe.check()
         return recipe
 

@@ -80,7 +80,7 @@ def run_one(name: str, config: FullsizeConfig, work: Path) -> dict[str, Any]:
     with _stage(stages, "calibrate"):
         recipe = calibrate(model, method_config("htg", groups=config.groups),
                            CalibConfig(steps=config.calib_steps, samples=config.calib_samples, progress=False))
-        recipe.save(work / "recipe")
+        recipe.write(work / "recipe")
     rec["groups"] = [list(g.interval) for g in recipe.groups]
     with _stage(stages, "export"):
         art = export_onnx(model, recipe, work / "onnx", recipe_dir=work / "recipe", progress=False, force=True)
@@ -104,8 +104,8 @@ def benchmark_fullsize(config: FullsizeConfig, out: Path, progress: Callable[[st
                        force: bool = False) -> dict[str, Any]:
     """Every model in a child process; writes ``fullsize.json`` and ``fullsize.md`` under ``out``.
 
-    ``out`` follows ditq's output rule (``ditq.outputs``): it appears whole when the run ends, an existing one is
-    replaced only with ``force`` and only if it holds an earlier full-size benchmark.
+    ``out`` follows ditq's output rule (``ditq.artifacts.outputs``): it appears whole when the run ends, an existing one
+    is replaced only with ``force`` and only if it holds an earlier full-size benchmark.
     """
     from ditq.artifacts.outputs import staging_dir
     from ditq.models.configs import ARCH_CONFIGS

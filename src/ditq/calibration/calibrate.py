@@ -21,10 +21,12 @@ from ditq.core.fold import fold_state
 from ditq.core.quantizers import rotate_weight, weight_scales
 from ditq.core.sampler import make_scheduler, sample
 from ditq.errors import DitqError
-from ditq.models.loading import LoadedModel, quant_sites
+from ditq.models.loading import LoadedModel, make_denoiser, quant_sites
 
 log = logging.getLogger(__name__)
-ForwardLoop = Callable[[ActivationCollector], None]
+# Model Optimizer's convention: the caller's loop runs the model (``loop(transformer)``) on its own data; ditq's
+# hooks record the activations, keyed on the timestep each call passes the transformer
+ForwardLoop = Callable[[torch.nn.Module], Any]
 
 
 @dataclass(frozen=True)
@@ -53,17 +55,20 @@ class CalibConfig:
             raise DitqError(f"--w-block must be 0 (per output channel), 32, 64 or 128, got {self.w_block}")
 
 
-def sampler_forward_loop(model: LoadedModel, config: CalibConfig) -> ForwardLoop:
-    """The default calibration data: the FP model's own sampling trajectories, CFG batch included."""
+def sampler_forward_loop(model: LoadedModel, config: CalibConfig, rows: Any = None) -> ForwardLoop:
+    """The default calibration data: the FP model's own sampling trajectories, CFG batch included, over
+    ``config.samples`` conditions cycling through ``rows`` (class labels or caption rows; default: all)."""
 
-    def loop(collector: ActivationCollector) -> None:
-        denoiser = model.denoiser()
+    def loop(transformer: torch.nn.Module) -> None:
+        denoiser = make_denoiser(transformer)
         scheduler = make_scheduler(model.scheduler_config, config.scheduler)
-        cond = model.cond(torch.arange(config.samples) % model.num_conditions)
+        ids = torch.arange(config.samples) % model.num_conditions
+        if rows is not None:
+            ids = torch.as_tensor(list(rows), dtype=torch.int64)[torch.arange(config.samples) % len(rows)]
+        cond = model.cond(ids)
         bar = tqdm(total=config.steps, desc="calibrate", disable=not config.progress, leave=False)
 
         def denoise(x: torch.Tensor, t: torch.Tensor, c: Cond) -> torch.Tensor:
-            collector.set_timestep(int(round(float(t[0]))))
             bar.update(1)
             return denoiser.predict(x, t, c)
 
@@ -77,16 +82,18 @@ def sampler_forward_loop(model: LoadedModel, config: CalibConfig) -> ForwardLoop
 @torch.no_grad()
 def calibrate(model: LoadedModel, method: MethodConfig, config: CalibConfig,
               forward_loop: ForwardLoop | None = None) -> Recipe:
-    """Collect statistics with ``forward_loop`` (default: the FP sampler), let ``method`` decide, build a Recipe."""
+    """Collect statistics while ``forward_loop(model.transformer)`` runs the model (default: the FP sampler), let
+    ``method`` decide, build a Recipe. Timesteps are read from the transformer's ``timestep`` argument."""
     start = time.perf_counter()
     sites = quant_sites(model.transformer)
-    collector = ActivationCollector(model.transformer, sites, rows_per_call=config.rows_per_call, seed=config.seed)
+    collector = ActivationCollector(model.transformer, sites, rows_per_call=config.rows_per_call, seed=config.seed,
+                                    timestep_from=model.transformer)
     probes: list[tuple[torch.Tensor, torch.Tensor, Cond]] = []
     if method.needs_model:  # record the model inputs too: the method evaluates candidate quantizers on them
         names = model.denoiser().cond_names
         probe_hook = model.transformer.register_forward_pre_hook(_probe_recorder(probes, names), with_kwargs=True)
     try:
-        (forward_loop or sampler_forward_loop(model, config))(collector)
+        (forward_loop or sampler_forward_loop(model, config))(model.transformer)
     finally:
         collector.remove()
         if method.needs_model:

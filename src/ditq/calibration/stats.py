@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ditq.core.sites import Site
+from ditq.errors import DitqError
 
 
 @dataclass
@@ -40,10 +41,16 @@ class _Acc:
 
 
 class ActivationCollector:
-    """Forward pre-hooks on the first Linear of every site; call ``set_timestep`` before each model call."""
+    """Forward pre-hooks on the first Linear of every site, keyed on the timestep of the current model call.
+
+    ``timestep_from`` (the transformer): the timestep is read from that module's own call arguments (its
+    ``timestep`` argument, as every diffusers pipeline passes it) by a forward pre-hook, so a calibration loop
+    just calls the model (Model Optimizer's ``forward_loop(model)``). Without it, call ``set_timestep`` before
+    each model call.
+    """
 
     def __init__(self, model: nn.Module, sites: Sequence[Site], *, rows_per_call: int = 16, seed: int = 0,
-                 prefix: str = "") -> None:
+                 prefix: str = "", timestep_from: nn.Module | None = None) -> None:
         self.sites = list(sites)
         self.rows_per_call = rows_per_call
         self.timestep: int | None = None
@@ -53,9 +60,22 @@ class ActivationCollector:
         self._handles = [
             modules[prefix + s.linears[0]].register_forward_pre_hook(self._hook(s.name)) for s in self.sites
         ]
+        if timestep_from is not None:
+            self._handles.append(timestep_from.register_forward_pre_hook(self._read_timestep, with_kwargs=True))
 
     def set_timestep(self, timestep: int) -> None:
         self.timestep = int(timestep)
+
+    def _read_timestep(self, _module: nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
+        """The transformer's ``timestep`` argument (keyword, or its second positional argument)."""
+        t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        if t is None:
+            raise DitqError("the calibration loop called the transformer without a timestep; pass timestep=... "
+                            "as diffusers pipelines do")
+        ts = torch.as_tensor(t, dtype=torch.float64).reshape(-1)
+        if ts.numel() == 0 or not bool(torch.isfinite(ts).all()) or not bool((ts == ts[0]).all()):
+            raise DitqError(f"every row of a calibration call must share one finite timestep, got {ts.tolist()[:8]}")
+        self.timestep = int(round(float(ts[0])))
 
     def _hook(self, name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
         def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:

@@ -21,6 +21,8 @@ from ditq.cli.args import (
 
 # kept in sync with ditq.calibration.methods by a test, without importing torch here
 METHODS = ("htg", "minmax", "smoothquant", "ptq4dit", "qdit", "viditq")
+# the named presets of ditq.config (kept here so `ditq --help` imports no torch; a test pins the two lists)
+PRESETS = ("W8A8_HTG", "W4A8_HTG", "W8A8_SMOOTHQUANT", "W8A8_PTQ4DIT", "W4A8_QDIT", "W8A8_VIDITQ", "W8A8_MINMAX")
 DEFAULT_STEPS, DEFAULT_SAMPLES = CALIBRATION_DEFAULTS[""]["steps"], CALIBRATION_DEFAULTS[""]["samples"]
 
 
@@ -28,7 +30,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a local diffusers DiT or PixArt directory, or 'demo'")
     p.add_argument("--scheduler-config", default=None, metavar="PATH", help=SCHEDULER_CONFIG_HELP)
     p.add_argument("-o", "--output", required=True, help="recipe directory to write")
-    p.add_argument("--method", default="htg", choices=METHODS)
+    p.add_argument("--preset", default=None, type=str.upper, choices=PRESETS, metavar="NAME",
+                   help=f"a named QuantConfig ({', '.join(PRESETS)}): method, bits and calibration run; the "
+                        "flags below override its fields (Python: ditq.<NAME>)")
+    p.add_argument("--method", default=None, choices=METHODS, help="default: htg, or the preset's")
     p.add_argument("--groups", type=groups_arg, default="auto", help="number of timestep groups, or 'auto' (htg)")
     p.add_argument("--samples", type=positive_int, default=None,
                    help=f"samples per calibration run (default: {defaults_help('samples')})")
@@ -36,20 +41,26 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.set_defaults(steps=None)  # the method's own calibration steps (CALIBRATION_DEFAULTS)
     set_help(p, "--steps", f"calibration sampler steps, at most the model's training timesteps (default: "
                            f"{defaults_help('steps')})")
-    p.add_argument("--w-bits", type=int, choices=(8, 4), default=8, help="weight bits (default: %(default)s)")
-    p.add_argument("--w-block", type=int, choices=(0, 32, 64, 128), default=0,
-                   help="weight block along the input channels; 0: per output channel (default: %(default)s)")
+    p.add_argument("--w-bits", type=int, choices=(8, 4), default=None,
+                   help="weight bits (default: 8, or the preset's)")
+    p.add_argument("--w-block", type=int, choices=(0, 32, 64, 128), default=None,
+                   help="weight block along the input channels; 0: per output channel (default: 0, or the preset's)")
     p.add_argument("--alpha", type=float_range(0.0, 1.0), default=None, help="smoothing exponent (smoothquant, viditq)")
-    p.add_argument("--weight-clip", choices=("output", "mse"), default="output",
+    p.add_argument("--weight-clip", choices=("output", "mse"), default=None,
                    help="weight clip search criterion of htg/ptq4dit/qdit/viditq: output error (H-weighted) or "
-                        "weight MSE (default: %(default)s)")
+                        "weight MSE (default: output, or the preset's)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="a method option, e.g. --param population=20 for qdit (repeatable; values parsed as JSON)")
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
 
 
 def check_args(args: argparse.Namespace) -> None:
-    check_groups_fit_steps(args, args.method)
+    check_groups_fit_steps(args, args.method or preset_method(args.preset))
+
+
+def preset_method(preset: str | None) -> str:
+    """The method of a preset name (``W8A8_HTG`` -> ``htg``) without importing the configs; htg without one."""
+    return preset.split("_", 1)[1].lower() if preset else "htg"
 
 
 def method_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -78,19 +89,37 @@ def method_params(args: argparse.Namespace) -> dict[str, Any]:
     return params
 
 
-def run(args: argparse.Namespace) -> int:
-    from ditq.calibration.calibrate import CalibConfig, calibrate
+def quant_config(args: argparse.Namespace) -> Any:
+    """The ``QuantConfig`` of the flags: ``--preset`` (default: the ditq defaults, htg) with every flag given
+    overriding its field, so ``ditq calibrate`` and ``ditq.calibrate`` build the same object."""
+    from dataclasses import replace
+
     from ditq.calibration.methods import method_config
+    from ditq.config import CalibrationSpec, QuantConfig, own_calibration, preset
+
+    base = preset(args.preset) if args.preset else None
+    args.method = args.method or (base.method.name if base else "htg")
+    params = method_params(args)
+    if base is not None and base.method.name == args.method:
+        method = replace(base.method, **params) if params else base.method
+    else:
+        method = method_config(args.method, **params)
+    own = base.calibration if base is not None and base.method.name == args.method else own_calibration(method)
+    calibration = CalibrationSpec(steps=args.steps if args.steps is not None else own.steps,
+                                  samples=args.samples if args.samples is not None else own.samples,
+                                  cfg_scale=args.cfg, seed=args.seed, scheduler=args.scheduler)
+    fields = {"w_bits": args.w_bits, "w_block": args.w_block, "weight_clip": args.weight_clip}
+    start = base if base is not None else QuantConfig(method=method)
+    return replace(start, method=method, calibration=calibration,
+                   **{k: v for k, v in fields.items() if v is not None})
+
+
+def run(args: argparse.Namespace) -> int:
+    from ditq.api import calibrate
     from ditq.models.loading import load_model
 
-    method = method_config(args.method, **method_params(args))
-    own = method.calibration_defaults
-    steps = args.steps if args.steps is not None else own.get("steps", DEFAULT_STEPS)
-    samples = args.samples if args.samples is not None else own.get("samples", DEFAULT_SAMPLES)
-    config = CalibConfig(steps=steps, samples=samples, cfg_scale=args.cfg,
-                         seed=args.seed, scheduler=args.scheduler, w_bits=args.w_bits, w_block=args.w_block,
-                         weight_clip=args.weight_clip,
-                         progress=not args.quiet)
+    config = quant_config(args)
+    steps = config.calibration.steps
     out = Path(args.output)
     with staging_dir(out, kind="ditq.recipe", force=args.force,
                      inputs=[p for p in (args.model, args.scheduler_config) if p not in (None, "demo")]) as tmp:
@@ -98,11 +127,12 @@ def run(args: argparse.Namespace) -> int:
         if steps > model.num_train_timesteps:
             raise UsageError(f"--steps {steps} is more than the model's {model.num_train_timesteps} training "
                              f"timesteps; use --steps <= {model.num_train_timesteps}")
-        recipe = calibrate(model, method, config)
-        recipe.save(tmp)
+        recipe = calibrate(model, config, progress=not args.quiet)
+        recipe.write(tmp)
     dynamic = "  dynamic activations (ONNX Runtime / torch only)" if recipe.dynamic_activations else ""
+    c = config.calibration
     print(f"recipe: {out}  method={recipe.method}  W{config.w_bits}A{config.a_bits}"
           f"{f' block {config.w_block}' if config.w_block else ''}  groups={recipe.num_groups}  "
-          f"steps={config.steps}  samples={config.samples}  "
+          f"steps={c.steps}  samples={c.samples}  "
           f"intervals={[g.interval for g in recipe.groups]}  ({recipe.calibration['seconds']:.1f} s){dynamic}")
     return 0

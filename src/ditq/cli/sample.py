@@ -37,9 +37,8 @@ def parse_classes(text: str, num_classes: int, what: str = "labels") -> list[int
 
 
 def run(args: argparse.Namespace) -> int:
+    from ditq.api import Sampler
     from ditq.artifacts.outputs import output_file
-    from ditq.core.sampler import make_scheduler, sample
-    from ditq.runtime.backends import open_backend
     from ditq.runtime.images import save_grid
 
     out = Path(args.output)
@@ -47,22 +46,20 @@ def run(args: argparse.Namespace) -> int:
         raise DitqError(f"-o must name a .png file, got {out}")
     # the output is checked (and its staging file created) before the backend loads and the sampler runs
     with output_file(out, kind="PNG grid", force=args.force, inputs=[args.artifact]) as tmp:
-        backend, info = open_backend(Path(args.artifact), args.backend, fp=args.fp, threads=args.threads,
-                                     fuse=None if args.qdq == "auto" else args.qdq == "fused",
-                                     scheduler=args.scheduler_config)
-        scheduler = make_scheduler(info["scheduler_config"], args.scheduler)
-        if args.steps > (most := int(scheduler.config.num_train_timesteps)):
+        sampler = Sampler(Path(args.artifact), backend=args.backend, scheduler=args.scheduler,
+                          scheduler_config=args.scheduler_config, fp=args.fp, threads=args.threads,
+                          exact_qdq=None if args.qdq == "auto" else args.qdq == "exact")
+        if args.steps > (most := sampler.num_train_timesteps):
             raise UsageError(f"--steps {args.steps} is more than the model's {most} training timesteps; "
                              f"use --steps <= {most}")
-        conditioning = info["conditioning"]
+        conditioning = sampler.conditioning
         labels = (list(range(min(10, conditioning.num))) if args.classes is None else
                   parse_classes(args.classes, conditioning.num,
                                 "labels" if conditioning.kind == "class" else "caption-table rows"))
         start = time.perf_counter()
-        images = sample(backend, scheduler, conditioning.cond(labels), steps=args.steps, cfg_scale=args.cfg,
-                        null_cond=conditioning.null(), sample_shape=tuple(info["sample_shape"]), seed=args.seed)
+        images = sampler(labels, steps=args.steps, cfg_scale=args.cfg, seed=args.seed)
         seconds = time.perf_counter() - start
         save_grid([images], tmp)
-    print(f"{out}: {len(labels)} samples, {args.steps} steps, backend {backend.name}, "
-          f"calls per group {backend.calls}, {seconds:.1f} s")
+    print(f"{out}: {len(labels)} samples, {args.steps} steps, backend {sampler.backend.name}, "
+          f"calls per group {sampler.backend.calls}, {seconds:.1f} s")
     return 0

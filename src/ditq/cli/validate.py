@@ -32,38 +32,22 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ditq.api import validate
     from ditq.artifacts.onnx import OnnxArtifact
-    from ditq.artifacts.outputs import check_output, staging_dir
-    from ditq.models.loading import load_model
     from ditq.validate.compare import Thresholds
-    from ditq.validate.run import ValidateConfig, default_thresholds, failure_lines, format_report, validate
+    from ditq.validate.run import default_thresholds, failure_lines, format_report
 
     art = OnnxArtifact.load(Path(args.artifact))  # refuses a set whose recipe changed since the export
-    recipe = art.load_parent_recipe()  # None when the recipe is gone: the set is validated alone
     out = Path(args.output) if args.output else art.root / "validation"
-    # the default report directory is validate's own: a re-run replaces it; an explicit -o follows the usual rule
-    force = args.force or not args.output
-    inputs = [p for p in (args.artifact, args.trt) if p]
-    check_output(out, kind=REPORT_KIND, force=force, inputs=inputs)  # before any work
-    model = load_model(art.model["source"], expected_scheduler=art.scheduler_config,
-                       expected_as=f"the ONNX set {art.root}")
     reference = default_thresholds(art.precision)["onnxrt-fp"]  # follows the set's float precision
     if args.min_ref_sqnr is not None:
         reference = replace(reference, min_sqnr_db=args.min_ref_sqnr)
     if args.min_ref_cosine is not None:
         reference = replace(reference, min_cosine=args.min_ref_cosine)
     qdq = Thresholds(min_cosine=args.min_cosine, min_sqnr_db=args.min_sqnr)
-    config = ValidateConfig(steps=args.steps, thresholds={"onnxrt-fp": reference, "onnxrt-qdq": qdq})
-    if args.trt:  # fail before the ONNX validation if the engines cannot run here or come from another set
-        from ditq.validate.trt import open_engines
-
-        open_engines(Path(args.trt), art)
-    with staging_dir(out, kind=REPORT_KIND, force=force, inputs=inputs) as tmp:  # a whole report, or the old one
-        report = validate(art, model, recipe, tmp, config)
-        if args.trt:  # the engines on the same feeds, against golden and ONNX Runtime QDQ, QDQ floors
-            from ditq.validate.trt import validate_trt
-
-            report = validate_trt(Path(args.trt), art, report, tmp, qdq)
+    # the default report directory is validate's own: a re-run replaces it; an explicit -o follows the usual rule
+    report = validate(art, args.output, steps=args.steps, thresholds={"onnxrt-fp": reference, "onnxrt-qdq": qdq},
+                      trt=args.trt, force=args.force)
     print(format_report(report))
     print(f"report: {out / 'validation.json'}")
     if not report["passed"]:

@@ -119,12 +119,24 @@ def save_caption_table(path: Path, prompt_embeds: torch.Tensor, prompt_attention
 def save_pipeline_captions(pipe: Any, prompts: Sequence[str], path: Path, **encode_kwargs: Any) -> Path:
     """Encode ``prompts`` and the null caption (negative prompt ``""``) with a diffusers PixArt pipeline's own
     text encoder (``pipe.encode_prompt``) and write the caption table calibration and validation use."""
-    if not prompts:
-        raise DitqError("give at least one calibration prompt")
+    table = pipeline_caption_table(pipe, prompts, **encode_kwargs)
+    return save_caption_table(path, table.embeds, table.mask, table.null_embeds, table.null_mask)  # type: ignore
+
+
+def pipeline_caption_table(pipe: Any, prompts: Sequence[str], **encode_kwargs: Any) -> Conditioning:
+    """The caption table of ``prompts`` and the null caption (negative prompt ``""``), encoded by a diffusers
+    PixArt pipeline's own ``encode_prompt``, in memory (``save_pipeline_captions`` writes it)."""
+    if not prompts or isinstance(prompts, str):
+        raise DitqError("give at least one calibration prompt" if not prompts else
+                        "prompts must be a list of strings, not one string")
     with torch.no_grad():
         emb, mask, null, null_mask = pipe.encode_prompt(list(prompts), do_classifier_free_guidance=True,
                                                         negative_prompt="", **encode_kwargs)
-    return save_caption_table(path, emb, mask, null[:1], null_mask[:1])
+    return Conditioning.captions({"prompt_embeds": emb.detach().float().cpu(),
+                                  "prompt_attention_mask": mask.detach().float().cpu(),
+                                  "null_prompt_embeds": null[:1].detach().float().cpu(),
+                                  "null_prompt_attention_mask": null_mask[:1].detach().float().cpu()},
+                                 "the pipeline's prompt encoding")
 
 
 def load_caption_table(path: Path) -> Conditioning:

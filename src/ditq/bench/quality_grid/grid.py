@@ -164,7 +164,7 @@ def _run_cell(grid: _Grid, method: str, bits: str, calib: Any, say: Callable[[st
     recipe = calibrate(model, method_config(name, **params),
                        CalibConfig(**{**asdict(calib), "w_bits": w_bits,
                                       "w_block": config.w4_block if w_bits == 4 else 0}))
-    recipe.save(grid.root / "recipes" / folder)
+    recipe.write(grid.root / "recipes" / folder)
     say(f"{key}: exporting")
     art = export_onnx(model, recipe, grid.root / "onnx" / folder, recipe_dir=grid.root / "recipes" / folder,
                       progress=False, reference=grid.reference)

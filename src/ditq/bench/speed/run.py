@@ -25,8 +25,8 @@ def benchmark_speed(config: SpeedConfig, out: Path, *, progress: Callable[[str],
                     force: bool = False) -> dict[str, Any]:
     """Run every model x backend x batch of ``config``; write ``out/speed.json`` and ``out/speed.md``.
 
-    ``out`` follows ditq's output rule (``ditq.outputs``): it appears whole when the run ends, an existing one is
-    replaced only with ``force`` and only if it holds an earlier speed benchmark.
+    ``out`` follows ditq's output rule (``ditq.artifacts.outputs``): it appears whole when the run ends, an existing one
+    is replaced only with ``force`` and only if it holds an earlier speed benchmark.
     """
     from ditq.artifacts.outputs import staging_dir
 
