@@ -23,6 +23,8 @@ from ditq.errors import CheckFailed, DitqError
 EXIT_OK, EXIT_USER_ERROR, EXIT_USAGE, EXIT_CHECK_FAILED = 0, 1, 2, 3
 # kept in sync with ditq.calibration.methods by a test, without importing torch here
 METHODS = ("htg", "minmax", "smoothquant", "ptq4dit", "qdit", "viditq")
+# `sample --backend`: ditq.runtime.backends.registry's names, then its deprecated aliases (kept in sync by a test)
+BACKENDS = ("fake-quant", "onnxruntime", "tensorrt", "torch-int8", "torch")
 SCHEDULER_CONFIG_HELP = ("the scheduler_config.json (or a folder holding it) of the schedule the model was trained "
                          "with; needed when the model directory has none (sample: must match the artifact's)")
 # the calibration steps and samples each method uses when --steps / --samples are not given: "" for every method
@@ -136,9 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("onnx_dir", help="directory of .onnx files (or one file)")
 
     p = add("sample", "generate images with the grouped runtime")
-    p.add_argument("artifact", help="ONNX directory (or a recipe directory with --backend torch)")
+    p.add_argument("artifact", help="ONNX directory, engine directory with --backend tensorrt, or a recipe "
+                                    "directory with --backend fake-quant / torch-int8")
     p.add_argument("--scheduler-config", default=None, metavar="PATH", help=SCHEDULER_CONFIG_HELP)
-    p.add_argument("--backend", choices=("onnxruntime", "torch", "tensorrt"), default="onnxruntime")
+    p.add_argument("--backend", choices=BACKENDS, default="onnxruntime",
+                   help="fake-quant: torch fake quantization (the reference); onnxruntime; tensorrt; torch-int8: "
+                        "real INT8 GEMMs in torch (CUDA when available); torch: deprecated name of fake-quant "
+                        "(default: %(default)s)")
     p.add_argument("--fp", action="store_true", help="run the unquantized model instead")
     p.add_argument("--classes", default=None,
                    help="comma-separated class labels (DiT) or caption-table rows (PixArt); default: the first 10")
