@@ -1,11 +1,15 @@
 """`import ditq` stays lean, every module imports without the optional extras, and tensorrt stays lazy."""
 
+import ast
 import importlib
 import pkgutil
 import subprocess
 import sys
+from pathlib import Path
 
 import ditq
+
+SRC = Path(ditq.__file__).parent.parent
 
 
 def test_import_ditq_does_not_pull_heavy_modules():
@@ -69,3 +73,61 @@ def test_the_cli_preset_choices_are_the_presets():
     from ditq.cli.calibrate import PRESETS
 
     assert PRESETS == tuple(ditq.PRESETS)
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(SRC).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(parts)
+
+
+def _type_checking_nodes(tree: ast.AST) -> set[int]:
+    """ids of the nodes under ``if TYPE_CHECKING:``."""
+    inside: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            inside.update(id(n) for stmt in node.body for n in ast.walk(stmt))
+    return inside
+
+
+def test_tensorrt_is_imported_only_through_the_lazy_proxy():
+    """Every TensorRT use goes through ``ditq._deps.trt``; other modules import tensorrt only for type checking."""
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        if _module_name(path) == "ditq._deps":
+            continue
+        tree = ast.parse(path.read_text())
+        typing_only = _type_checking_nodes(tree)
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            if any(n.split(".")[0] == "tensorrt" for n in names) and id(node) not in typing_only:
+                found.append(f"{path.relative_to(SRC)}:{node.lineno}")
+    assert found == []
+
+
+def test_runtime_modules_import_each_other_without_a_cycle():
+    modules = {_module_name(p): p for p in SRC.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        if not name.startswith("ditq.runtime"):
+            continue
+        deps = graph.setdefault(name, set())
+        for node in ast.walk(ast.parse(path.read_text())):  # function-level imports included
+            if isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names if a.name in modules)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                subs = {f"{node.module}.{a.name}" for a in node.names} & set(modules)
+                deps.update(subs or ({node.module} & set(modules)))
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        assert name not in path, f"import cycle: {' -> '.join((*path[path.index(name):], name))}"
+        if name in done or name not in graph:
+            return
+        for dep in sorted(graph[name]):
+            visit(dep, (*path, name))
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name, ())

@@ -1,15 +1,24 @@
-"""Lazy imports of heavy optional dependencies, in the manner of Polygraphy's ``mod.lazy_import``."""
+"""Lazy imports of heavy optional dependencies, in the manner of Polygraphy's ``mod.lazy_import``, and the
+TensorRT / GPU availability checks.
+
+``trt`` is the one handle on TensorRT for the whole package: ``from ditq._deps import trt`` imports nothing; the
+first attribute access imports ``tensorrt`` (or raises a one-line DitqError naming the install). For mypy it *is*
+the ``tensorrt`` module, so every call is checked against the stubs (``mypy-trt.ini``).
+"""
 
 from __future__ import annotations
 
 import importlib
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ditq.errors import DitqError
 
+TRT_HINT = "pip install 'ditq[trt]' (needs an NVIDIA GPU, its driver and a CUDA build of torch)"
+MIN_TRT_MAJOR = 10
+
 _HINTS = {
-    "tensorrt": "pip install 'ditq[trt]' (needs an NVIDIA GPU and driver)",
+    "tensorrt": TRT_HINT,
     "matplotlib": "pip install matplotlib",
 }
 
@@ -19,25 +28,30 @@ class _LazyModule(ModuleType):
         super().__init__(name)
         self._ditq_name = name
         self._ditq_hint = hint
-        self._ditq_module: ModuleType | None = None
 
-    def _load(self) -> ModuleType:
-        if self._ditq_module is None:
-            try:
-                self._ditq_module = importlib.import_module(self._ditq_name)
-            except ImportError as err:
-                raise DitqError(f"{self._ditq_name} is needed for this step ({err}); {self._ditq_hint}") from err
-        return self._ditq_module
+    def _ditq_load(self) -> ModuleType:
+        # not cached here: importlib's own cache (sys.modules) decides, so a module replaced or blocked there
+        # (tests, a fake tensorrt) is what the proxy sees
+        try:
+            return importlib.import_module(self._ditq_name)
+        except (ImportError, OSError) as err:  # OSError: installed, but a shared library cannot be loaded
+            raise DitqError(f"{self._ditq_name} is needed for this step ({err}); {self._ditq_hint}") from err
 
     def __getattr__(self, attr: str) -> Any:
         if attr.startswith("_ditq_"):
             raise AttributeError(attr)
-        return getattr(self._load(), attr)
+        return getattr(self._ditq_load(), attr)
 
 
 def lazy_import(name: str) -> Any:
     """Return a proxy that imports ``name`` on first attribute access and names the install hint on failure."""
     return _LazyModule(name, _HINTS.get(name, f"pip install {name.split('.')[0]}"))
+
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+else:
+    trt = lazy_import("tensorrt")
 
 
 def has_module(name: str) -> bool:
@@ -46,3 +60,55 @@ def has_module(name: str) -> bool:
     except Exception:
         return False
     return True
+
+
+def installed_tensorrt_version() -> str | None:
+    """The version of the importable TensorRT library, or None when there is none.
+
+    ``tensorrt-stubs`` alone leaves an importable, empty ``tensorrt`` namespace package: that counts as none.
+    """
+    try:
+        version = getattr(trt, "__version__", None)
+        usable = hasattr(trt, "Builder")
+    except DitqError:  # not installed, or libnvinfer cannot be loaded
+        return None
+    return version if isinstance(version, str) and usable else None
+
+
+def require_tensorrt() -> str:
+    """The installed TensorRT version (10.x or 11.x), or a one-line DitqError saying how to get one."""
+    version = installed_tensorrt_version()
+    if version is None:
+        raise DitqError(f"tensorrt is needed for this step and is not installed; {TRT_HINT}")
+    if trt_major(version) < MIN_TRT_MAJOR:
+        raise DitqError(f"TensorRT {version} is too old, ditq needs {MIN_TRT_MAJOR}.x or later; "
+                        "pip install -U 'ditq[trt]'")
+    return version
+
+
+def trt_major(version: str) -> int:
+    try:
+        return int(version.split(".")[0])
+    except ValueError:
+        raise DitqError(f"cannot read the TensorRT version {version!r}; reinstall tensorrt") from None
+
+
+def current_gpu() -> tuple[str, str] | None:
+    """``(name, "sm_XY")`` of the current CUDA device, or None when torch sees no CUDA GPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    major, minor = torch.cuda.get_device_capability()
+    return torch.cuda.get_device_name(), f"sm_{major}{minor}"
+
+
+def require_gpu() -> tuple[str, str]:
+    gpu = current_gpu()
+    if gpu is None:
+        import torch
+
+        why = ("torch is a CPU-only build; install a CUDA build of torch" if torch.version.cuda is None
+               else "no CUDA GPU is visible (check the driver and CUDA_VISIBLE_DEVICES)")
+        raise DitqError(f"TensorRT needs an NVIDIA GPU: {why}")
+    return gpu

@@ -22,7 +22,7 @@ from ditq.cli.main import main
 from ditq.errors import DitqError
 
 TINY_CFG = SpeedConfig(models=("tiny",), batches=(1, 2), threads=1, warmup=1, repeats=2, sampling_steps=2,
-                       sampling_batch=1, sampling_repeats=1, backends=("onnxruntime", "torch"))
+                       sampling_batch=1, sampling_repeats=1, backends=("onnxruntime", "torch-int8"))
 
 
 def test_every_quantized_gemm_is_fused_into_an_integer_kernel(tiny_onnx):
@@ -87,8 +87,8 @@ def test_cli_bad_batch_is_one_line_error(capsys, tmp_path):
 
 def test_cli_torch_pair_end_to_end(tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["-q", "bench", "speed", "--models", "tiny", "--backends", "torch", "--batches", "1", "--threads", "1",
-                 "--repeats", "1", "--warmup", "0", "--sampling-steps", "1", "--sampling-batch", "1", "-o",
+    assert main(["-q", "bench", "speed", "--models", "tiny", "--backends", "torch-int8", "--batches", "1",
+                 "--threads", "1", "--repeats", "1", "--warmup", "0", "--sampling-steps", "1", "--sampling-batch", "1", "-o",
                  str(out)]) == 0
     result = json.loads((out / "speed.json").read_text())
     assert result["models"][0]["backends"][0]["rows"][0]["batch"] == 1

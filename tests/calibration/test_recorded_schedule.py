@@ -66,7 +66,7 @@ def test_calibrate_refuses_a_model_without_scheduler_unless_named(capsys, tmp_pa
     body = json.loads((tmp_path / "r2" / "recipe.json").read_text())
     assert body["scheduler_config"]["beta_schedule"] == "linear"
     # later stages find the schedule the recipe recorded (the model directory still has none)
-    assert main(["-q", "sample", str(tmp_path / "r2"), "--backend", "torch", "--steps", "2", "--classes", "1",
+    assert main(["-q", "sample", str(tmp_path / "r2"), "--backend", "fake-quant", "--steps", "2", "--classes", "1",
                  "-o", str(tmp_path / "grid.png")]) == 0
 
 

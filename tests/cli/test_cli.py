@@ -78,7 +78,7 @@ def test_cli_pipeline_with_sample(capsys, tiny_onnx, tmp_path):
     assert main(["-q", "sample", str(tiny_onnx.root), "--steps", "5", "--classes", "1,2", "-o",
                  str(tmp_path / "g.png")]) == 0
     assert (tmp_path / "g.png").stat().st_size > 0
-    assert main(["-q", "sample", str(tiny_onnx.root), "--backend", "torch", "--scheduler", "ddim", "--steps", "4",
+    assert main(["-q", "sample", str(tiny_onnx.root), "--backend", "fake-quant", "--scheduler", "ddim", "--steps", "4",
                  "--classes", "3", "-o", str(tmp_path / "t.png")]) == 0
     code = main(["sample", str(tiny_onnx.root), "--classes", "42", "-o", str(tmp_path / "x.png")])
     assert "--classes" in _one_line_error(capsys, code)

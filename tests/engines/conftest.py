@@ -16,7 +16,7 @@ FAKE_GPU = ("Fake GPU", "sm_90")
 
 def trt_unavailable() -> str | None:
     """Why the real TensorRT tests cannot run here, or None when they can."""
-    from ditq.artifacts.engines import installed_tensorrt_version
+    from ditq._deps import installed_tensorrt_version
 
     version = installed_tensorrt_version()
     if version is None:
@@ -180,5 +180,5 @@ def fake_trt(monkeypatch: pytest.MonkeyPatch) -> FakeTensorRT:
     """A fake ``tensorrt`` 10.13 module and a fake sm_90 GPU for this test."""
     fake = FakeTensorRT()
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
-    monkeypatch.setattr("ditq.artifacts.engines.current_gpu", lambda: FAKE_GPU)
+    monkeypatch.setattr("ditq._deps.current_gpu", lambda: FAKE_GPU)
     return fake

@@ -39,7 +39,7 @@ def test_missing_plan_is_refused(engines):
 
 
 def test_other_tensorrt_version_is_refused(engines, monkeypatch):
-    monkeypatch.setattr("ditq.artifacts.engines.installed_tensorrt_version", lambda: "10.8.0.43")
+    monkeypatch.setattr("ditq._deps.installed_tensorrt_version", lambda: "10.8.0.43")
     with pytest.raises(DitqError, match=r"built with TensorRT 10\.13\.0\.35 but 10\.8\.0\.43 is installed") as exc:
         EngineArtifact.load(engines.root)
     assert "--force" in str(exc.value) and "\n" not in str(exc.value)
@@ -47,21 +47,21 @@ def test_other_tensorrt_version_is_refused(engines, monkeypatch):
 
 
 def test_other_gpu_is_refused(engines, monkeypatch):
-    monkeypatch.setattr("ditq.artifacts.engines.current_gpu", lambda: ("NVIDIA GeForce RTX 4090", "sm_89"))
+    monkeypatch.setattr("ditq._deps.current_gpu", lambda: ("NVIDIA GeForce RTX 4090", "sm_89"))
     with pytest.raises(DitqError, match="built for Fake GPU / sm_90 but this GPU is NVIDIA GeForce RTX 4090 / sm_89"):
         EngineArtifact.load(engines.root)
 
 
 def test_same_architecture_other_name_is_accepted(engines, monkeypatch):
-    monkeypatch.setattr("ditq.artifacts.engines.current_gpu", lambda: ("NVIDIA H100 PCIe", "sm_90"))
+    monkeypatch.setattr("ditq._deps.current_gpu", lambda: ("NVIDIA H100 PCIe", "sm_90"))
     assert EngineArtifact.load(engines.root).compute_capability == "sm_90"
 
 
 def test_no_gpu_and_no_tensorrt_are_refused(engines, monkeypatch):
-    monkeypatch.setattr("ditq.artifacts.engines.current_gpu", lambda: None)
+    monkeypatch.setattr("ditq._deps.current_gpu", lambda: None)
     with pytest.raises(DitqError, match="TensorRT needs an NVIDIA GPU"):
         EngineArtifact.load(engines.root)
-    monkeypatch.setattr("ditq.artifacts.engines.installed_tensorrt_version", lambda: None)
+    monkeypatch.setattr("ditq._deps.installed_tensorrt_version", lambda: None)
     with pytest.raises(DitqError, match="tensorrt is needed"):
         EngineArtifact.load(engines.root)
 

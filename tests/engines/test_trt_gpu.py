@@ -37,7 +37,7 @@ def test_manifest_records_this_machine(real_engines):
 
 
 def test_engines_match_onnxruntime_in_every_group(real_engines, tiny_onnx, feeds):
-    from ditq.runtime.tensorrt_backend import tensorrt_backend
+    from ditq.runtime.backends.tensorrt import tensorrt_backend
 
     trt_backend, ort_backend = tensorrt_backend(real_engines.root), onnxruntime_backend(tiny_onnx, fuse=False)
     for lo, hi in tiny_onnx.intervals:
@@ -50,7 +50,7 @@ def test_engines_match_onnxruntime_in_every_group(real_engines, tiny_onnx, feeds
 
 
 def test_cuda_graphs_replay_the_same_outputs(real_engines, feeds):
-    from ditq.runtime.tensorrt_backend import tensorrt_backend
+    from ditq.runtime.backends.tensorrt import tensorrt_backend
 
     plain, graphed = tensorrt_backend(real_engines.root), tensorrt_backend(real_engines.root, cuda_graphs=True)
     timesteps = [10.0, 500.0, 990.0]
@@ -61,7 +61,7 @@ def test_cuda_graphs_replay_the_same_outputs(real_engines, feeds):
 
 def test_out_of_profile_batch_is_a_user_error(real_engines, feeds):
     from ditq.errors import DitqError
-    from ditq.runtime.tensorrt_backend import tensorrt_backend
+    from ditq.runtime.backends.tensorrt import tensorrt_backend
 
     ((x, t, y),) = feeds([500.0], batch=17)
     with pytest.raises(DitqError, match=r"outside the engines' profile \[1, 16\]"):
@@ -83,7 +83,7 @@ def test_sample_and_validate_through_the_cli(real_engines, tiny_onnx, tmp_path):
 
 def test_fp16_set_builds_and_runs(trt_ready, tiny_model, tiny_recipe, tiny_recipe_dir, tmp_path, feeds):
     from ditq.export.onnx_export import export_onnx
-    from ditq.runtime.tensorrt_backend import tensorrt_backend
+    from ditq.runtime.backends.tensorrt import tensorrt_backend
 
     onnx16 = export_onnx(tiny_model, tiny_recipe, tmp_path / "onnx16", recipe_dir=tiny_recipe_dir, precision="fp16",
                          progress=False)

@@ -84,7 +84,7 @@ def test_sample_with_the_torch_backend_refuses_a_changed_recipe(capsys, tiny_onn
                                                                  tmp_path):
     recipe, onnx_dir = copy_lineage(tiny_onnx, tiny_recipe_dir, tmp_path)
     other_scales(tiny_recipe).write(recipe)
-    code = main(["sample", str(onnx_dir), "--backend", "torch", "--steps", "2", "-o", str(tmp_path / "g.png")])
+    code = main(["sample", str(onnx_dir), "--backend", "fake-quant", "--steps", "2", "-o", str(tmp_path / "g.png")])
     _refusal(capsys, code, recipe, onnx_dir)
     assert not (tmp_path / "g.png").exists()
 
@@ -122,5 +122,5 @@ def test_a_recipe_is_refused_with_another_model(tiny_recipe_dir, tmp_path):
     body["model"]["sha256"] = "0" * 64  # calibrated on some other model than the one at the recorded source
     (recipe / "recipe.json").write_text(json.dumps(body))
     with pytest.raises(DitqError, match="re-run `ditq calibrate`") as exc:
-        open_backend(recipe, "torch")
+        open_backend(recipe, "fake-quant")
     assert str(recipe) in str(exc.value) and body["model"]["source"] in str(exc.value)

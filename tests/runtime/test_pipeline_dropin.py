@@ -48,7 +48,7 @@ def test_pixart_pipelines_run_unchanged_with_the_quantized_transformer(pipeline,
     assert _sqnr_db(q, fp) > 30
 
     # the torch (fake-quant) backend reads the recipe the set was exported from: same numerics
-    pipe.transformer = QuantizedTransformer.from_pretrained(pixart_onnx.root, backend="torch")
+    pipe.transformer = QuantizedTransformer.from_pretrained(pixart_onnx.root, backend="fake-quant")
     q_torch = pipe(generator=torch.Generator().manual_seed(0), **kwargs).images
     assert _sqnr_db(q_torch, q) > 60
 

@@ -17,7 +17,7 @@ def _vae():
                          norm_num_groups=4, layers_per_block=1).eval()
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+@pytest.mark.parametrize("backend", ["onnxruntime", "fake-quant", "torch-int8"])
 def test_pipeline_with_a_500_step_scheduler_is_refused(tiny_onnx, tiny_model, backend):
     from diffusers import DDIMScheduler, DiTPipeline
 
@@ -40,7 +40,7 @@ def test_pipeline_with_a_500_step_scheduler_is_refused(tiny_onnx, tiny_model, ba
         pipe(generator=torch.Generator().manual_seed(0), **kwargs)
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+@pytest.mark.parametrize("backend", ["onnxruntime", "fake-quant", "torch-int8"])
 @pytest.mark.parametrize("timestep", [float("inf"), float("-inf"), float("nan"), 1000.0, -1.0])
 def test_timestep_outside_the_training_axis_is_a_ditq_error(tiny_onnx, backend, timestep):
     from ditq.runtime.pipeline import QuantizedTransformer
@@ -56,7 +56,7 @@ def test_recipe_group_of_refuses_inf(tiny_recipe):
         tiny_recipe.group_of(float("inf"))
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+@pytest.mark.parametrize("backend", ["onnxruntime", "fake-quant", "torch-int8"])
 def test_out_of_range_class_label_is_a_ditq_error(tiny_onnx, backend):
     from ditq.runtime.backends import open_backend
     from ditq.runtime.pipeline import QuantizedTransformer

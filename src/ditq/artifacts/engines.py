@@ -3,8 +3,8 @@
 A TensorRT plan only runs on the TensorRT version and the GPU architecture it was built for, so the manifest
 records both and :meth:`EngineArtifact.load` refuses a set that does not match this machine (or its own files), or
 whose ONNX set (recorded relative to it) is still present but changed since the build.
-The two runtime queries, :func:`installed_tensorrt_version` and :func:`current_gpu`, import tensorrt / torch
-only when called.
+The two runtime queries (``ditq._deps``: :func:`~ditq._deps.require_tensorrt`, :func:`~ditq._deps.require_gpu`)
+import tensorrt / torch only when called.
 """
 
 from __future__ import annotations
@@ -14,64 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ditq._deps import require_gpu, require_tensorrt
 from ditq.artifacts.base import Artifact
 from ditq.errors import DitqError
 
-TRT_HINT = "pip install 'ditq[trt]' (needs an NVIDIA GPU, its driver and a CUDA build of torch)"
-MIN_TRT_MAJOR = 10
 TIMING_CACHE = "timing.cache"
-
-
-def installed_tensorrt_version() -> str | None:
-    """The version of the importable TensorRT library, or None when there is none.
-
-    ``tensorrt-stubs`` alone leaves an importable, empty ``tensorrt`` namespace package: that counts as none.
-    """
-    try:
-        import tensorrt
-    except (ImportError, OSError):  # OSError: the wheel is there but libnvinfer cannot be loaded
-        return None
-    version = getattr(tensorrt, "__version__", None)
-    return version if isinstance(version, str) and hasattr(tensorrt, "Builder") else None
-
-
-def require_tensorrt() -> str:
-    """The installed TensorRT version (10.x or 11.x), or a one-line DitqError saying how to get one."""
-    version = installed_tensorrt_version()
-    if version is None:
-        raise DitqError(f"tensorrt is needed for this step and is not installed; {TRT_HINT}")
-    if trt_major(version) < MIN_TRT_MAJOR:
-        raise DitqError(f"TensorRT {version} is too old, ditq needs {MIN_TRT_MAJOR}.x or later; "
-                        "pip install -U 'ditq[trt]'")
-    return version
-
-
-def trt_major(version: str) -> int:
-    try:
-        return int(version.split(".")[0])
-    except ValueError:
-        raise DitqError(f"cannot read the TensorRT version {version!r}; reinstall tensorrt") from None
-
-
-def current_gpu() -> tuple[str, str] | None:
-    """``(name, "sm_XY")`` of the current CUDA device, or None when torch sees no CUDA GPU."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    major, minor = torch.cuda.get_device_capability()
-    return torch.cuda.get_device_name(), f"sm_{major}{minor}"
-
-
-def require_gpu() -> tuple[str, str]:
-    gpu = current_gpu()
-    if gpu is None:
-        import torch
-
-        why = ("torch is a CPU-only build; install a CUDA build of torch" if torch.version.cuda is None
-               else "no CUDA GPU is visible (check the driver and CUDA_VISIBLE_DEVICES)")
-        raise DitqError(f"TensorRT needs an NVIDIA GPU: {why}")
-    return gpu
 
 
 @dataclass(frozen=True)

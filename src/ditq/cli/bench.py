@@ -35,7 +35,7 @@ def add_speed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batches", type=positive_ints, default=None,
                    help="comma-separated batch sizes (default: 1,8,32)")
     p.add_argument("--backends", default=None,
-                   help="comma-separated: onnxruntime, torch (default: onnxruntime on CPU, torch on CUDA)")
+                   help="comma-separated: onnxruntime, torch-int8 (default: onnxruntime on CPU, torch-int8 on CUDA)")
     p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads, ORT and torch (default: 2)")
     p.add_argument("--repeats", type=positive_int, default=None, help="timed runs per measurement (default: 10)")
     p.add_argument("--warmup", type=nonnegative_int, default=None, help="untimed runs first (default: 3)")

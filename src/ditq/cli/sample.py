@@ -7,11 +7,18 @@ from pathlib import Path
 from ditq.cli.args import SCHEDULER_CONFIG_HELP, UsageError, positive_int, sampling_args
 from ditq.errors import DitqError
 
+# ditq.runtime.backends.registry's names, then its deprecated aliases (kept in sync by a test; no torch import here)
+BACKENDS = ("fake-quant", "onnxruntime", "tensorrt", "torch-int8", "torch")
+
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("artifact", help="ONNX directory (or a recipe directory with --backend torch)")
+    p.add_argument("artifact", help="ONNX directory, engine directory with --backend tensorrt, or a recipe "
+                                    "directory with --backend fake-quant / torch-int8")
     p.add_argument("--scheduler-config", default=None, metavar="PATH", help=SCHEDULER_CONFIG_HELP)
-    p.add_argument("--backend", choices=("onnxruntime", "torch", "tensorrt"), default="onnxruntime")
+    p.add_argument("--backend", choices=BACKENDS, default="onnxruntime",
+                   help="fake-quant: torch fake quantization (the reference); onnxruntime; tensorrt; torch-int8: "
+                        "real INT8 GEMMs in torch (CUDA when available); torch: deprecated name of fake-quant "
+                        "(default: %(default)s)")
     p.add_argument("--fp", action="store_true", help="run the unquantized model instead")
     p.add_argument("--classes", default=None,
                    help="comma-separated class labels (DiT) or caption-table rows (PixArt); default: the first 10")

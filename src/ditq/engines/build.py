@@ -1,6 +1,7 @@
 """``build_engines(onnx, out, BuildConfig) -> EngineArtifact``: one TensorRT engine per timestep group.
 
-Written to TensorRT 10.x / 11.x's Python API (``import tensorrt`` happens inside the functions, never at import):
+Written to TensorRT 10.x / 11.x's Python API through ``ditq._deps.trt`` (tensorrt is imported on first use, never at
+import):
 - a strongly typed network (``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` on 10.x; the default, and only,
   mode on 11.x), so precision comes from the graph: INT8 where Q/DQ says so, the graph's float type elsewhere;
 - ``OnnxParser.parse_from_file`` (external weights resolve next to the graph); every parser error is reported;
@@ -19,19 +20,17 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tqdm.auto import tqdm
 
+from ditq._deps import require_gpu, require_tensorrt, trt, trt_major
 from ditq.artifacts import manifest_sha256, sha256_file
-from ditq.artifacts.engines import TIMING_CACHE, EngineArtifact, EngineGroup, require_gpu, require_tensorrt, trt_major
+from ditq.artifacts.engines import TIMING_CACHE, EngineArtifact, EngineGroup
 from ditq.artifacts.onnx import OnnxArtifact
 from ditq.artifacts.outputs import check_output, staging_dir
 from ditq.errors import DitqError
 from ditq.models.conditioning import CAPTIONS_FILE
-
-if TYPE_CHECKING:
-    import tensorrt as trt
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +108,6 @@ def polygraphy_command(onnx_file: str, plan: str, profile: dict[str, dict[str, l
 
 def network_flags(version: str) -> int:
     """``create_network`` flags: explicit STRONGLY_TYPED on 10.x; 11.x networks are strongly typed by default."""
-    import tensorrt as trt
-
     if trt_major(version) >= 11:
         return 0
     return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
@@ -118,7 +115,6 @@ def network_flags(version: str) -> int:
 
 def _collecting_logger() -> Any:
     """A ``trt.ILogger`` that keeps errors (for one-line DitqErrors) and forwards the rest to ``logging``."""
-    import tensorrt as trt
 
     class Collecting(trt.ILogger):
         def __init__(self) -> None:
@@ -143,8 +139,6 @@ def _describe(err: trt.ParserError) -> str:
 
 
 def _parse(builder: trt.Builder, logger: Any, path: Path, flags: int) -> trt.INetworkDefinition:
-    import tensorrt as trt
-
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(path)):
@@ -158,8 +152,6 @@ def _parse(builder: trt.Builder, logger: Any, path: Path, flags: int) -> trt.INe
 def _build_plan(builder: trt.Builder, logger: Any, path: Path, flags: int, profile: dict[str, dict[str, list[int]]],
                 config: BuildConfig, cache: trt.ITimingCache | bytes) -> tuple[trt.IHostMemory, trt.ITimingCache]:
     """Parse and build one group; ``cache`` is the shared timing cache (or its serialized bytes, first group)."""
-    import tensorrt as trt
-
     network = _parse(builder, logger, path, flags)
     found = {network.get_input(i).name: network.get_input(i).shape for i in range(network.num_inputs)}
     if set(found) != set(profile):
@@ -216,8 +208,6 @@ def build_engines(onnx: OnnxArtifact, out: Path, config: BuildConfig = BuildConf
     check_output(Path(out), kind=EngineArtifact.KIND, force=config.force, inputs=inputs)
     version = require_tensorrt()
     gpu_name, sm = require_gpu()
-    import tensorrt as trt
-
     out = Path(out)
     start = time.perf_counter()
     profile = profile_shapes(onnx, config)

@@ -1,10 +1,11 @@
 """A drop-in ``pipe.transformer`` for diffusers' ``DiTPipeline``, ``PixArtAlphaPipeline`` and ``PixArtSigmaPipeline``.
 
 ``QuantizedTransformer.from_pretrained(path, backend=...)`` opens a ditq artifact the way diffusers opens a model
-directory: an ONNX set (``backend="onnxruntime"``), an engine set (``"tensorrt"``) or a recipe (``"torch"``,
-fake quantization). It accepts the transformer's call signature, picks the timestep group from the timestep the
-pipeline passes (every row of a call must share it, as in every diffusers sampler), and returns what the
-transformer returns, so the pipeline code stays unchanged::
+directory, with any backend of ``ditq.runtime.backends``: an ONNX set (``backend="onnxruntime"``), an engine set
+(``"tensorrt"``) or a recipe (``"fake-quant"``: fake quantization; ``"torch-int8"``: real INT8 GEMMs; ``"torch"``
+is a deprecated alias of ``"fake-quant"``). It accepts the transformer's call signature, picks the timestep group
+from the timestep the pipeline passes (every row of a call must share it, as in every diffusers sampler), and
+returns what the transformer returns, so the pipeline code stays unchanged::
 
     pipe = PixArtAlphaPipeline.from_pretrained("/models/PixArt-XL-2-512x512",
                                                transformer=QuantizedTransformer.from_pretrained("pixart-onnx"))
@@ -36,7 +37,7 @@ from diffusers.models.modeling_utils import ModelMixin
 
 from ditq.errors import DitqError
 from ditq.models.pixart import VAE_SCALE
-from ditq.runtime.backends import GroupedBackend
+from ditq.runtime.backends.base import GroupedBackend
 
 
 class QuantizedTransformer(ModelMixin, ConfigMixin):  # type: ignore[misc]
@@ -73,18 +74,20 @@ class QuantizedTransformer(ModelMixin, ConfigMixin):  # type: ignore[misc]
     @classmethod
     def from_pretrained(cls, path: str | Path, *, backend: str = "onnxruntime", threads: int | None = None,
                         exact_qdq: bool | None = None) -> QuantizedTransformer:
-        """Open a ditq artifact directory. ``exact_qdq``: ONNX Runtime without fused integer kernels (the
+        """Open a ditq artifact directory with the backend named ``backend`` (``ditq.runtime.backends.registry``:
+        fake-quant, onnxruntime, tensorrt, torch-int8). ``exact_qdq``: ONNX Runtime without fused integer kernels (the
         numerics TensorRT computes; slower); None (default): exact unless the CPU has VNNI, whose fused kernels
         compute the same (without VNNI they saturate; see ``ditq.runtime.cpu``)."""
-        from ditq.runtime.backends import open_backend
+        from ditq.runtime.backends.registry import get_backend, open_backend
 
         path = Path(path)
-        grouped, info = open_backend(path, backend, threads=threads, fuse=None if exact_qdq is None else not exact_qdq)
+        entry = get_backend(backend)  # an unknown name fails before anything loads; an alias warns once
+        grouped, info = open_backend(path, entry.name, threads=threads,
+                                     fuse=None if exact_qdq is None else not exact_qdq)
         config, kind = info.get("config"), info.get("kind", "dit")
         if not config:
             raise DitqError(f"{path} does not record the transformer config; re-export it with this ditq version")
-        return cls(grouped, dict(config), kind, "cuda" if backend == "tensorrt" else "cpu",
-                   scheduler_config=info.get("scheduler_config"))
+        return cls(grouped, dict(config), kind, entry.device, scheduler_config=info.get("scheduler_config"))
 
     def check_scheduler(self, scheduler: Any) -> None:
         """Refuse a scheduler (object or config) whose training schedule is not the artifact's: its timesteps

@@ -168,7 +168,7 @@ def run_onnxrt(
     if fuse is None:
         session = SessionFromOnnx(str(onnx_path), providers=["cpu"])
     else:
-        from ditq.runtime.backends import ort_session
+        from ditq.runtime.backends.onnxruntime import ort_session
 
         def session() -> object:
             return ort_session(Path(onnx_path), fuse=fuse)

@@ -24,8 +24,9 @@ from polygraphy.comparator import Comparator, CosineSimilarityCompareFunc, Itera
 from polygraphy.exception import PolygraphyException
 from polygraphy.json import load_json
 
+from ditq._deps import require_tensorrt
 from ditq.artifacts import manifest_sha256
-from ditq.artifacts.engines import EngineArtifact, require_tensorrt
+from ditq.artifacts.engines import EngineArtifact
 from ditq.artifacts.onnx import OnnxArtifact
 from ditq.errors import DitqError
 from ditq.validate.compare import Thresholds, metrics, polygraphy_logging

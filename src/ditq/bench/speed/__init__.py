@@ -5,8 +5,8 @@ processes hits both alike:
 - ``onnxruntime`` (CPU): ``reference.onnx`` (FP32) vs ``group_0.onnx`` (QDQ), sessions with the runtime's settings
   (all graph optimizations, ``CommonSubexpressionElimination`` off), so ONNX Runtime fuses each DQ->MatMul into an
   integer kernel. How many quantized GEMMs it fused is read back from the optimized graph it saves.
-- ``torch``: the FP model vs ``runtime.torch_int8`` (``torch._int_mm``); meant for CUDA, where it is fast. On CPU
-  ``torch._int_mm`` is a reference loop (tens of times slower than FP32), so it is off there unless asked for.
+- ``torch-int8``: the FP model vs ``runtime.backends.torch_int8`` (``torch._int_mm``); meant for CUDA, where it is
+  fast. On CPU ``torch._int_mm`` is a reference loop (tens of times slower than FP32), so it is off there unless asked for.
 
 Each measurement reports the median and p10/p90 of the wall time, the median process CPU time (robust to other
 processes competing for the cores when thread spinning is off; with spinning it includes spin time) and the

@@ -10,7 +10,7 @@ from ditq.errors import DitqError
 if TYPE_CHECKING:
     from ditq.testbed.scoring import SamplingSpec
 
-BACKENDS = ("onnxruntime", "torch")
+BACKENDS = ("onnxruntime", "torch-int8")  # the runtime registry's names
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class SpeedConfig:
         return SamplingSpec(steps=self.sampling_steps, cfg_scale=self.cfg_scale, seed=self.seed, scheduler="ddim")
 
 QUICK = SpeedConfig(models=("tiny",), batches=(1, 2), threads=1, warmup=2, repeats=5,
-                    backends=("onnxruntime", "torch"), sampling_steps=4, sampling_batch=1, sampling_repeats=2)
+                    backends=("onnxruntime", "torch-int8"), sampling_steps=4, sampling_batch=1, sampling_repeats=2)
 
 
 def default_config(*, quick: bool = False, cuda: bool | None = None) -> SpeedConfig:
@@ -75,7 +75,7 @@ def default_config(*, quick: bool = False, cuda: bool | None = None) -> SpeedCon
 
         cuda = torch.cuda.is_available()
     if cuda:
-        return SpeedConfig(models=("demo", "dit-xl2-256", "dit-xl2-512"), backends=("torch",), device="cuda")
+        return SpeedConfig(models=("demo", "dit-xl2-256", "dit-xl2-512"), backends=("torch-int8",), device="cuda")
     return SpeedConfig()
 
 

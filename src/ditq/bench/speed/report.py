@@ -41,7 +41,7 @@ def format_markdown(result: dict[str, Any]) -> str:
     notes: list[str] = []
     for e in result["models"]:
         for b in e["backends"]:
-            label = b["backend"] + (f" ({b['device']}, {b['dtype']})" if b["backend"] == "torch" else "")
+            label = b["backend"] + (f" ({b['device']}, {b['dtype']})" if b["backend"] == "torch-int8" else "")
             for row in b["rows"]:
                 lines.append(f"| {e['name']} | {e['params'] / 1e6:.1f}M | {e['tokens']} | {label} | {row['batch']} | "
                              f"{_ms(row['fp'])} | {_ms(row['int8'])} | {_r(row['ratio'])} | {_r(row['ratio_cpu'])} | "

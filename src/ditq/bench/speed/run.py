@@ -52,7 +52,7 @@ def _benchmark_speed(config: SpeedConfig, out: Path, say: Callable[[str], None])
                 work = out / "artifacts" / bm.name if config.keep_artifacts else Path(tmp)
                 if "onnxruntime" in config.backends:
                     entry["backends"].append(bench_onnxruntime(bm, recipe, config, work, say))
-                if "torch" in config.backends:
+                if "torch-int8" in config.backends:
                     entry["backends"].append(bench_torch(bm, recipe, config, say))
             result["models"].append(entry)
             del bm, recipe

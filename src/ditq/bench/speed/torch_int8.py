@@ -17,7 +17,7 @@ def bench_torch(bm: BenchModel, recipe: Any, config: SpeedConfig,
     """Torch FP vs ``torch_int8_backend`` on ``config.device``: latency per batch, weight bytes, sampling."""
     import torch
 
-    from ditq.runtime.torch_int8 import torch_int8_backend, unique_bytes
+    from ditq.runtime.backends.torch_int8 import torch_int8_backend, unique_bytes
 
     if config.device == "cuda" and not torch.cuda.is_available():
         raise DitqError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
@@ -26,7 +26,7 @@ def bench_torch(bm: BenchModel, recipe: Any, config: SpeedConfig,
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else None
     model = bm.model
-    out: dict[str, Any] = {"backend": "torch", "device": config.device, "dtype": config.torch_dtype,
+    out: dict[str, Any] = {"backend": "torch-int8", "device": config.device, "dtype": config.torch_dtype,
                            "kernel": "torch._int_mm" + ("" if cuda else " (CPU: reference loop, not optimized)"),
                            "threads": torch.get_num_threads()}
     q = torch_int8_backend(model, recipe, device=device, dtype=dtype)  # first: ``fp`` moves the model in place

@@ -1,6 +1,6 @@
 """``torch-int8``: real INT8 GEMMs in PyTorch (``torch._int_mm``), one precomputed module set per timestep group.
 
-Built from the model and recipe the way ``runtime.backends.group_denoiser`` builds the fake-quant reference (same
+Built from the model and recipe the way ``fake_quant.group_denoiser`` builds the fake-quant reference (same
 ``fold_state``, same recipe scales), with the same numerics: for each quantized Linear,
 
     q = clamp(round(x / a), qmin, qmax)  as int8             (a: the group's static scale, or per token at run time)
@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,10 +38,13 @@ from ditq.core.quantizers import DYNAMIC_EPS, qrange, quantize_weight, rotate_we
 from ditq.core.sites import Denoiser
 from ditq.errors import DitqError
 from ditq.models.loading import LoadedModel, make_denoiser
-from ditq.models.schedule import check_schedule
-from ditq.runtime.backends import GroupedBackend, folded_transformer
+from ditq.models.schedule import SchedulerSpec
+from ditq.runtime.backends.base import Fn, GroupedBackend
+from ditq.runtime.backends.fake_quant import check_recipe_model, folded_transformer, open_recipe
 
 log = logging.getLogger(__name__)
+
+NAME = "torch-int8"
 
 CUDA_MIN_ROWS = 17  # torch._int_mm on CUDA: M > 16
 
@@ -118,10 +122,10 @@ def _check_spec(recipe: Recipe, linear: str, cuda: bool, k: int, n: int) -> None
     spec = recipe.linear_spec(linear)
     if spec.w_bits != 8 or spec.w_block:
         raise DitqError(f"torch-int8 runs 8-bit per-channel weights; {linear} has W{spec.w_bits} block "
-                        f"{spec.w_block}: use the torch (fake-quant) or onnxruntime backend for this recipe")
+                        f"{spec.w_block}: use the fake-quant or onnxruntime backend for this recipe")
     if spec.act == "dynamic_group":
         raise DitqError(f"torch-int8 quantizes activations per tensor or per token; {linear} uses per-group "
-                        f"dynamic activations (a_group={spec.a_group}): use the torch or onnxruntime backend")
+                        f"dynamic activations (a_group={spec.a_group}): use the fake-quant or onnxruntime backend")
     if cuda and (k % 8 or n % 8):
         raise DitqError(f"torch._int_mm on CUDA needs K and N multiples of 8; {linear} is {n}x{k}")
 
@@ -132,10 +136,7 @@ def int8_group_denoiser(model: LoadedModel, recipe: Recipe, group_id: int, *, dy
 
     ``dynamic=True`` quantizes every input per token at run time instead of with the recipe's static scales.
     """
-    if recipe.model_sha256 != model.sha256:
-        raise DitqError("the recipe was calibrated on another model (sha256 differs); re-run `ditq calibrate`")
-    check_schedule(recipe.scheduler_config, model.scheduler_config, recorded_as="the recipe",
-                   actual_as=f"the model's scheduler ({model.scheduler_source or model.source})")
+    check_recipe_model(model, recipe)
     transformer, pre, sites = folded_transformer(model, recipe, group_id)
     modules = dict(transformer.named_modules())
     for site in sites:
@@ -246,10 +247,14 @@ class TorchInt8Backend(GroupedBackend):
         """The precomputed callable of the group holding ``timestep`` (inputs already on ``device``)."""
         return self.device_fns[self.group_of(timestep)]
 
+    def deactivate_impl(self) -> None:
+        super().deactivate_impl()
+        self.modules, self.device_fns = [], []
+
 
 def torch_int8_backend(model: LoadedModel, recipe: Recipe, *, device: str | torch.device = "cpu",
                        dynamic: bool = False, dtype: torch.dtype = torch.float32, compile: bool = False,
-                       cuda_graphs: bool = False) -> GroupedBackend:
+                       cuda_graphs: bool = False) -> TorchInt8Backend:
     """Per-group INT8 denoisers built once (identical tensors shared), dispatched by timestep like the others.
 
     The backend takes and returns CPU or device tensors; inputs are moved to ``device`` and the output is
@@ -259,23 +264,25 @@ def torch_int8_backend(model: LoadedModel, recipe: Recipe, *, device: str | torc
     cuda = device.type == "cuda"
     if (compile or cuda_graphs) and not cuda:
         raise DitqError("compile and cuda_graphs need a CUDA device for torch-int8; pass device='cuda'")
-    dens = [int8_group_denoiser(model, recipe, g.group_id, dynamic=dynamic, dtype=dtype, cuda=cuda)
-            for g in recipe.groups]
-    saved = share_identical(dens)
-    log.info("torch-int8: %d groups share %.1f MB of identical tensors", len(dens), saved / 2**20)
-    to_device_shared(dens, device)
-    pool = torch.cuda.graph_pool_handle() if cuda_graphs else None
-    calls: list[Callable[..., torch.Tensor]] = []
-    for den in dens:
-        fn: Callable[..., torch.Tensor] = den
-        if compile:
-            fn = torch.compile(den, dynamic=False)
-        if cuda_graphs:
-            fn = CudaGraphRunner(fn, pool)
-        calls.append(fn)
 
-    def make(fn: Callable[..., torch.Tensor], names: tuple[str, ...]
-             ) -> Callable[[torch.Tensor, torch.Tensor, Cond], torch.Tensor]:
+    def build() -> tuple[list[Denoiser], list[Callable[..., torch.Tensor]], int]:
+        dens = [int8_group_denoiser(model, recipe, g.group_id, dynamic=dynamic, dtype=dtype, cuda=cuda)
+                for g in recipe.groups]
+        saved = share_identical(dens)
+        log.info("torch-int8: %d groups share %.1f MB of identical tensors", len(dens), saved / 2**20)
+        to_device_shared(dens, device)
+        pool = torch.cuda.graph_pool_handle() if cuda_graphs else None
+        calls: list[Callable[..., torch.Tensor]] = []
+        for den in dens:
+            fn: Callable[..., torch.Tensor] = den
+            if compile:
+                fn = torch.compile(den, dynamic=False)
+            if cuda_graphs:
+                fn = CudaGraphRunner(fn, pool)
+            calls.append(fn)
+        return dens, calls, saved
+
+    def make(fn: Callable[..., torch.Tensor], names: tuple[str, ...]) -> Fn:
         @torch.no_grad()
         def run(x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
             c = [cond[k].to(device, dtype if cond[k].is_floating_point() else cond[k].dtype) for k in names]
@@ -284,6 +291,29 @@ def torch_int8_backend(model: LoadedModel, recipe: Recipe, *, device: str | torc
 
         return run
 
-    return TorchInt8Backend(f"torch-int8-{recipe.method}", [g.interval for g in recipe.groups],
-                            [make(fn, den.cond_names) for fn, den in zip(calls, dens)], modules=dens, device_fns=calls,
-                            device=device, shared_bytes=saved)
+    def fns(dens: list[Denoiser], calls: list[Callable[..., torch.Tensor]]) -> list[Fn]:
+        return [make(fn, den.cond_names) for fn, den in zip(calls, dens)]
+
+    dens, calls, saved = build()
+    backend = TorchInt8Backend(f"{NAME}-{recipe.method}", [g.interval for g in recipe.groups], fns(dens, calls),
+                               modules=dens, device_fns=calls, device=device, shared_bytes=saved)
+
+    def reload() -> list[Fn]:  # activate() after deactivate(): build the groups again
+        dens, calls, saved = build()
+        backend.modules, backend.device_fns, backend.shared_bytes = dens, calls, saved
+        return fns(dens, calls)
+
+    backend.loader = reload
+    return backend
+
+
+def open_artifact(path: Path, *, fp: bool = False, threads: int | None = None, fuse: bool | None = None,
+                  scheduler: SchedulerSpec | None = None) -> tuple[GroupedBackend, dict[str, Any]]:
+    """``open_backend(path, "torch-int8")``: a recipe directory (or the recipe an ONNX directory was exported
+    from), run on the CUDA GPU when torch sees one, else on the CPU (slow: for numerics). ``threads`` and
+    ``fuse`` (ONNX Runtime settings) do not apply."""
+    if fp:
+        raise DitqError("--fp is not available with --backend torch-int8 (it runs the recipe's INT8 GEMMs); use "
+                        "--backend fake-quant --fp")
+    recipe, model, info = open_recipe(path, scheduler)
+    return torch_int8_backend(model, recipe, device="cuda" if torch.cuda.is_available() else "cpu"), info

@@ -1,4 +1,4 @@
-"""``--backend tensorrt``: every group's engine deserialized once, one execution context each, one shared
+"""``tensorrt``: every group's engine deserialized once, one execution context each, one shared
 activation buffer, I/O through torch CUDA tensors on one torch CUDA stream.
 
 - Contexts use ``ExecutionContextAllocationStrategy.USER_MANAGED`` and all share ONE device buffer sized by the
@@ -15,21 +15,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from ditq.artifacts.engines import EngineArtifact, require_tensorrt
+from ditq._deps import require_tensorrt, trt
+from ditq.artifacts.engines import EngineArtifact
 from ditq.errors import DitqError
-from ditq.runtime.backends import GroupedBackend, read_manifest_kind
+from ditq.models.conditioning import conditioning_from_info
+from ditq.models.schedule import SchedulerSpec
+from ditq.runtime.backends.base import GroupedBackend, read_manifest_kind
 
-if TYPE_CHECKING:
-    import tensorrt as trt
+NAME = "tensorrt"
 
 
 def torch_dtype(dtype: trt.DataType) -> torch.dtype:
-    import tensorrt as trt
-
     table = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16, trt.DataType.BF16: torch.bfloat16,
              trt.DataType.INT32: torch.int32, trt.DataType.INT64: torch.int64, trt.DataType.INT8: torch.int8,
              trt.DataType.UINT8: torch.uint8, trt.DataType.BOOL: torch.bool}
@@ -60,8 +60,6 @@ class EngineRunner:
     graphs: dict[int, torch.cuda.CUDAGraph] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        import tensorrt as trt
-
         self.context = self.engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
         if self.context is None:
             raise DitqError("TensorRT could not create an execution context (out of GPU memory?)")
@@ -79,8 +77,6 @@ class EngineRunner:
 
     def _bind(self, batch: int, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Set this batch's input shapes and tensor addresses (static tensors, allocated once per batch)."""
-        import tensorrt as trt
-
         io = self.io.get(batch)
         if io is None:
             io = {n: torch.empty(tuple(feeds[n].shape), dtype=self.dtypes[n], device=self.scratch.device)
@@ -136,9 +132,14 @@ def tensorrt_backend(engine_dir: Path, *, cuda_graphs: bool = False) -> GroupedB
 
 
 def backend_from_artifact(art: EngineArtifact, *, cuda_graphs: bool = False) -> GroupedBackend:
-    require_tensorrt()
-    import tensorrt as trt
+    """The engines deserialized once, one context each sharing one activation buffer (built again on
+    ``activate()`` after ``deactivate()``, which frees them)."""
+    return GroupedBackend.from_loader(f"{NAME}-cudagraph" if cuda_graphs else NAME, art.intervals,
+                                      lambda: load_runners(art, cuda_graphs=cuda_graphs))
 
+
+def load_runners(art: EngineArtifact, *, cuda_graphs: bool = False) -> list[EngineRunner]:
+    require_tensorrt()
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
     engines: list[trt.ICudaEngine] = []
     for group in art.groups:
@@ -148,13 +149,14 @@ def backend_from_artifact(art: EngineArtifact, *, cuda_graphs: bool = False) -> 
         engines.append(engine)
     scratch = torch.empty(max(256, *(device_memory_size(e) for e in engines)), dtype=torch.uint8, device="cuda")
     stream = torch.cuda.Stream()
-    runners = [EngineRunner(e, scratch, stream, art.batch_range, cuda_graphs, runtime) for e in engines]
-    return GroupedBackend("tensorrt-cudagraph" if cuda_graphs else "tensorrt", art.intervals, runners)
+    return [EngineRunner(e, scratch, stream, art.batch_range, cuda_graphs, runtime) for e in engines]
 
 
-def open_tensorrt(path: Path, *, fp: bool = False, cuda_graphs: bool = False
+def open_artifact(path: Path, *, fp: bool = False, threads: int | None = None, fuse: bool | None = None,
+                  scheduler: SchedulerSpec | None = None, cuda_graphs: bool = False
                   ) -> tuple[GroupedBackend, dict[str, Any]]:
-    """``open_backend(path, "tensorrt")``: the backend and what sampling needs (shapes, classes, scheduler)."""
+    """``open_backend(path, "tensorrt")``: an engine directory from ``ditq build``; the backend and what sampling
+    needs (shapes, classes, scheduler). ``threads`` and ``fuse`` (ONNX Runtime settings) do not apply."""
     kind = read_manifest_kind(path)
     if kind != EngineArtifact.KIND:
         raise DitqError(f"--backend tensorrt needs an engine directory from `ditq build`, got a {kind}")
@@ -162,4 +164,6 @@ def open_tensorrt(path: Path, *, fp: bool = False, cuda_graphs: bool = False
         raise DitqError("--fp is not available with --backend tensorrt (engines are built from the quantized "
                         "graphs); use --backend onnxruntime --fp on the ONNX directory")
     art = EngineArtifact.load(Path(path))
-    return backend_from_artifact(art, cuda_graphs=cuda_graphs), {**art.model, "scheduler_config": art.scheduler_config}
+    info = {**art.model, "scheduler_config": art.scheduler_config}
+    info["conditioning"] = conditioning_from_info(info, path)
+    return backend_from_artifact(art, cuda_graphs=cuda_graphs), info

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from ditq.errors import DitqError
-from ditq.runtime.backends import group_denoiser
-from ditq.runtime.torch_int8 import Int8Linear, int_mm, torch_int8_backend
+from ditq.runtime.backends import open_backend
+from ditq.runtime.backends.fake_quant import group_denoiser
+from ditq.runtime.backends.torch_int8 import Int8Linear, int_mm, torch_int8_backend
 
 
 def _sqnr_db(ref: torch.Tensor, out: torch.Tensor) -> float:
@@ -81,3 +82,41 @@ def test_cuda_matches_cpu(tiny_model, tiny_recipe, int8_backend, feeds):
     for batch in (1, 8):  # batch 1: 16 rows, padded for _int_mm (M > 16)
         (x, t, y), = feeds([500.0], batch=batch)
         assert _sqnr_db(int8_backend(x, t, y), gpu(x, t, y)) > 40
+
+
+@torch.no_grad()
+def test_reachable_by_name_from_a_recipe_or_its_onnx_directory(tiny_recipe_dir, tiny_onnx, int8_backend, feeds):
+    (x, t, y), = feeds([500.0], batch=2)
+    for path in (tiny_recipe_dir, tiny_onnx.root):
+        backend, info = open_backend(path, "torch-int8")
+        assert backend.name == "torch-int8-htg" and backend.num_classes == 10
+        assert info["conditioning"].kind == "class" and info["sample_shape"]
+        torch.testing.assert_close(backend(x, t, y), int8_backend(x, t, y))
+
+
+def test_quantized_transformer_runs_torch_int8(tiny_onnx, int8_backend):
+    from ditq.runtime.pipeline import QuantizedTransformer
+
+    qt = QuantizedTransformer.from_pretrained(tiny_onnx.root, backend="torch-int8")
+    assert qt.backend.name == "torch-int8-htg" and qt.device.type == "cpu"
+    x = torch.randn(2, 1, 8, 8)
+    out = qt(x, timestep=torch.tensor(10), class_labels=torch.tensor([3, 10]), return_dict=False)[0]
+    torch.testing.assert_close(out, int8_backend(x, torch.full((2,), 10.0), {"class_labels": torch.tensor([3, 10])}))
+
+
+def test_fp_is_refused_with_the_fix(tiny_recipe_dir):
+    with pytest.raises(DitqError, match="--fp is not available with --backend torch-int8.*--backend fake-quant --fp"):
+        open_backend(tiny_recipe_dir, "torch-int8", fp=True)
+
+
+@torch.no_grad()
+def test_deactivate_frees_the_groups_and_activate_builds_them_again(tiny_model, tiny_recipe, feeds):
+    backend = torch_int8_backend(tiny_model, tiny_recipe)
+    (x, t, y), = feeds([500.0], batch=2)
+    before = backend(x, t, y)
+    backend.deactivate()
+    assert not backend.is_active and backend.modules == [] and backend.device_fns == []
+    with backend:
+        assert len(backend.modules) == tiny_recipe.num_groups
+        torch.testing.assert_close(backend(x, t, y), before)
+    assert not backend.is_active

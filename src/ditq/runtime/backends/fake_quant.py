@@ -1,0 +1,113 @@
+"""``fake-quant``: the folded model with fake quantization in torch, one copy per timestep group (the numerical
+reference of the exported graphs). Reads a recipe directory, or the recipe an ONNX directory was exported from.
+
+(Named ``torch`` before the ``torch-int8`` backend existed; ``torch`` stays a deprecated alias in ``ditq sample``
+and ``QuantizedTransformer``.)
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ditq.artifacts.recipe import Recipe
+from ditq.core.fold import PreAffine, fold_state
+from ditq.core.qlinear import QLinear
+from ditq.core.sites import Denoiser, Site
+from ditq.errors import DitqError
+from ditq.models.loading import LoadedModel, load_model, make_denoiser, quant_sites
+from ditq.models.schedule import SchedulerSpec, check_schedule
+from ditq.runtime.backends.base import GroupedBackend, read_manifest_kind
+
+NAME = "fake-quant"
+
+
+def folded_transformer(model: LoadedModel, recipe: Recipe, group_id: int) -> tuple[nn.Module, PreAffine, list[Site]]:
+    """A copy of the transformer with group ``group_id``'s shifts and the recipe's smoothing folded in (exact),
+    the explicit pre-affines still to apply, and the quantized sites."""
+    sites = quant_sites(model.transformer)
+    folded, pre = fold_state(model.transformer.state_dict(), sites,
+                             {s.name: recipe.shift(s.name, group_id) for s in sites},
+                             {s.name: recipe.smooth(s.name) for s in sites})
+    transformer = copy.deepcopy(model.transformer)
+    transformer.load_state_dict(folded)
+    return transformer, pre, sites
+
+
+def group_denoiser(model: LoadedModel, recipe: Recipe, group_id: int, *, quantize: bool = True) -> Denoiser:
+    """The model with group ``group_id``'s shifts and scales folded in, fake-quantized unless ``quantize=False``.
+
+    Each Linear follows its recipe spec (weight bits and blocks, static or dynamic activations, rotation); with
+    ``quantize=False`` only the exact re-parameterisations remain (folding and rotations).
+    """
+    transformer, pre, sites = folded_transformer(model, recipe, group_id)
+    modules = dict(transformer.named_modules())
+    for site in sites:
+        for lin in site.linears:
+            parent, _, attr = lin.rpartition(".")
+            spec = recipe.linear_spec(lin)
+            q = QLinear(
+                modules[lin],  # type: ignore[arg-type]
+                w_scale=recipe.w_scale(lin) if quantize else None,
+                act_scale=float(recipe.act_scale(site.name, group_id)) if quantize and not spec.dynamic else None,
+                pre=pre.get(site.name), w_bits=spec.w_bits, a_bits=spec.a_bits,
+                dynamic_group=spec.a_group if quantize and spec.dynamic else None, rotation=spec.rotation,
+            )
+            setattr(modules[parent], attr, q)
+    return make_denoiser(transformer)
+
+
+def check_recipe_model(model: LoadedModel, recipe: Recipe) -> None:
+    """Refuse a recipe calibrated on another model or for another training schedule."""
+    if recipe.model_sha256 != model.sha256:
+        raise DitqError("the recipe was calibrated on another model (sha256 differs); re-run `ditq calibrate`")
+    check_schedule(recipe.scheduler_config, model.scheduler_config, recorded_as="the recipe",
+                   actual_as=f"the model's scheduler ({model.scheduler_source or model.source})")
+
+
+def fake_quant_backend(model: LoadedModel, recipe: Recipe | None) -> GroupedBackend:
+    """Per-group fake-quantized models (built once); ``recipe=None`` gives the unquantized model."""
+    classes = model.num_classes if model.kind == "dit" else None
+    if recipe is None:
+        den = model.denoiser()
+        return GroupedBackend.from_loader(f"{NAME}-fp", [(0, model.num_train_timesteps - 1)],
+                                          lambda: [torch.no_grad()(den.predict)], num_classes=classes)
+    check_recipe_model(model, recipe)
+    return GroupedBackend.from_loader(
+        f"{NAME}-{recipe.method}", [g.interval for g in recipe.groups],
+        lambda: [torch.no_grad()(group_denoiser(model, recipe, g.group_id).predict) for g in recipe.groups],
+        num_classes=classes)
+
+
+torch_backend = fake_quant_backend  # the name before the torch-int8 backend existed
+
+
+def open_recipe(path: Path, scheduler: SchedulerSpec | None) -> tuple[Recipe, LoadedModel, dict[str, Any]]:
+    """The recipe in ``path`` (a recipe directory, or the recipe an ONNX directory was exported from, refused if
+    it changed since the export), its model loaded with ``scheduler``, and what sampling needs to know."""
+    from ditq.artifacts.onnx import OnnxArtifact
+
+    if read_manifest_kind(path) == OnnxArtifact.KIND:
+        recipe_dir = OnnxArtifact.load(path, verify=False).check_parent()
+        if recipe_dir is None:
+            raise DitqError(f"the recipe {path} was exported from is not found; pass the recipe directory instead")
+        path = recipe_dir
+    recipe = Recipe.load(path)
+    model = load_model(recipe.model_source, scheduler=scheduler, expected_scheduler=recipe.scheduler_config,
+                       expected_as=f"the recipe {path}")
+    recipe.check_model(model, path)
+    info = {"conditioning": model.conditioning, "sample_shape": list(model.sample_shape),
+            "scheduler_config": model.scheduler_config, "kind": model.kind,
+            "config": {k: v for k, v in dict(model.config).items() if not k.startswith("_")}}
+    return recipe, model, info
+
+
+def open_artifact(path: Path, *, fp: bool = False, threads: int | None = None, fuse: bool | None = None,
+                  scheduler: SchedulerSpec | None = None) -> tuple[GroupedBackend, dict[str, Any]]:
+    """``open_backend(path, "fake-quant")``; ``threads`` and ``fuse`` (ONNX Runtime settings) do not apply."""
+    recipe, model, info = open_recipe(path, scheduler)
+    return fake_quant_backend(model, None if fp else recipe), info
