@@ -34,6 +34,11 @@ def _unit(module: str) -> str:
     return parts[1] if len(parts) > 1 else "__init__"
 
 
+def _is_module(name: str) -> bool:
+    rel = Path(*name.split(".")[1:])
+    return (SRC / rel).with_suffix(".py").is_file() or (SRC / rel / "__init__.py").is_file()
+
+
 def _imports(path: Path) -> list[tuple[int, str]]:
     tree = ast.parse(path.read_text(), str(path))
     package = ".".join(path.relative_to(SRC.parent).with_suffix("").parts[:-1])
@@ -48,9 +53,10 @@ def _imports(path: Path) -> list[tuple[int, str]]:
             else:
                 module = node.module or ""
             if module.split(".")[0] == "ditq":
-                if module == "ditq":  # from ditq import x: x may be a subpackage
-                    found += [(node.lineno, f"ditq.{a.name}") for a in node.names]
-                else:
+                # ``from pkg import sub`` imports the submodule ``pkg.sub`` where one exists, else ``pkg`` itself
+                subs = [f"{module}.{a.name}" for a in node.names if _is_module(f"{module}.{a.name}")]
+                found += [(node.lineno, m) for m in subs]
+                if len(subs) < len(node.names) and module != "ditq":
                     found.append((node.lineno, module))
     return found
 

@@ -27,11 +27,11 @@ from ditq.errors import DitqError
 if TYPE_CHECKING:
     import torch
 
+    from ditq.artifacts.captions import Conditioning
     from ditq.artifacts.engines import EngineArtifact
     from ditq.artifacts.onnx import OnnxArtifact
     from ditq.artifacts.recipe import Recipe
     from ditq.config import QuantConfig
-    from ditq.models.conditioning import Conditioning
     from ditq.models.loading import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -364,7 +364,7 @@ def _from_memory(obj: Any, scheduler: Any, prompts: Any, captions: Any, loader: 
 
 
 def _captions(captions: Any) -> Conditioning:
-    from ditq.models.conditioning import Conditioning, load_caption_table
+    from ditq.artifacts.captions import Conditioning, load_caption_table
 
     if isinstance(captions, Conditioning):
         return captions
@@ -418,7 +418,7 @@ def model_of_recipe(recipe: Recipe, model: ModelLike, load_kwargs: Mapping[str, 
 
 def _model_of_artifact(art: Any, recipe: Recipe | None, model: ModelLike, load_kwargs: Mapping[str, Any]
                        ) -> LoadedModel:
-    from ditq.models.conditioning import conditioning_from_info
+    from ditq.artifacts.captions import conditioning_from_info
 
     info = recipe.calibration if recipe is not None else {}
     captions = conditioning_from_info(art.model, art.root) if art.model.get("kind") == "pixart" else None

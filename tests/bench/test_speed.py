@@ -88,8 +88,8 @@ def test_cli_bad_batch_is_one_line_error(capsys, tmp_path):
 def test_cli_torch_pair_end_to_end(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["-q", "bench", "speed", "--models", "tiny", "--backends", "torch-int8", "--batches", "1",
-                 "--threads", "1", "--repeats", "1", "--warmup", "0", "--sampling-steps", "1", "--sampling-batch", "1", "-o",
-                 str(out)]) == 0
+                 "--threads", "1", "--repeats", "1", "--warmup", "0", "--sampling-steps", "1", "--sampling-batch", "1",
+                 "-o", str(out)]) == 0
     result = json.loads((out / "speed.json").read_text())
     assert result["models"][0]["backends"][0]["rows"][0]["batch"] == 1
     assert "| tiny |" in (out / "speed.md").read_text()

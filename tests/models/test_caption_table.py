@@ -10,8 +10,8 @@ from ditq.errors import DitqError
 
 
 def test_save_caption_table_is_importable_from_ditq_models():
+    from ditq.artifacts.captions import save_caption_table as original
     from ditq.models import save_caption_table, save_pipeline_captions
-    from ditq.models.conditioning import save_caption_table as original
 
     assert save_caption_table is original and callable(save_pipeline_captions)
     with pytest.raises(ImportError):
@@ -19,7 +19,7 @@ def test_save_caption_table_is_importable_from_ditq_models():
 
 
 def test_caption_table_without_masks_attends_to_every_token(tmp_path):
-    from ditq.models.conditioning import load_caption_table
+    from ditq.artifacts.captions import load_caption_table
 
     embeds, null = torch.randn(3, 5, 7), torch.randn(1, 5, 7)  # D = 7: any width works
     save_file({"prompt_embeds": embeds, "null_prompt_embeds": null}, str(tmp_path / "c.safetensors"))
@@ -31,8 +31,8 @@ def test_caption_table_without_masks_attends_to_every_token(tmp_path):
 
 
 def test_save_caption_table_writes_ones_for_missing_masks(tmp_path):
+    from ditq.artifacts.captions import load_caption_table
     from ditq.models import save_caption_table
-    from ditq.models.conditioning import load_caption_table
 
     save_caption_table(tmp_path / "c.safetensors", torch.randn(2, 4, 3), None, torch.randn(1, 4, 3))
     table = load_caption_table(tmp_path / "c.safetensors")
@@ -41,7 +41,7 @@ def test_save_caption_table_writes_ones_for_missing_masks(tmp_path):
 
 
 def test_a_table_in_the_wrong_format_names_every_key_and_the_importable_writer(tmp_path):
-    from ditq.models.conditioning import load_caption_table
+    from ditq.artifacts.captions import load_caption_table
 
     save_file({"embeds": torch.randn(2, 4, 3)}, str(tmp_path / "bad.safetensors"))
     with pytest.raises(DitqError) as err:

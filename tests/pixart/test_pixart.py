@@ -154,7 +154,8 @@ def test_cli_calibrate_export_validate_sample(pixart_dir, tmp_path, capsys):
 def test_caption_table_from_a_pipelines_text_encoder(tmp_path):
     """save_pipeline_captions calls the pipeline's encode_prompt with the negative prompt "" (a stand-in encoder:
     no T5 offline) and writes a table load_model reads back."""
-    from ditq.models.conditioning import load_caption_table, save_pipeline_captions
+    from ditq.artifacts.captions import load_caption_table
+    from ditq.models.conditioning import save_pipeline_captions
 
     class Pipe:
         def encode_prompt(self, prompts, do_classifier_free_guidance, negative_prompt, **kw):

@@ -183,7 +183,7 @@ class Recipe:
         write_json(root / RECIPE_JSON, self.body())
         names = [RECIPE_JSON, SCALES]
         if self.captions is not None:
-            from ditq.models.conditioning import CAPTIONS_FILE
+            from ditq.artifacts.captions import CAPTIONS_FILE
 
             self.captions.save(root / CAPTIONS_FILE)
             names.append(CAPTIONS_FILE)
@@ -229,7 +229,7 @@ class Recipe:
         except (KeyError, TypeError, ValueError, IndexError) as err:
             raise DitqError(f"{root / RECIPE_JSON} is malformed (bad or missing field {err}); "
                             "re-run calibrate") from err
-        from ditq.models.conditioning import CAPTIONS_FILE, load_caption_table
+        from ditq.artifacts.captions import CAPTIONS_FILE, load_caption_table
 
         if (root / CAPTIONS_FILE).is_file():
             recipe.captions = load_caption_table(root / CAPTIONS_FILE)

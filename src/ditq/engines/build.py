@@ -26,11 +26,11 @@ from tqdm.auto import tqdm
 
 from ditq._deps import require_gpu, require_tensorrt, trt, trt_major
 from ditq.artifacts import manifest_sha256, sha256_file
+from ditq.artifacts.captions import CAPTIONS_FILE
 from ditq.artifacts.engines import TIMING_CACHE, EngineArtifact, EngineGroup
 from ditq.artifacts.onnx import OnnxArtifact
 from ditq.artifacts.outputs import check_output, staging_dir
 from ditq.errors import DitqError
-from ditq.models.conditioning import CAPTIONS_FILE
 
 log = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ditq.artifacts import manifest_sha256, sha256_bytes, sha256_file, write_json
+from ditq.artifacts.captions import CAPTIONS_FILE
 from ditq.artifacts.onnx import OnnxArtifact, OnnxGroup
 from ditq.artifacts.outputs import check_output, staging_dir
 from ditq.artifacts.recipe import Recipe
@@ -30,7 +31,6 @@ from ditq.core.cond import cat_cond
 from ditq.core.fold import fold_state, foldable_params
 from ditq.errors import CheckFailed, DitqError
 from ditq.export.qdq import SCOPE_KEY, apply_group, find_gemms, find_params
-from ditq.models.conditioning import CAPTIONS_FILE
 from ditq.models.loading import LoadedModel, quant_sites
 from ditq.models.schedule import check_schedule
 

@@ -90,7 +90,8 @@ def random_model(name: str, seed: int = 0) -> LoadedModel:
     key = json.dumps({"arch": name, "config": ARCH_CONFIGS[name], "seed": seed}, sort_keys=True)
     captions = None
     if name in PIXART_CONFIGS:
-        from ditq.models.conditioning import Conditioning, random_caption_table
+        from ditq.artifacts.captions import Conditioning
+        from ditq.models.conditioning import random_caption_table
 
         captions = Conditioning.captions(random_caption_table(
             4, CAPTION_LENGTHS[name], int(transformer.config.caption_channels), tokens=[7, 15, 26, 40], seed=seed,

@@ -20,10 +20,10 @@ from typing import Any
 
 from torch import nn
 
+from ditq.artifacts.captions import CAPTIONS_FILE, Conditioning, load_caption_table
 from ditq.core.cond import Cond
 from ditq.core.sites import Denoiser, Site
 from ditq.errors import DitqError
-from ditq.models.conditioning import CAPTIONS_FILE, Conditioning, load_caption_table
 from ditq.models.dit import DiTDenoiser, dit_sites
 from ditq.models.pixart import PixArtDenoiser, pixart_sites
 from ditq.models.schedule import (

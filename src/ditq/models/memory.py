@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ditq.artifacts.captions import Conditioning
 from ditq.errors import DitqError
-from ditq.models.conditioning import Conditioning
 from ditq.models.loading import LoadedModel, model_kind
 from ditq.models.schedule import SchedulerSpec, scheduler_config_of
 

@@ -81,7 +81,8 @@ def save_tiny_pixart_dir(out: Path, seed: int = 0, **overrides: object) -> Path:
     """A PixArt model directory (transformer/, scheduler/, captions.safetensors with a fixed random caption table)."""
     from diffusers import DPMSolverMultistepScheduler
 
-    from ditq.models.conditioning import CAPTIONS_FILE, random_caption_table, save_caption_table
+    from ditq.artifacts.captions import CAPTIONS_FILE, save_caption_table
+    from ditq.models.conditioning import random_caption_table
 
     model = tiny_pixart(seed, **overrides)
     model.save_pretrained(Path(out) / "transformer", safe_serialization=True)

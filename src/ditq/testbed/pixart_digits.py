@@ -41,7 +41,7 @@ def train_pixart_digits(out_dir: str | Path, *, seed: int = 0, steps: int | None
     from diffusers import DDPMScheduler, PixArtTransformer2DModel
     from tqdm.auto import tqdm
 
-    from ditq.models.conditioning import CAPTIONS_FILE, Conditioning, save_caption_table
+    from ditq.artifacts.captions import CAPTIONS_FILE, Conditioning, save_caption_table
     from ditq.testbed import demo
     from ditq.testbed.digits import load_digits_images
 

@@ -6,7 +6,8 @@ processes hits both alike:
   (all graph optimizations, ``CommonSubexpressionElimination`` off), so ONNX Runtime fuses each DQ->MatMul into an
   integer kernel. How many quantized GEMMs it fused is read back from the optimized graph it saves.
 - ``torch-int8``: the FP model vs ``runtime.backends.torch_int8`` (``torch._int_mm``); meant for CUDA, where it is
-  fast. On CPU ``torch._int_mm`` is a reference loop (tens of times slower than FP32), so it is off there unless asked for.
+  fast. On CPU ``torch._int_mm`` is a reference loop (tens of times slower than FP32), so it is off there unless
+  asked for.
 
 Each measurement reports the median and p10/p90 of the wall time, the median process CPU time (robust to other
 processes competing for the cores when thread spinning is off; with spinning it includes spin time) and the

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ditq.artifacts.captions import conditioning_from_info
 from ditq.core.cond import Cond
 from ditq.errors import DitqError
-from ditq.models.conditioning import conditioning_from_info
 from ditq.models.schedule import SchedulerSpec
 from ditq.runtime.backends.base import Fn, GroupedBackend, read_manifest_kind
 

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 
 from ditq._deps import require_tensorrt, trt
+from ditq.artifacts.captions import conditioning_from_info
 from ditq.artifacts.engines import EngineArtifact
 from ditq.errors import DitqError
-from ditq.models.conditioning import conditioning_from_info
 from ditq.models.schedule import SchedulerSpec
 from ditq.runtime.backends.base import GroupedBackend, read_manifest_kind
 
