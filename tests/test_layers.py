@@ -1,7 +1,7 @@
 """The house keeps its shape: each layer imports only the layers below it (STYLE §1, DESIGN §1).
 
-core <- artifacts <- models <- stages (calibration, export, engines, runtime, validate) <- testbed <- bench
-<- api/demo <- cli. The stages meet only through artifacts; validate may use runtime. Every import counts,
+core <- artifacts <- models <- stages (calibration, export, engines, runtime, validation) <- testbed <- bench
+<- api/demo <- cli. The stages meet only through artifacts; validation may use runtime. Every import counts,
 function-level (lazy) ones and ``TYPE_CHECKING`` ones included.
 """
 
@@ -19,13 +19,13 @@ LAYER = {
     "core": 1,
     "artifacts": 2,
     "models": 3,
-    "calibration": 4, "export": 4, "engines": 4, "runtime": 4, "validate": 4,
+    "calibration": 4, "export": 4, "engines": 4, "runtime": 4, "validation": 4,
     "testbed": 5,
     "bench": 6,
     "config": 6.5, "api": 7, "demo": 7,
     "cli": 8,
 }
-ALLOWED_SIDEWAYS = {("validate", "runtime")}  # validate runs the backends it checks
+ALLOWED_SIDEWAYS = {("validation", "runtime")}  # validate runs the backends it checks
 
 
 def _unit(module: str) -> str:

@@ -351,7 +351,7 @@ def test_sample_png_follows_the_rule(tiny_onnx, tmp_path: Path, capsys: pytest.C
 
 def test_validate_report_is_whole_or_old(tiny_onnx, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                          capsys: pytest.CaptureFixture[str]) -> None:
-    from ditq.validate import run as validate_run
+    from ditq.validation import run as validate_run
 
     out = tmp_path / "report"
     assert main(["-q", "validate", str(tiny_onnx.root), "--steps", "10", "-o", str(out)]) == 0

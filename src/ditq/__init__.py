@@ -20,9 +20,8 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it (imported on first access)
 _LAZY = {
-    **{name: "ditq.api" for name in ("calibrate", "export_onnx", "build_engines", "sample", "validate_failures",
-                                     "load_recipe", "Sampler")},
-    "validate": "",  # the ditq.validate package, callable (ditq.api.validate): see ditq/validate/__init__.py
+    **{name: "ditq.api" for name in ("calibrate", "export_onnx", "build_engines", "sample", "validate",
+                                     "validate_failures", "load_recipe", "Sampler")},
     **{name: "ditq.config" for name in ("QuantConfig", "CalibrationSpec", "HTGConfig", "SmoothQuantConfig",
                                         "PTQ4DiTConfig", "QDiTConfig", "ViDiTQConfig", "MinMaxConfig",
                                         "MethodConfig", "PRESETS", "preset", "W8A8_HTG", "W4A8_HTG",
@@ -38,8 +37,7 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        value = (importlib.import_module(f"ditq.{name}") if not _LAZY[name] else
-                 getattr(importlib.import_module(_LAZY[name]), name))
+        value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value  # later accesses skip this hook
         return value
     raise AttributeError(f"module 'ditq' has no attribute {name!r}")

@@ -255,7 +255,7 @@ def validate(onnx_dir: OnnxArtifact | str | Path, out: str | Path | None = None,
         out: the report directory (default ``onnx_dir/validation``, replaced on every run).
         model: the model, where it cannot be loaded from the source the set records (an in-memory model).
         steps: sampler steps of the validation trajectory.
-        thresholds: per graph name (``onnxrt-fp``, ``onnxrt-qdq``), a ``ditq.validate.compare.Thresholds``
+        thresholds: per graph name (``onnxrt-fp``, ``onnxrt-qdq``), a ``ditq.validation.compare.Thresholds``
             replacing the default gate.
         trt: an engine directory to compare too (needs TensorRT).
         force: replace an existing ``out``.
@@ -271,8 +271,8 @@ def validate(onnx_dir: OnnxArtifact | str | Path, out: str | Path | None = None,
     """
     from ditq.artifacts.onnx import OnnxArtifact
     from ditq.artifacts.outputs import check_output, staging_dir
-    from ditq.validate.run import ValidateConfig, default_thresholds
-    from ditq.validate.run import validate as run_validate
+    from ditq.validation.run import ValidateConfig, default_thresholds
+    from ditq.validation.run import validate as run_validate
 
     kind = "ditq.validation"
     art = onnx_dir if isinstance(onnx_dir, OnnxArtifact) else OnnxArtifact.load(Path(onnx_dir))
@@ -284,13 +284,13 @@ def validate(onnx_dir: OnnxArtifact | str | Path, out: str | Path | None = None,
     gates = {**default_thresholds(art.precision), **dict(thresholds or {})}
     loaded = _model_of_artifact(art, recipe, model, load_kwargs)
     if trt:
-        from ditq.validate.trt import open_engines
+        from ditq.validation.trt import open_engines
 
         open_engines(Path(trt), art)
     with staging_dir(target, kind=kind, force=force, inputs=inputs) as tmp:
         report = run_validate(art, loaded, recipe, tmp, ValidateConfig(steps=steps, thresholds=gates))
         if trt:
-            from ditq.validate.trt import validate_trt
+            from ditq.validation.trt import validate_trt
 
             report = validate_trt(Path(trt), art, report, tmp, gates["onnxrt-qdq"])
     return report
@@ -298,7 +298,7 @@ def validate(onnx_dir: OnnxArtifact | str | Path, out: str | Path | None = None,
 
 def validate_failures(report: Mapping[str, Any]) -> str:
     """One line naming every failed gate of a ``validate`` report ("" when it passed)."""
-    from ditq.validate.run import failure_lines
+    from ditq.validation.run import failure_lines
 
     return "; ".join(f"group {g['group']}: {', '.join(failure_lines(g))}"
                      for g in report["groups"] if not g["passed"])

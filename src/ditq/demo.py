@@ -42,7 +42,7 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig(), *, force: bool = Fals
     from ditq.runtime.backends import onnxruntime_backend
     from ditq.runtime.images import save_grid
     from ditq.testbed.scoring import ImageScorer, SamplingSpec, fp_reference
-    from ditq.validate.run import ValidateConfig, validate
+    from ditq.validation.run import ValidateConfig, validate
 
     out = Path(out)
     with staging_dir(out, kind="ditq.demo", force=force,

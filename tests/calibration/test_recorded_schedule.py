@@ -99,7 +99,7 @@ def test_sample_refuses_a_named_scheduler_with_another_schedule(capsys, tiny_onn
 
 def test_export_and_validate_libraries_refuse_another_schedule(tiny_model, tiny_recipe, tiny_onnx, tmp_path):
     from ditq.export.onnx_export import export_onnx
-    from ditq.validate.run import validate
+    from ditq.validation.run import validate
 
     other = dataclasses.replace(tiny_model, scheduler_config=LINEAR)
     with pytest.raises(DitqError, match="training schedule"):

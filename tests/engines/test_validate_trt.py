@@ -11,7 +11,7 @@ import pytest
 from ditq.artifacts.onnx import OnnxArtifact
 from ditq.cli.main import main
 from ditq.engines import build_engines
-from ditq.validate.compare import run_onnxrt
+from ditq.validation.compare import run_onnxrt
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ def engines(tiny_onnx, tmp_path, fake_trt, monkeypatch):
         return run_onnxrt(tiny_onnx.root / plan.with_suffix(".onnx").name, feeds, output_name,
                           runner_name=runner_name, fuse=False)
 
-    monkeypatch.setattr("ditq.validate.trt.run_trt", fake_run_trt)
+    monkeypatch.setattr("ditq.validation.trt.run_trt", fake_run_trt)
     return art, ran
 
 

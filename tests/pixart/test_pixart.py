@@ -108,7 +108,7 @@ def test_validate_and_grouped_sampling(pixart_model, pixart_onnx, pixart_recipe_
     from ditq.artifacts.recipe import Recipe
     from ditq.core.sampler import make_scheduler, sample
     from ditq.runtime.backends import open_backend
-    from ditq.validate.run import ValidateConfig, validate
+    from ditq.validation.run import ValidateConfig, validate
 
     report = validate(pixart_onnx, pixart_model, Recipe.load(pixart_recipe_dir), tmp_path / "val",
                       ValidateConfig(steps=20, samples=2, feeds_per_group=1))

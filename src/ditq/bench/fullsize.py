@@ -68,7 +68,7 @@ def run_one(name: str, config: FullsizeConfig, work: Path) -> dict[str, Any]:
     from ditq.calibration.methods import method_config
     from ditq.export.onnx_export import export_onnx
     from ditq.models.configs import num_params, random_model
-    from ditq.validate.run import ValidateConfig, validate
+    from ditq.validation.run import ValidateConfig, validate
 
     torch.set_num_threads(config.threads)
     stages: dict[str, Any] = {}

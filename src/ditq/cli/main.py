@@ -67,7 +67,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 def configure_logging(debug: bool) -> None:
     """ditq's verbosity: warnings by default, debug records with --debug; other libraries' irrelevant warnings
-    are hidden unless --debug. (Polygraphy's logger follows the ``ditq`` logger: see ``ditq.validate.compare``.)"""
+    are hidden unless --debug. (Polygraphy's logger follows the ``ditq`` logger: see ``ditq.validation.compare``.)"""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("ditq").setLevel(logging.DEBUG if debug else logging.WARNING)
     for name in _NOISY_LOGGERS:

@@ -34,8 +34,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ditq.api import validate
     from ditq.artifacts.onnx import OnnxArtifact
-    from ditq.validate.compare import Thresholds
-    from ditq.validate.run import default_thresholds, failure_lines, format_report
+    from ditq.validation.compare import Thresholds
+    from ditq.validation.run import default_thresholds, failure_lines, format_report
 
     art = OnnxArtifact.load(Path(args.artifact))  # refuses a set whose recipe changed since the export
     out = Path(args.output) if args.output else art.root / "validation"

@@ -30,7 +30,7 @@ from ditq.errors import CheckFailed, DitqError
 from ditq.models.loading import LoadedModel
 from ditq.models.schedule import check_schedule
 from ditq.runtime.backends import group_denoiser
-from ditq.validate.compare import GateMiss, Thresholds, compare_group, metrics
+from ditq.validation.compare import GateMiss, Thresholds, compare_group, metrics
 
 log = logging.getLogger(__name__)
 

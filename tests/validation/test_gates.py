@@ -49,7 +49,7 @@ def test_validate_lints_before_comparing(capsys, tiny_onnx, tmp_path, factor):
 
 
 def test_the_reference_gate_follows_the_precision():
-    from ditq.validate.run import default_thresholds
+    from ditq.validation.run import default_thresholds
 
     fp32, fp16 = default_thresholds("fp32")["onnxrt-fp"], default_thresholds("fp16")["onnxrt-fp"]
     assert fp16.min_sqnr_db < DEMO_FP16_REFERENCE_SQNR_DB < fp32.min_sqnr_db
@@ -59,7 +59,7 @@ def test_the_reference_gate_follows_the_precision():
 
 def test_fp16_set_validates_with_default_gates(tiny_model, tiny_recipe, tmp_path):
     from ditq.export.onnx_export import export_onnx
-    from ditq.validate.run import default_thresholds
+    from ditq.validation.run import default_thresholds
 
     art = export_onnx(tiny_model, tiny_recipe, tmp_path / "onnx16", precision="fp16", progress=False)
     assert main(["-q", "validate", str(art.root), "-o", str(tmp_path / "v"), "--steps", "20"]) == 0

@@ -1,7 +1,7 @@
 """``ditq validate --trt ENGINE_DIR``: every engine on the feeds of the ONNX validation, with Polygraphy's TensorRT
 runner.
 
-It runs after :func:`ditq.validate.run.validate`, which leaves ``OUT/group_{g}/inputs.json`` (the feeds),
+It runs after :func:`ditq.validation.run.validate`, which leaves ``OUT/group_{g}/inputs.json`` (the feeds),
 ``golden.json`` (torch FP outputs) and ``onnxrt-qdq.json`` (ONNX Runtime on the QDQ graph). Each group's plan is
 loaded with ``EngineFromBytes`` and run by ``TrtRunner`` on the same feeds; its outputs (``tensorrt.json``) are
 scored against the golden outputs and against the ONNX Runtime QDQ outputs with the QDQ graph's thresholds, and
@@ -29,7 +29,7 @@ from ditq.artifacts import manifest_sha256
 from ditq.artifacts.engines import EngineArtifact
 from ditq.artifacts.onnx import OnnxArtifact
 from ditq.errors import DitqError
-from ditq.validate.compare import Thresholds, metrics, polygraphy_logging
+from ditq.validation.compare import Thresholds, metrics, polygraphy_logging
 
 OUTPUT = "sample"
 QDQ_RUN = "onnxrt-qdq"  # the ONNX validation's name (and file) for the group's QDQ graph

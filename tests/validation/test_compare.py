@@ -17,14 +17,7 @@ from polygraphy.comparator import RunResults
 from polygraphy.json import load_json
 
 from ditq.errors import DitqError
-from ditq.validate.compare import (
-    Metrics,
-    Thresholds,
-    compare_group,
-    golden_results,
-    metrics,
-    run_onnxrt,
-)
+from ditq.validation.compare import Metrics, Thresholds, compare_group, golden_results, metrics, run_onnxrt
 
 THRESHOLDS = Thresholds(min_cosine=0.999, min_sqnr_db=30.0)
 
