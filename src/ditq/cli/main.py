@@ -130,10 +130,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"ONNX opset, {OPSETS[0]}-{OPSETS[1]} (default: %(default)s)")
     p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
                    help="float type outside INT8 (fp16 for TensorRT's strongly typed networks; fp32 for CPU speed)")
+    p.add_argument("--target", choices=("onnxruntime", "tensorrt"), default="onnxruntime",
+                   help="tensorrt: export what TensorRT builds (INT4 as W4A16, weight DQ only; refuses INT8 blocks); "
+                        "onnxruntime: the recipe as calibrated, e.g. W4A8 (default: %(default)s)")
     p.add_argument("--force", action="store_true")
 
     p = add("lint", "check ONNX graphs against TensorRT's explicit-quantization rules")
     p.add_argument("onnx_dir", help="directory of .onnx files (or one file)")
+    p.add_argument("--target", choices=("onnxruntime", "tensorrt-10", "tensorrt-11"), default=None,
+                   help="whose rules: a TensorRT major (what it can build) or onnxruntime (placement rules only); "
+                        "default: an exported set's own target, tensorrt-11 for other files")
 
     p = add("sample", "generate images with the grouped runtime")
     p.add_argument("artifact", help="ONNX directory (or a recipe directory with --backend torch)")
