@@ -190,8 +190,8 @@ def test_export_lint_failure_keeps_the_previous_set(tiny_model, tiny_recipe, tin
     before = (out / MANIFEST).read_bytes()
     real = lint.lint_dir
 
-    def failing(root: Path):
-        results = real(root)
+    def failing(root: Path, target: str = lint.NEWEST_TENSORRT):
+        results = real(root, target)
         results[next(iter(results))] = [lint.Violation("fake-rule", "node", "injected")]
         return results
 

@@ -20,6 +20,7 @@ from ditq.artifacts.lint import (
     lint_dir,
     lint_file,
     lint_model,
+    tensorrt_target,
 )
 from ditq.errors import DitqError
 
@@ -114,18 +115,77 @@ def test_valid_model_passes_checker_ort_and_lint(dtype: type) -> None:
     assert count_quantized_gemms(model) == 2
 
 
-def test_int4_block_weight_valid() -> None:
+def test_int4_block_weight_with_int8_activation_is_onnxruntime_only() -> None:
+    """W4A8: ONNX Runtime runs it; TensorRT has no INT4 x INT8 GEMM, so both TensorRT targets refuse it."""
     model = build_model(int4_axis=0)
     onnx.checker.check_model(model, full_check=True)
     assert np.isfinite(_run(model, np.float32)).all()
-    assert lint_model(model) == []
+    assert lint_model(model, target="onnxruntime") == []
     assert count_quantized_gemms(model) == 2
+    for target in ("tensorrt-10", "tensorrt-11"):
+        violations = lint_model(model, target=target)
+        assert [(v.rule, v.node) for v in violations] == [("int4-weight-only", "mm2")]
+        assert "--target tensorrt" in violations[0].message
+
+
+def _weight_only_w2(m: onnx.ModelProto) -> None:
+    """W4A16 on mm2: drop its activation Q/DQ and the INT4 zero point (as Model Optimizer writes it)."""
+    _node(m, "mm2").input[0] = "h3"
+    for name in ("q_h", "dq_h"):
+        m.graph.node.remove(_node(m, name))
+    dq = _node(m, "dq_w2")
+    del dq.input[2]
+    m.graph.initializer.remove(next(t for t in m.graph.initializer if t.name == "zp_w2"))
+
+
+@pytest.mark.parametrize("target", ["onnxruntime", "tensorrt-10", "tensorrt-11"])
+def test_int4_weight_only_without_zero_point_passes_every_target(target: str) -> None:
+    model = build_model(int4_axis=0)
+    _weight_only_w2(model)
+    onnx.checker.check_model(model, full_check=True)
+    assert np.isfinite(_run(model, np.float32)).all()  # ONNX Runtime takes an INT4 DQ without zero point
+    assert lint_model(model, target=target) == []
+
+
+def test_int8_weight_only_still_needs_both_inputs() -> None:
+    model = build_model()
+    _node(model, "mm2").input[0] = "h3"
+    assert {v.rule for v in lint_model(model, target="onnxruntime")} == {"gemm-both-inputs"}
+
+
+def _int8_blocks(m: onnx.ModelProto) -> None:
+    """INT8 W2 [32, 8] dequantized in blocks of 4 along K (``--w-bits 8 --w-block``)."""
+    _set_init(m, "s_w2", np.full((8, 8), 0.02, np.float32))
+    _set_init(m, "zp_w2", np.zeros((8, 8), np.int8))
+    _set_attr(_node(m, "dq_w2"), axis=0)
+    _node(m, "dq_w2").attribute.append(helper.make_attribute("block_size", 4))
+    m.opset_import[0].version, m.ir_version = 21, 10
+
+
+def test_int8_blocks_are_refused_by_tensorrt_targets_only() -> None:
+    model = build_model()
+    _int8_blocks(model)
+    onnx.checker.check_model(model, full_check=True)
+    assert lint_model(model, target="onnxruntime") == []
+    for target in ("tensorrt-10", "tensorrt-11"):
+        violations = lint_model(model, target=target)
+        assert [(v.rule, v.node) for v in violations] == [("block-type", "dq_w2")]
+        assert "INT8" in violations[0].message and target in violations[0].message
+
+
+def test_tensorrt_target_follows_the_major_and_unknown_targets_are_refused() -> None:
+    assert tensorrt_target("10.13.0.35") == "tensorrt-10" and tensorrt_target("11.1.0") == "tensorrt-11"
+    assert tensorrt_target(None) == tensorrt_target("12.0") == "tensorrt-11"
+    with pytest.raises(DitqError, match="older than 10.0"):
+        tensorrt_target("8.6.1")
+    with pytest.raises(DitqError, match="unknown lint target 'tensorrt-9'"):
+        lint_model(build_model(), target="tensorrt-9")
 
 
 def test_int4_block_weight_on_output_axis_is_flagged() -> None:
     model = build_model(int4_axis=1)
     onnx.checker.check_model(model, full_check=True)
-    violations = lint_model(model)
+    violations = lint_model(model, target="onnxruntime")
     assert {v.rule for v in violations} == {"per-channel-axis"}
     assert violations[0].node == "dq_w2" and "expected axis=0" in violations[0].message
 
@@ -268,6 +328,7 @@ BROKEN: list[tuple[str, Callable[[onnx.ModelProto], None]]] = [
     ("float-type", _fp16_scale_in_fp32_graph),
     ("activation-pair", _q_without_dq),
     ("activation-pair", _pair_scale_mismatch),
+    ("block-type", _int8_blocks),
 ]
 
 
@@ -280,8 +341,8 @@ def test_each_rule_is_caught_alone(rule: str, breaker: Callable[[onnx.ModelProto
     assert all(v.message and "\n" not in v.message for v in violations)
 
 
-def test_every_rule_has_a_breaking_case() -> None:
-    assert {rule for rule, _ in BROKEN} == set(RULES)
+def test_every_rule_has_a_breaking_case() -> None:  # int4-weight-only: test_int4_block_weight_with_int8_activation
+    assert {rule for rule, _ in BROKEN} | {"int4-weight-only"} == set(RULES)
 
 
 def test_violation_names_the_node_and_bad_value() -> None:

@@ -28,6 +28,15 @@ def trt_unavailable() -> str | None:
     return None
 
 
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_model, tiny_recipe, tiny_recipe_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The tiny W8A8 set as `ditq build` takes it: FP16 outside INT8 (it refuses FP32 sets), for TensorRT."""
+    from ditq.export.onnx_export import export_onnx
+
+    return export_onnx(tiny_model, tiny_recipe, tmp_path_factory.mktemp("onnx16") / "onnx", recipe_dir=tiny_recipe_dir,
+                       precision="fp16", target="tensorrt", progress=False)
+
+
 @pytest.fixture(autouse=True)
 def _skip_trt_without_tensorrt(request: pytest.FixtureRequest) -> None:
     if request.node.get_closest_marker("trt") is not None and (why := trt_unavailable()):
@@ -99,7 +108,9 @@ class _TimingCache:
 
 
 class FakeTensorRT(types.ModuleType):
-    """Records what the build asked for; ``fail_parse`` / ``fail_build`` name graphs (file stems) to fail."""
+    """Records what the build asked for; ``fail_parse`` / ``fail_build`` name graphs (file stems) to fail;
+    ``set_timing_cache`` refuses a cache holding an entry ``foreign`` (another TensorRT/GPU), or every cache with
+    ``refuse_caches``."""
 
     def __init__(self, version: str = "10.13.0.35") -> None:
         super().__init__("tensorrt")
@@ -108,6 +119,7 @@ class FakeTensorRT(types.ModuleType):
         self.fail_build: set[str] = set()
         self.caches_created: list[bytes] = []
         self.configs: list[types.SimpleNamespace] = []
+        self.refuse_caches = False
         fake = self
 
         class ILogger:
@@ -128,7 +140,13 @@ class FakeTensorRT(types.ModuleType):
                 cfg.set_memory_pool_limit = lambda pool, size: cfg.pools.__setitem__(pool, size)
                 cfg.add_optimization_profile = lambda p: cfg.profiles.append(p) or 0
                 cfg.create_timing_cache = lambda data: fake.caches_created.append(bytes(data)) or _TimingCache(data)
-                cfg.set_timing_cache = lambda cache, ignore_mismatch: setattr(cfg, "cache", cache) or True
+                def set_timing_cache(cache: _TimingCache, ignore_mismatch: bool) -> bool:
+                    if fake.refuse_caches or "foreign" in cache.entries:
+                        return False
+                    cfg.cache = cache
+                    return True
+
+                cfg.set_timing_cache = set_timing_cache
                 cfg.get_timing_cache = lambda: cfg.cache
                 fake.configs.append(cfg)
                 return cfg

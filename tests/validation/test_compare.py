@@ -205,3 +205,39 @@ def test_compare_group_rejects_bad_arguments(tmp_path: Path) -> None:
         run(graphs={"golden": model}, thresholds={"golden": THRESHOLDS})
     with pytest.raises(DitqError, match="lack 'sample'"):
         run(graphs={"m": model}, thresholds={"m": THRESHOLDS}, golden=[{"out": np.zeros(1)}])
+
+
+def test_compare_funcs_refuse_a_polygraphy_without_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Polygraphy 0.49.x (NVIDIA's TensorRT tree) has no CosineSimilarityCompareFunc: one line naming the floor."""
+    import polygraphy.comparator
+
+    from ditq.validation.compare import POLYGRAPHY_MIN, compare_funcs
+
+    assert len(compare_funcs(0.9, 20.0)) == 2
+    monkeypatch.delattr(polygraphy.comparator, "CosineSimilarityCompareFunc")
+    with pytest.raises(DitqError, match=rf"pip install 'polygraphy>={POLYGRAPHY_MIN}'"):
+        compare_funcs(0.9, 20.0)
+
+
+def test_pyproject_polygraphy_floor_is_the_one_compare_needs() -> None:
+    import re
+
+    from ditq.validation.compare import POLYGRAPHY_MIN
+
+    text = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
+    assert re.search(r'"polygraphy>=([0-9.]+)"', text).group(1) == POLYGRAPHY_MIN
+
+
+@pytest.mark.parametrize(("name", "expect_ok"), [("exact", True), ("perturbed", False)])
+def test_polygraphy_cli_compares_cosine_and_snr(group, name: str, expect_ok: bool) -> None:
+    """The README's replay line (`--compare cosine_similarity snr`) with the Polygraphy this interpreter imports."""
+    result, graphs, _ = group
+    cmd = [sys.executable, "-c", "import sys; from polygraphy.tools import main; sys.exit(main())", "run",
+           str(graphs[name]), "--onnxrt", "--load-inputs", str(result.out_dir / "inputs.json"),
+           "--load-outputs", str(result.out_dir / "golden.json"), "--compare", "cosine_similarity", "snr",
+           "--cosine-similarity-threshold", str(THRESHOLDS.min_cosine), "--snr-threshold",
+           str(THRESHOLDS.min_sqnr_db)]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120)
+    log = proc.stdout + proc.stderr
+    assert "Accuracy Summary" in log, log[-3000:]
+    assert (proc.returncode == 0) == expect_ok, log[-3000:]

@@ -1,5 +1,10 @@
 """Static checks that a QDQ ONNX graph follows TensorRT 10.x/11.x explicit-quantization rules.
 
+The rules depend on the target (``lint_model(..., target=...)``, :data:`TARGETS`): ``tensorrt-10`` and
+``tensorrt-11`` add what those versions can build (block quantization only for INT4/FP8/FP4 in ``IDequantizeLayer``,
+10.13 and 11.1 alike: no INT8 blocks; INT4 weight-only: no INT4 x INT8 GEMM, so W4A8 has no kernel);
+``onnxruntime`` keeps the placement rules only (ONNX Runtime runs INT8 blocks and W4A8 exactly).
+
 TensorRT only fuses QuantizeLinear/DequantizeLinear (Q/DQ) pairs into INT8/INT4 GEMM kernels when the
 graph follows its placement and typing rules; a violation fails the engine build or silently leaves a
 layer in float. `lint_model` checks every rule without building an engine and without loading weight
@@ -7,6 +12,8 @@ data: tensor shapes come from `TensorProto.dims`, and only the small scale and z
 
 Quantized GEMM pattern (what ditq's exporter emits and the lint accepts):
     MatMul/Gemm(DQ(Q(x, s_a, 0), s_a, 0), DQ(W_int8, s_w[N], 0, axis=<output channels>))
+INT4 weight-only (W4A16, what TensorRT builds for INT4; NVIDIA's Model Optimizer deploys INT4 this way):
+    MatMul(x, DQ(W_int4, s_w[K/B, N], axis=<K>, block_size=B))   (zero point omitted: symmetric)
 """
 
 from __future__ import annotations
@@ -39,7 +46,32 @@ RULES: tuple[str, ...] = (
     "cast-between-dq-gemm",  # no Cast between a DQ and the GEMM it feeds
     "float-type",  # scale float types match the quantized tensor, the other GEMM input and the graph I/O
     "activation-pair",  # every activation Q feeds only DQs with the same scale and zero point
+    "block-type",  # (TensorRT targets) block-quantized DQ only of a type the version block-quantizes (not INT8)
+    "int4-weight-only",  # (TensorRT targets) an INT4 weight DQ's GEMM has no activation Q/DQ (no INT4 x INT8 GEMM)
 )
+
+TARGETS: tuple[str, ...] = ("onnxruntime", "tensorrt-10", "tensorrt-11")
+NEWEST_TENSORRT = "tensorrt-11"
+# Types IDequantizeLayer dequantizes in blocks, per TensorRT target (10.13 and 11.1 docs: FP4, FP8, INT4).
+_BLOCK_TYPES: dict[str, frozenset[int]] = {
+    t: frozenset({TensorProto.INT4, TensorProto.FLOAT8E4M3FN, getattr(TensorProto, "FLOAT4E2M1", TensorProto.INT4)})
+    for t in ("tensorrt-10", "tensorrt-11")}
+_TARGET_RULES = frozenset({"block-type", "int4-weight-only"})
+
+
+def tensorrt_target(version: str | None) -> str:
+    """The lint target of a TensorRT version (``"10.13.0.35"`` -> ``tensorrt-10``); the newest for None."""
+    if version is None:
+        return NEWEST_TENSORRT
+    major = int(version.split(".")[0])
+    if major < 10:
+        raise DitqError(f"TensorRT {version} is older than 10.0, which ditq's engines need; pip install 'ditq[trt]'")
+    return f"tensorrt-{min(major, int(NEWEST_TENSORRT.split('-')[1]))}"
+
+
+def _check_target(target: str) -> None:
+    if target not in TARGETS:
+        raise DitqError(f"unknown lint target {target!r}; use one of {', '.join(TARGETS)}")
 
 _GEMMS = frozenset({"MatMul", "Gemm"})
 # Shape-only ops a DQ output may pass through on its way to a GEMM (TensorRT propagates DQ across them).
@@ -150,7 +182,7 @@ class _Graph:
             va.astype(np.float64).ravel(), vb.astype(np.float64).ravel())
 
 
-def _check_qdq(g: _Graph, node: NodeProto) -> Iterator[Violation]:
+def _check_qdq(g: _Graph, node: NodeProto, target: str) -> Iterator[Violation]:
     name, op, is_q = _name(node), node.op_type, node.op_type == "QuantizeLinear"
     data, scale = node.input[0], node.input[1]
     zp = node.input[2] if len(node.input) > 2 else ""
@@ -165,6 +197,10 @@ def _check_qdq(g: _Graph, node: NodeProto) -> Iterator[Violation]:
         why = " (a Q without zero point or output_dtype defaults to it)" if is_q and not zp else ""
         yield Violation("zero-point", name, f"{op} quantizes to {_type_name(qtype)}{why}; TensorRT needs "
                         f"{' or '.join(sorted(map(_type_name, allowed)))} (signed, zero point 0)")
+    if block and not is_q and qtype is not None and target in _BLOCK_TYPES and qtype not in _BLOCK_TYPES[target]:
+        yield Violation("block-type", name, f"{op} dequantizes {_type_name(qtype)} {data!r} in blocks of {block}; "
+                        f"{target} block-quantizes only INT4, FP8 and FP4: quantize INT8 weights per output "
+                        "channel (no --w-block) or use --w-bits 4")
     if zp:
         zp_value = g.array(zp)
         if zp_value is None and zp not in g.tensors:
@@ -242,14 +278,18 @@ def _check_weight_axis(g: _Graph, gemm: NodeProto, index: int, dq: NodeProto) ->
                         f"axis={out_axis} (output channels) and scale [{wshape[out_axis]}]")
 
 
-def _check_gemm(g: _Graph, gemm: NodeProto) -> Iterator[Violation]:
+def _int4_weight(g: _Graph, dq: NodeProto | None) -> bool:
+    return dq is not None and dq.input[0] in g.folded and g.types.get(dq.input[0]) == TensorProto.INT4
+
+
+def _check_gemm(g: _Graph, gemm: NodeProto, target: str) -> Iterator[Violation]:
     name = _name(gemm)
     sources = [g.dq_source(gemm.input[i]) for i in (0, 1)]
     dqs = [dq for dq, _ in sources]
     for index, (dq, path) in enumerate(sources):
         if dq is None:
             continue
-        if dqs[1 - index] is None:
+        if dqs[1 - index] is None and not _int4_weight(g, dq):  # INT4 weight-only (W4A16) is a TensorRT format
             other = gemm.input[1 - index]
             producer = g.producer.get(other)
             source = f"{producer.op_type} {_name(producer)}" if producer else "a graph input or initializer"
@@ -263,6 +303,10 @@ def _check_gemm(g: _Graph, gemm: NodeProto) -> Iterator[Violation]:
             yield from _check_weight_axis(g, gemm, index, dq)
     if None in dqs:
         return
+    if target in _BLOCK_TYPES and (int4 := next((dq for dq in dqs if _int4_weight(g, dq)), None)) is not None:
+        yield Violation("int4-weight-only", name, f"INT4 weight {int4.input[0]!r} meets a dequantized "
+                        f"activation: {target} has no INT4 x INT8 GEMM (INT4 is weight-only); export W4A16 "
+                        "with `ditq export --target tensorrt`")
     a, b = (g.types.get(dq.input[1], 0) for dq in dqs if dq is not None)
     if a and b and a != b:
         yield Violation("float-type", name, f"its two input DQ scales differ in type: "
@@ -277,15 +321,18 @@ def _check_gemm(g: _Graph, gemm: NodeProto) -> Iterator[Violation]:
                         f"{gemm.op_type} {name}{via}; TensorRT fuses Q/DQ only on GEMM inputs")
 
 
-def lint_model(model: onnx.ModelProto, base_dir: Path | None = None) -> list[Violation]:
-    """All rule violations in `model`, in node order. `base_dir` locates external data for scales."""
+def lint_model(model: onnx.ModelProto, base_dir: Path | None = None, *,
+               target: str = NEWEST_TENSORRT) -> list[Violation]:
+    """All rule violations in `model` for `target` (one of :data:`TARGETS`), in node order. `base_dir` locates
+    external data for scales."""
+    _check_target(target)
     g = _Graph(model, base_dir)
     violations: list[Violation] = []
     for node in g.nodes:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
-            violations += _check_qdq(g, node)
+            violations += _check_qdq(g, node, target)
         elif node.op_type in _GEMMS:
-            violations += _check_gemm(g, node)
+            violations += _check_gemm(g, node, target)
     return violations
 
 
@@ -295,8 +342,8 @@ def count_quantized_gemms(model: onnx.ModelProto) -> int:
     return sum(all(g.dq_source(n.input[i])[0] for i in (0, 1)) for n in g.nodes if n.op_type in _GEMMS)
 
 
-def lint_file(path: Path) -> list[Violation]:
-    """Lint one .onnx file without loading its external weight data."""
+def lint_file(path: Path, target: str = NEWEST_TENSORRT) -> list[Violation]:
+    """Lint one .onnx file for `target` without loading its external weight data."""
     path = Path(path)
     if not path.is_file():
         raise DitqError(f"ONNX file {path} does not exist; pass the path of an exported .onnx model")
@@ -307,22 +354,30 @@ def lint_file(path: Path) -> list[Violation]:
     if not model.ir_version or not model.graph.node:  # an empty file parses as an empty ModelProto
         what = "is empty" if path.stat().st_size == 0 else "holds no ONNX graph (no IR version or no nodes)"
         raise DitqError(f"{path} {what}; it is not an ONNX model, re-export it")
-    return lint_model(model, path.parent)
+    return lint_model(model, path.parent, target=target)
 
 
-def lint_dir(onnx_dir: Path) -> dict[str, list[Violation]]:
-    """Lint every *.onnx file in `onnx_dir`, keyed by file name."""
+def lint_dir(onnx_dir: Path, target: str = NEWEST_TENSORRT) -> dict[str, list[Violation]]:
+    """Lint every *.onnx file in `onnx_dir` for `target`, keyed by file name."""
     onnx_dir = Path(onnx_dir)
     files = sorted(onnx_dir.glob("*.onnx")) if onnx_dir.is_dir() else []
     if not files:
         raise DitqError(f"no *.onnx files in {onnx_dir}; pass the directory the exporter wrote")
-    return {p.name: lint_file(p) for p in files}
+    _check_target(target)
+    return {p.name: lint_file(p, target) for p in files}
 
 
-def lint_onnx_set(artifact: OnnxArtifact) -> dict[str, list[Violation]]:
-    """Lint every graph of an exported ONNX set, keyed by file name. A set with dynamically quantized activations
-    has weight-only DQs on purpose (the input is fake-quantized by float ops), so gemm-both-inputs is dropped."""
-    results = lint_dir(artifact.root)
+def set_target(artifact: OnnxArtifact) -> str:
+    """The lint target an exported set was made for: the newest TensorRT for ``--target tensorrt``, else
+    ``onnxruntime`` (its INT8 blocks and W4A8 GEMMs are meant for ONNX Runtime and torch, not TensorRT)."""
+    return NEWEST_TENSORRT if artifact.target == "tensorrt" else "onnxruntime"
+
+
+def lint_onnx_set(artifact: OnnxArtifact, target: str | None = None) -> dict[str, list[Violation]]:
+    """Lint every graph of an exported ONNX set for `target` (default: :func:`set_target`), keyed by file name.
+    A set with dynamically quantized activations has weight-only DQs on purpose (the input is fake-quantized by
+    float ops), so gemm-both-inputs is dropped."""
+    results = lint_dir(artifact.root, target or set_target(artifact))
     if artifact.recipe.get("dynamic_activations"):
         results = {f: [v for v in vs if v.rule != "gemm-both-inputs"] for f, vs in results.items()}
     return results

@@ -44,6 +44,11 @@ class OnnxArtifact(Artifact):
     parent_sha256: str | None = None
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    # what the graphs were exported for (``export_onnx(target=...)``): "onnxruntime" (the recipe as calibrated) or
+    # "tensorrt" (INT4 as W4A16); ``weight_only``: the Linears exported without activation Q/DQ, which the torch
+    # fake-quant reference must then run with float inputs too
+    target: str = "onnxruntime"
+    weight_only: tuple[str, ...] = ()
 
     @property
     def intervals(self) -> list[tuple[int, int]]:
@@ -94,7 +99,7 @@ class OnnxArtifact(Artifact):
             "reference": {"file": "reference.onnx", "sha256": self.reference_sha256},
             "data": {"file": "weights.bin", "sha256": self.data_sha256},
             "model": self.model, "scheduler_config": self.scheduler_config, "recipe": self.recipe,
-            "seconds": self.seconds, **self.extra,
+            "seconds": self.seconds, "target": self.target, "weight_only": list(self.weight_only), **self.extra,
         }
 
     @classmethod
@@ -106,6 +111,7 @@ class OnnxArtifact(Artifact):
             reference_sha256=body["reference"]["sha256"], data_sha256=body["data"]["sha256"],
             model=body["model"], scheduler_config=body["scheduler_config"], recipe=body["recipe"],
             parent_sha256=body.get("parent_sha256"), seconds=float(body.get("seconds", 0.0)),
+            target=body.get("target", "onnxruntime"), weight_only=tuple(body.get("weight_only", ())),
         )
 
     @classmethod

@@ -14,7 +14,7 @@ from ditq.errors import CheckFailed
 
 TRT_HINT = "pip install 'ditq[trt]' (needs an NVIDIA GPU, its driver and a CUDA build of torch)"
 TORCH_CUDA_HINT = "install a CUDA build of torch (https://pytorch.org/get-started/locally/)"
-MINIMUM = {"torch": (2, 4), "onnxruntime": (1, 18), "tensorrt": (10, 0), "polygraphy": (0, 49), "onnx": (1, 16),
+MINIMUM = {"torch": (2, 4), "onnxruntime": (1, 18), "tensorrt": (10, 0), "polygraphy": (0, 53), "onnx": (1, 16),
            "diffusers": (0, 30)}
 BACKENDS = ("torch-cpu", "torch-cuda", "onnxruntime", "tensorrt")  # the rows that can sample (with diffusers)
 

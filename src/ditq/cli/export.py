@@ -18,6 +18,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help=f"ONNX opset, {OPSETS[0]}-{OPSETS[1]} (default: %(default)s)")
     p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
                    help="float type outside INT8 (fp16 for TensorRT's strongly typed networks; fp32 for CPU speed)")
+    p.add_argument("--target", choices=("onnxruntime", "tensorrt"), default="onnxruntime",
+                   help="tensorrt: export what TensorRT builds (INT4 as W4A16, weight DQ only; refuses INT8 blocks); "
+                        "onnxruntime: the recipe as calibrated, e.g. W4A8 (default: %(default)s)")
     p.add_argument("--force", action="store_true")
 
 
@@ -41,15 +44,18 @@ def run(args: argparse.Namespace) -> int:
                        expected_as=f"the recipe {args.recipe}")
     # export lints the staged set itself and refuses to put a set that breaks TensorRT's rules in place
     art = export_onnx(model, recipe, Path(args.output), recipe_dir=Path(args.recipe), opset=args.opset,
-                      precision=args.precision,
+                      precision=args.precision, target=args.target,
                       force=args.force, progress=not args.quiet)
     print(f"onnx: {art.root}  groups={len(art.groups)}  ({art.seconds:.1f} s)")
     if recipe.dynamic_activations:
         print(f"note: method {recipe.method!r} quantizes activations dynamically (at run time): this ONNX set runs "
               "on ONNX Runtime and the torch backend but cannot become TensorRT INT8 engines (`ditq build` refuses "
               "it; TensorRT needs static activation scales). Lint below skips the expected gemm-both-inputs rule.")
-    if any(recipe.linear_spec(lin).w_bits == 4 for site in recipe.sites for lin in site.linears):
-        print("note: INT4 weights: TensorRT runs W4A8 as INT4-weight dequantization + FP16 GEMMs (a memory win, "
-              "not a compute win); it has no INT4 x INT8 GEMM.")
+    if art.weight_only:
+        print(f"note: {len(art.weight_only)} INT4 Linear(s) exported weight-only (W4A16) for TensorRT, which has no "
+              "INT4 x INT8 GEMM; validate's torch reference follows.")
+    elif any(recipe.linear_spec(lin).w_bits == 4 for site in recipe.sites for lin in site.linears):
+        print("note: W4A8 is a quality setting for ONNX Runtime and torch; TensorRT has no INT4 x INT8 GEMM "
+              "(`ditq build` refuses it): export with --target tensorrt for W4A16.")
     print(f"lint: {len(art.groups) + 1} graphs, 0 violations of TensorRT's QDQ rules")
     return 0

@@ -63,11 +63,16 @@ class BuildConfig:
         return int(self.workspace_gib * (1 << 30))
 
 
-def check_deployable(onnx: OnnxArtifact) -> None:
-    """Refuse an ONNX set TensorRT cannot build as static INT8: dynamic activation quantization, or a quantized
-    recipe whose graphs carry no Q/DQ (one-line DitqError)."""
+def check_deployable(onnx: OnnxArtifact, trt_version: str | None = None) -> None:
+    """Refuse, in one line, an ONNX set that TensorRT ``trt_version`` (None: the newest ditq knows, the static check
+    without TensorRT) cannot build as wanted: dynamic activation quantization; a quantized recipe whose graphs carry
+    no Q/DQ; an FP32 set (strongly typed, it gives INT8 GEMMs with FP32 everywhere else, and TensorRT 11 has no FP16
+    flag to change that); W4A8 (no INT4 x INT8 GEMM); anything else that version's lint rules refuse (INT8 blocks)."""
     import onnx as onnx_lib
 
+    from ditq.artifacts.lint import lint_onnx_set, tensorrt_target
+
+    target = tensorrt_target(trt_version)
     method = onnx.recipe.get("method")
     if onnx.recipe.get("dynamic_activations"):
         raise DitqError(f"the ONNX set {onnx.root} quantizes activations dynamically (method {method!r}); "
@@ -83,6 +88,19 @@ def check_deployable(onnx: OnnxArtifact) -> None:
             raise DitqError(f"{group.file} has no QuantizeLinear/DequantizeLinear although the recipe is "
                             f"W{onnx.recipe.get('w_bits')}A{onnx.recipe.get('a_bits')}; TensorRT INT8 needs "
                             "explicit Q/DQ with static scales: re-run `ditq export`")
+    if onnx.precision == "fp32":
+        raise DitqError(f"the ONNX set {onnx.root} is FP32: a strongly typed TensorRT network keeps FP32 wherever the "
+                        "graph is not INT8 (TensorRT 11 has no FP16 flag); re-export it with "
+                        "`ditq export --precision fp16 --target tensorrt`")
+    results = {f: vs for f, vs in lint_onnx_set(onnx, target).items() if vs}
+    if w4a8 := [v for vs in results.values() for v in vs if v.rule == "int4-weight-only"]:
+        raise DitqError(f"the ONNX set {onnx.root} is W4A8 (INT4 weights with INT8 activations, e.g. "
+                        f"{w4a8[0].node}): TensorRT has no INT4 x INT8 GEMM, INT4 is weight-only there; re-export "
+                        "it as W4A16 with `ditq export --target tensorrt`")
+    if results:
+        file, (first, *_) = next(iter(results.items()))
+        raise DitqError(f"{file} breaks {target}'s rules ({sum(map(len, results.values()))} violation(s), first: "
+                        f"[{first.rule}] {first.node}: {first.message}); see `ditq lint {onnx.root} --target {target}`")
 
 
 def profile_shapes(onnx: OnnxArtifact, config: BuildConfig) -> dict[str, dict[str, list[int]]]:
@@ -174,7 +192,9 @@ def _build_plan(builder: trt.Builder, logger: Any, path: Path, flags: int, profi
     if not bconfig.set_timing_cache(cache, ignore_mismatch=False):
         log.warning("the timing cache does not fit this TensorRT/GPU; starting an empty one")
         cache = bconfig.create_timing_cache(b"")
-        bconfig.set_timing_cache(cache, ignore_mismatch=False)
+        if not bconfig.set_timing_cache(cache, ignore_mismatch=False):
+            raise DitqError(f"TensorRT refused even an empty timing cache for {path.name}; check the TensorRT "
+                            "install (`ditq doctor`)")
     logger.errors.clear()
     plan: trt.IHostMemory | None = builder.build_serialized_network(network, bconfig)  # None on failure
     if plan is None:  # the first error names the cause; the rest are usually its consequences
@@ -203,7 +223,11 @@ def _write(path: Path, data: Any) -> None:
 def build_engines(onnx: OnnxArtifact, out: Path, config: BuildConfig = BuildConfig(), *,
                   progress: bool = True) -> EngineArtifact:
     """Write ``out/``: ``group_{g}.plan`` per group, ``timing.cache`` and ``manifest.json`` (kind ditq.engines)."""
-    check_deployable(onnx)
+    try:  # the installed TensorRT's rules when there is one; else the newest, and require_tensorrt refuses below
+        installed: str | None = require_tensorrt()
+    except DitqError:
+        installed = None
+    check_deployable(onnx, installed)
     inputs = [p for p in (onnx.root, config.timing_cache) if p is not None]
     check_output(Path(out), kind=EngineArtifact.KIND, force=config.force, inputs=inputs)
     version = require_tensorrt()

@@ -68,6 +68,26 @@ def dummy_inputs(model: LoadedModel, batch: int = 2) -> tuple[torch.Tensor, ...]
 
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+# What the graphs are for: "onnxruntime" exports the recipe as calibrated (W4A8 stays W4A8, the seeds' quality
+# setting); "tensorrt" exports what TensorRT builds: INT4 weights as W4A16 (weight DQ only; TensorRT has no
+# INT4 x INT8 GEMM and NVIDIA's Model Optimizer deploys INT4 this way) and refuses what it cannot build.
+TARGETS = ("onnxruntime", "tensorrt")
+
+
+def weight_only_linears(recipe: Recipe, target: str) -> frozenset[str]:
+    """The Linears ``target`` exports without activation Q/DQ: INT4-weight Linears for TensorRT."""
+    if target not in TARGETS:
+        raise DitqError(f"--target must be one of {', '.join(TARGETS)}, got {target!r}")
+    if target != "tensorrt":
+        return frozenset()
+    specs = {lin: recipe.linear_spec(lin) for site in recipe.sites for lin in site.linears}
+    if recipe.dynamic_activations:
+        raise DitqError(f"method {recipe.method!r} quantizes activations dynamically, which TensorRT cannot build "
+                        "(it needs static scales); export it without --target tensorrt for ONNX Runtime")
+    if blocked := sorted(lin for lin, s in specs.items() if s.w_bits == 8 and s.w_block):
+        raise DitqError(f"INT8 weights in blocks ({blocked[0]}, --w-block) have no TensorRT form (block "
+                        "quantization is INT4/FP8/FP4 only); re-calibrate INT8 per channel or with --w-bits 4")
+    return frozenset(lin for lin, s in specs.items() if s.w_bits == 4)
 
 
 def export_reference(model: LoadedModel, opset: int = DEFAULT_OPSET, precision: str = "fp32") -> onnx.ModelProto:
@@ -193,12 +213,13 @@ def model_info(model: LoadedModel) -> dict[str, object]:
     return info
 
 
-def lint_violations(root: Path, recipe: Recipe) -> dict[str, list]:
-    """TensorRT-rule violations of an exported set, less the expected ones: a dynamically quantized GEMM has a weight
-    DQ but a float fake-quant on its input, so ``gemm-both-inputs`` does not apply to a dynamic-activation recipe."""
-    from ditq.artifacts.lint import lint_dir
+def lint_violations(root: Path, recipe: Recipe, target: str = "onnxruntime") -> dict[str, list]:
+    """Rule violations of an exported set for its export ``target`` (the newest TensorRT's rules for "tensorrt", the
+    placement rules for "onnxruntime"), less the expected ones: a dynamically quantized GEMM has a weight DQ but a
+    float fake-quant on its input, so ``gemm-both-inputs`` does not apply to a dynamic-activation recipe."""
+    from ditq.artifacts.lint import NEWEST_TENSORRT, lint_dir
 
-    results = lint_dir(root)
+    results = lint_dir(root, NEWEST_TENSORRT if target == "tensorrt" else "onnxruntime")
     if recipe.dynamic_activations:
         results = {f: [v for v in vs if v.rule != "gemm-both-inputs"] for f, vs in results.items()}
     return results
@@ -207,7 +228,7 @@ def lint_violations(root: Path, recipe: Recipe) -> dict[str, list]:
 def check_lint(artifact: OnnxArtifact, recipe: Recipe, out: Path) -> None:
     from ditq.artifacts.lint import format_violations
 
-    results = lint_violations(artifact.root, recipe)
+    results = lint_violations(artifact.root, recipe, artifact.target)
     if any(results.values()):
         log.error("%s", format_violations(results))
         count = sum(len(v) for v in results.values())
@@ -217,14 +238,17 @@ def check_lint(artifact: OnnxArtifact, recipe: Recipe, out: Path) -> None:
 
 def export_onnx(model: LoadedModel, recipe: Recipe, out: Path, *, recipe_dir: Path | None = None,
                 opset: int = DEFAULT_OPSET, precision: str = "fp32", force: bool = False,
-                progress: bool = True, reference: onnx.ModelProto | None = None, lint: bool = True) -> OnnxArtifact:
+                progress: bool = True, reference: onnx.ModelProto | None = None, lint: bool = True,
+                target: str = "onnxruntime") -> OnnxArtifact:
     """Write ``out/``: ``group_{g}.onnx`` per group, ``reference.onnx``, ``weights.bin``, ``io.json``, manifest.
 
     ``precision`` is the float type of everything that is not INT8 (Q/DQ scales included). ``reference``: the
     ``export_reference(model, opset, precision)`` graph, when the caller exports several recipes of one model
     (the dynamo export dominates the time); it is copied, not modified. ``lint``: check TensorRT's QDQ rules on the
-    staged set and raise ``CheckFailed`` before it replaces anything (:func:`lint_violations`).
+    staged set and raise ``CheckFailed`` before it replaces anything (:func:`lint_violations`). ``target``: one of
+    :data:`TARGETS` (``tensorrt``: INT4 as W4A16, recorded in the manifest's ``weight_only``).
     """
+    weight_only = weight_only_linears(recipe, target)
     if precision not in PRECISIONS:
         raise DitqError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if opset < 19:
@@ -266,7 +290,7 @@ def export_onnx(model: LoadedModel, recipe: Recipe, out: Path, *, recipe_dir: Pa
             for g in tqdm(range(recipe.num_groups), desc="export", disable=not progress, leave=False):
                 folded, pre = fold_state(state, sites, {s.name: recipe.shift(s.name, g) for s in sites}, smooth)
                 changed = {k for k, v in folded.items() if v is not state[k] and not torch.equal(v, state[k])}
-                graph = apply_group(reference, gemms, sites, recipe, g, folded, pre, changed, params)
+                graph = apply_group(reference, gemms, sites, recipe, g, folded, pre, changed, params, weight_only)
                 del folded
                 data.save(graph, tmp / f"group_{g}.onnx")
                 del graph
@@ -305,6 +329,7 @@ def export_onnx(model: LoadedModel, recipe: Recipe, out: Path, *, recipe_dir: Pa
                                                         for lin in site.linears)})},
             parent_sha256=manifest_sha256(recipe_dir) if recipe_dir else None,
             seconds=round(time.perf_counter() - start, 3),
+            target=target, weight_only=tuple(sorted(weight_only)),
         )
         artifact.save()
         if lint:  # before the set replaces anything: a graph TensorRT would reject never becomes the output

@@ -4,12 +4,15 @@ Per quantized Linear (``MatMul(x, W^T)`` from the dynamo exporter, found by its 
 - weight: INT8 initializer [K, N] -> DequantizeLinear(per-channel scale [N], axis=1) -> MatMul B
 - activation: [Sub(z) -> Mul(1/s) ->] QuantizeLinear(scalar scale) -> DequantizeLinear -> MatMul A, one pair per
   consumer (ONNX Runtime fuses a DQ->MatMul into an integer kernel only when the pair is not shared).
-Zero points are INT8 zeros; scales have the graph's float type (TensorRT's strongly-typed rule).
+Zero points are INT8 zeros (INT4 weight DQs omit theirs: symmetric, as Model Optimizer writes them); scales have
+the graph's float type (TensorRT's strongly-typed rule).
 
 Recipe specs beyond W8A8 static (``LinearSpec``):
 - INT4 weights: an INT4 initializer [K, N] -> DequantizeLinear(axis=0, block_size=B, scale [K/B, N]); per output
   channel INT4 is the single block B = K (scale [1, N]), since TensorRT and the lint take INT4 only block-wise.
   INT8 weights in blocks (Q-DiT) use the same block layout with an INT8 initializer.
+- weight-only Linears (``weight_only``; INT4 for TensorRT, which has no INT4 x INT8 GEMM: W4A16): the weight DQ
+  and the pre-affine, no activation Q/DQ.
 - rotation: ``MatMul(x, R)`` with the constant block-Hadamard R before the quantizer; the weight is ``W @ R``.
 - dynamic activations: a fake-quant in float ops, exact vs torch's ``dynamic_fake_quant``:
   ``s = Max(ReduceMax(Abs(x), -1) / qmax, eps); Mul(Clip(Round(x / s), qmin, qmax), s)``, per token, or per token
@@ -118,11 +121,13 @@ def apply_group(
     pre: PreAffine,
     changed: set[str],
     params: Mapping[str, str],
+    weight_only: frozenset[str] = frozenset(),
 ) -> onnx.ModelProto:
     """A copy of ``reference`` with group ``group_id``'s folded state; Q/DQ inserted unless ``recipe`` is None.
 
     ``changed`` names the parameters folding altered: each must be found in the graph, or this is a bug.
-    ``params`` maps parameters to the initializers holding them (``find_params``).
+    ``params`` maps parameters to the initializers holding them (``find_params``). ``weight_only`` Linears get
+    their weight DQ (and pre-affine) but no activation Q/DQ.
     """
     model = onnx.ModelProto()
     model.CopyFrom(reference)
@@ -179,7 +184,8 @@ def apply_group(
         else:
             graph.initializer.extend(_block_weight(lin, rotate_weight(w, spec.rotation), w_scale, spec.w_bits, npf))
             dq_w = helper.make_node("DequantizeLinear", [f"{lin}.weight_int{spec.w_bits}", f"{lin}.w_scale",
-                                                         f"{lin}.w_zero_point"], [f"{lin}.weight_dq"],
+                                                         *[f"{lin}.w_zero_point"] * (spec.w_bits != 4)],
+                                    [f"{lin}.weight_dq"],
                                     name=f"{lin}.weight_dq", axis=0,
                                     block_size=w.shape[1] // (w_scale.shape[1] if w_scale.dim() == 2 else 1))
         node.input[1] = f"{lin}.weight_dq"
@@ -204,6 +210,10 @@ def apply_group(
                                                                  .astype(npf), rot))
             chain.append(helper.make_node("MatMul", [x, rot], [f"{lin}.rotated"], name=f"{lin}.rotate"))
             x = f"{lin}.rotated"
+        if lin in weight_only:
+            node.input[0] = x
+            new_nodes[gs.node] = [*chain, dq_w]
+            continue
         if spec.dynamic:
             dyn_nodes, dyn_inits = _dynamic_fake_quant(lin, x, spec, w.shape[1], npf)
             graph.initializer.extend(dyn_inits)
@@ -241,7 +251,8 @@ def apply_group(
 
 def _block_weight(lin: str, w: torch.Tensor, w_scale: torch.Tensor, bits: int, npf: np.dtype
                   ) -> list[onnx.TensorProto]:
-    """INT4/INT8 codes [K, N], block scales [K/B, N] and zero points for a DequantizeLinear(axis=0, block_size=B)."""
+    """INT4/INT8 codes [K, N], block scales [K/B, N] and (INT8 only: INT4 omits it, symmetric) zero points for a
+    DequantizeLinear(axis=0, block_size=B)."""
     import ml_dtypes
 
     scale = w_scale if w_scale.dim() == 2 else w_scale[:, None]  # per channel = one block spanning K
@@ -250,7 +261,8 @@ def _block_weight(lin: str, w: torch.Tensor, w_scale: torch.Tensor, bits: int, n
     return [
         numpy_helper.from_array(codes.astype(qdtype), f"{lin}.weight_int{bits}"),
         numpy_helper.from_array(scale.T.contiguous().numpy().astype(npf), f"{lin}.w_scale"),
-        numpy_helper.from_array(np.zeros(tuple(scale.T.shape), qdtype), f"{lin}.w_zero_point"),
+        *([] if bits == 4 else [numpy_helper.from_array(np.zeros(tuple(scale.T.shape), qdtype),
+                                                        f"{lin}.w_zero_point")]),
     ]
 
 

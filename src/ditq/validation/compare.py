@@ -20,13 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
-from polygraphy.comparator import (
-    Comparator,
-    CosineSimilarityCompareFunc,
-    IterationResult,
-    RunResults,
-    SnrCompareFunc,
-)
+from polygraphy.comparator import Comparator, IterationResult, RunResults
 from polygraphy.exception import PolygraphyException
 from polygraphy.json import save_json
 from polygraphy.logger import G_LOGGER
@@ -35,6 +29,26 @@ from ditq.core.metrics import cosine_np, sqnr_db_np
 from ditq.errors import DitqError
 
 Feed = Mapping[str, np.ndarray]
+
+# The first Polygraphy on PyPI with CosineSimilarityCompareFunc / SnrCompareFunc, a list as ``compare_func`` and
+# several names after the CLI's ``--compare``: 0.50.3 and 0.49.x (0.49.27 ships in NVIDIA's TensorRT tree) have
+# none of these (one callable; ``--compare`` takes one built-in name). pyproject.toml pins the same floor.
+POLYGRAPHY_MIN = "0.53.4"
+
+
+def compare_funcs(min_cosine: float, min_sqnr_db: float) -> list[object]:
+    """Polygraphy's cosine-similarity and SNR compare funcs at ditq's floors (for ``compare_accuracy``); a one-line
+    DitqError naming the upgrade on a Polygraphy older than :data:`POLYGRAPHY_MIN`."""
+    import polygraphy
+    from polygraphy import comparator
+
+    cosine, snr = (getattr(comparator, n, None) for n in ("CosineSimilarityCompareFunc", "SnrCompareFunc"))
+    if cosine is None or snr is None:
+        raise DitqError(f"polygraphy {polygraphy.__version__} has no CosineSimilarityCompareFunc/SnrCompareFunc; "
+                        f"pip install 'polygraphy>={POLYGRAPHY_MIN}'")
+    return [cosine(min_cosine), snr(min_sqnr_db)]
+
+
 @contextmanager
 def polygraphy_logging(quiet: bool = True) -> Iterator[None]:
     """Polygraphy's logger under ditq's verbosity: silent when ``quiet`` (ditq's own summary reports failed
@@ -240,7 +254,7 @@ def compare_group(
             run.save(str(results_path := out_dir / f"{name}.json"))
             verdict = Comparator.compare_accuracy(
                 [golden_run, run],  # golden first: it is the signal in Polygraphy's SNR
-                compare_func=[CosineSimilarityCompareFunc(th.min_cosine), SnrCompareFunc(th.min_sqnr_db)],
+                compare_func=compare_funcs(th.min_cosine, th.min_sqnr_db),
             )
             m = metrics([it[output_name] for it in run[name]], reference)
             graph_results[name] = GraphComparison(m, th, th.failures(m), bool(verdict), results_path)

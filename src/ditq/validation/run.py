@@ -24,6 +24,7 @@ from ditq.artifacts.onnx import OnnxArtifact
 from ditq.artifacts.recipe import Recipe
 from ditq.core.cond import Cond
 from ditq.core.groups import TimestepGroups
+from ditq.core.qlinear import QLinear
 from ditq.core.sampler import make_scheduler, sample
 from ditq.core.sites import Denoiser
 from ditq.errors import CheckFailed, DitqError
@@ -94,6 +95,19 @@ def _call(den: Denoiser, feed: dict[str, np.ndarray]) -> np.ndarray:
     return np.ascontiguousarray(den(*args).numpy())
 
 
+def reference_denoiser(model: LoadedModel, recipe: Recipe, artifact: OnnxArtifact, group_id: int) -> Denoiser:
+    """The torch fake-quant reference of one group as the set's graphs compute it: the recipe's quantizers, except
+    that the set's ``weight_only`` Linears (INT4 exported for TensorRT as W4A16) keep float inputs."""
+    den = group_denoiser(model, recipe, group_id)
+    for lin in artifact.weight_only:
+        module = den.m.get_submodule(lin)
+        if not isinstance(module, QLinear):
+            raise DitqError(f"{lin} (weight-only in {artifact.root}) is not a quantized Linear of the recipe; "
+                            "re-run `ditq export`")
+        module.act_scale = None
+    return den
+
+
 @torch.no_grad()
 def validate(artifact: OnnxArtifact, model: LoadedModel, recipe: Recipe | None, out: Path,
              config: ValidateConfig = ValidateConfig()) -> dict[str, Any]:
@@ -145,7 +159,7 @@ def validate(artifact: OnnxArtifact, model: LoadedModel, recipe: Recipe | None, 
             "polygraphy_passed": {name: gc.polygraphy_passed for name, gc in cmp.graphs.items()},
         }
         if recipe is not None:  # the torch fake-quant reference, the numerics the QDQ graph must reproduce
-            fq = group_denoiser(model, recipe, group.group_id)
+            fq = reference_denoiser(model, recipe, artifact, group.group_id)
             outs = [_call(fq, f) for f in picked]
             entry["metrics"]["torch-fakequant"] = asdict(metrics(outs, [g["sample"] for g in golden]))
         report["groups"].append(entry)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from polygraphy.comparator import Comparator, CosineSimilarityCompareFunc, IterationResult, RunResults, SnrCompareFunc
+from polygraphy.comparator import Comparator, IterationResult, RunResults
 from polygraphy.exception import PolygraphyException
 from polygraphy.json import load_json
 
@@ -29,7 +29,7 @@ from ditq.artifacts import manifest_sha256
 from ditq.artifacts.engines import EngineArtifact
 from ditq.artifacts.onnx import OnnxArtifact
 from ditq.errors import DitqError
-from ditq.validation.compare import Thresholds, metrics, polygraphy_logging
+from ditq.validation.compare import Thresholds, compare_funcs, metrics, polygraphy_logging
 
 OUTPUT = "sample"
 QDQ_RUN = "onnxrt-qdq"  # the ONNX validation's name (and file) for the group's QDQ graph
@@ -98,8 +98,7 @@ def validate_trt(engine_dir: Path, onnx: OnnxArtifact, report: dict[str, Any], o
             run.save(str(gdir / f"{NAME}.json"))
             golden_run = RunResults.load(str(gdir / "golden.json"))
             verdict = Comparator.compare_accuracy(
-                [golden_run, run], compare_func=[CosineSimilarityCompareFunc(thresholds.min_cosine),
-                                                 SnrCompareFunc(thresholds.min_sqnr_db)])
+                [golden_run, run], compare_func=compare_funcs(thresholds.min_cosine, thresholds.min_sqnr_db))
         outs = [np.asarray(it[OUTPUT]) for it in run[NAME]]
         scores = {NAME: metrics(outs, golden), f"{NAME}-vs-{QDQ_RUN}": metrics(outs, qdq)}
         failures = [f"{name}: {msg}" for name, m in scores.items() for msg in thresholds.failures(m)]

@@ -76,7 +76,7 @@ def test_cli_calibrate_options_and_dynamic_export_note(capsys, tiny_model_dir, t
     assert main(["-q", "export", str(out), "-o", str(tmp_path / "onnx")]) == 0
     printed = capsys.readouterr().out
     assert "cannot become TensorRT INT8 engines" in printed and "0 violations" in printed
-    assert "INT4-weight dequantization + FP16 GEMMs" in printed
+    assert "no INT4 x INT8 GEMM" in printed and "--target tensorrt" in printed
     manifest = json.loads((tmp_path / "onnx" / "manifest.json").read_text())
     assert manifest["recipe"]["dynamic_activations"] is True
     code = main(["calibrate", str(tiny_model_dir), "-o", str(tmp_path / "x"), "--method", "htg", "--alpha", "0.5"])
