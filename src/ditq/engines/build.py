@@ -24,7 +24,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ditq._deps import require_gpu, require_tensorrt, trt, trt_major
+from ditq._deps import require_gpu, require_tensorrt, trt, trt_logger, trt_major
 from ditq.artifacts import manifest_sha256, sha256_file
 from ditq.artifacts.captions import CAPTIONS_FILE
 from ditq.artifacts.engines import TIMING_CACHE, EngineArtifact, EngineGroup
@@ -131,26 +131,6 @@ def network_flags(version: str) -> int:
     return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
 
 
-def _collecting_logger() -> Any:
-    """A ``trt.ILogger`` that keeps errors (for one-line DitqErrors) and forwards the rest to ``logging``."""
-
-    class Collecting(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.errors: list[str] = []
-
-        def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
-            if severity <= trt.ILogger.Severity.ERROR:
-                self.errors.append(" ".join(msg.split()))
-                log.debug("TensorRT error: %s", msg)
-            elif severity <= trt.ILogger.Severity.WARNING:
-                log.warning("TensorRT: %s", msg)
-            else:
-                log.debug("TensorRT: %s", msg)
-
-    return Collecting()
-
-
 def _describe(err: trt.ParserError) -> str:
     where = err.node_name() or (f"node #{err.node()}" if err.node() >= 0 else "graph")
     return f"{where}: {' '.join(err.desc().split())}"
@@ -237,7 +217,7 @@ def build_engines(onnx: OnnxArtifact, out: Path, config: BuildConfig = BuildConf
     profile = profile_shapes(onnx, config)
     flags = network_flags(version)
     onnx_rel = os.path.relpath(onnx.root.resolve(), out.resolve())
-    logger = _collecting_logger()
+    logger = trt_logger()  # the process's one logger: a Runtime made earlier would bypass a second one
     builder = trt.Builder(logger)
     cache: trt.ITimingCache | bytes = _read_cache(config, out)
     groups: list[EngineGroup] = []
