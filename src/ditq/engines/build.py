@@ -63,6 +63,39 @@ class BuildConfig:
         return int(self.workspace_gib * (1 << 30))
 
 
+def weight_bytes(onnx_file: Path) -> int:
+    """Bytes of a graph's initializers at their stored types (INT8/INT4 weights, float biases, scales): what one
+    engine built from it embeds, give or take TensorRT's own layout. Read from the tensor headers only."""
+    import numpy as np
+    import onnx as onnx_lib
+
+    total = 0.0
+    for init in onnx_lib.load(str(onnx_file), load_external_data=False).graph.initializer:
+        numel = int(np.prod(init.dims, dtype=np.int64)) if init.dims else 1
+        if init.data_type in (onnx_lib.TensorProto.INT4, onnx_lib.TensorProto.UINT4):
+            total += numel / 2
+        else:
+            total += numel * np.dtype(onnx_lib.helper.tensor_dtype_to_np_dtype(init.data_type)).itemsize
+    return int(total)
+
+
+def human_bytes(n: float) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def memory_report(art: EngineArtifact, onnx: OnnxArtifact) -> str:
+    """One line for ``ditq build``: G plans, each with its own copy of the weights, all resident at run time."""
+    plans = sum(art.path(g.group_id).stat().st_size for g in art.groups)
+    weights = max(weight_bytes(onnx.path(g.group_id)) for g in onnx.groups)
+    g = len(art.groups)
+    return (f"GPU memory: the {g} engines are all loaded at once and each plan embeds its own weights: plans "
+            f"{human_bytes(plans)} in total, {human_bytes(weights)} of weights per engine (x{g} = "
+            f"{human_bytes(g * weights)}), plus one shared activation buffer")
+
+
 def check_deployable(onnx: OnnxArtifact, trt_version: str | None = None) -> None:
     """Refuse, in one line, an ONNX set that TensorRT ``trt_version`` (None: the newest ditq knows, the static check
     without TensorRT) cannot build as wanted: dynamic activation quantization; a quantized recipe whose graphs carry
