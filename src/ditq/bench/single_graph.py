@@ -90,7 +90,7 @@ def _bench_model(name: str, config: SingleGraphConfig, work: Path, say: Callable
     say(f"{name}: exporting {recipe.num_groups} groups")
     art = export_onnx(bm.model, recipe, work / name / "onnx", precision="fp32", progress=False)
     sg = single_graph(art)
-    single_path = work / name / "single.onnx"
+    single_path = art.root / "single.onnx"  # beside weights.bin, which it references
     save_single_graph(sg, single_path)
     g = len(art.groups)
     shape = [config.batch, *bm.model.sample_shape]

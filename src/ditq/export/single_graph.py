@@ -15,14 +15,18 @@ pre-shifts, activation scales); TensorRT plans embed their weights, so G engines
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+from onnx.external_data_helper import load_external_data_for_tensor
 
 from ditq.artifacts.onnx import OnnxArtifact
+from ditq.artifacts.single_graph import save_feeds
 from ditq.errors import DitqError
 
 
@@ -34,23 +38,38 @@ class SingleGraph:
     ratios: list[str]  # activation scales kept constant, with ratio inputs around their Q/DQ pair
 
 
-def _graph_init_arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+def _key(tensor: onnx.TensorProto) -> tuple[Any, ...]:
+    """What identifies an initializer's value without reading it: its external range (``ditq export`` writes each
+    distinct large tensor once, so equal ranges mean equal values) or its inline bytes."""
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return ("external", tensor.data_type, tuple(tensor.dims), tuple((e.key, e.value) for e in tensor.external_data))
+    return ("inline", tensor.SerializeToString())
+
+
+def _value(tensor: onnx.TensorProto, base_dir: Path) -> np.ndarray:
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        tensor = copy.deepcopy(tensor)
+        load_external_data_for_tensor(tensor, str(base_dir))
+    return numpy_helper.to_array(tensor)
 
 
 def single_graph(art: OnnxArtifact) -> SingleGraph:
-    """The set's G group graphs merged into one whose group is chosen by the feeds (``SingleGraph.feeds[g]``)."""
-    models = [onnx.load(str(art.path(g.group_id))) for g in art.groups]
+    """The set's G group graphs merged into one whose group is chosen by the feeds (``SingleGraph.feeds[g]``).
+
+    Reads the graphs without their external weights (only the tensors that differ are read); the result keeps
+    group 0's references to the set's ``weights.bin``: save it in the set's directory (``save_single_graph``)."""
+    models = [onnx.load(str(art.path(g.group_id)), load_external_data=False) for g in art.groups]
     base = models[0]
     ops = [(n.op_type, tuple(n.input), tuple(n.output)) for n in base.graph.node]
     if any([(n.op_type, tuple(n.input), tuple(n.output)) for n in m.graph.node] != ops for m in models[1:]):
         raise DitqError(f"the group graphs of {art.root} differ in structure, not only in values; a single graph "
                         "needs graphs that differ only in constants: re-run `ditq export`")
-    inits = [_graph_init_arrays(m) for m in models]
-    names = list(inits[0])
-    if any(set(i) != set(names) for i in inits[1:]):
+    protos = [{t.name: t for t in m.graph.initializer} for m in models]
+    names = list(protos[0])
+    if any(set(i) != set(names) for i in protos[1:]):
         raise DitqError(f"the group graphs of {art.root} have different initializers; re-run `ditq export`")
-    varying = [n for n in names if any(not np.array_equal(inits[0][n], i[n]) for i in inits[1:])]
+    varying = [n for n in names if any(_key(protos[0][n]) != _key(i[n]) for i in protos[1:])]
+    inits = [{n: _value(i[n], art.root) for n in varying} for i in protos]
 
     graph = base.graph
     node_names = [n.name for n in graph.node]
@@ -127,10 +146,8 @@ def single_graph(art: OnnxArtifact) -> SingleGraph:
     return SingleGraph(model=base, feeds=feeds, varying=sorted(moved), ratios=ratios)
 
 
-def save_single_graph(sg: SingleGraph, path: Any) -> None:
-    """The graph with its weights in one external-data file next to it (``<stem>.data``)."""
-    from pathlib import Path
-
-    path = Path(path)
-    onnx.save_model(sg.model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=path.stem + ".data", size_threshold=1024)
+def save_single_graph(sg: SingleGraph, path: Path) -> None:
+    """The graph (weights stay in the set's ``weights.bin``: ``path`` must be in the set's directory) and the
+    per-group feeds next to it (``ditq.artifacts.single_graph``)."""
+    onnx.save_model(sg.model, str(path))
+    save_feeds(Path(path), sg.feeds)
