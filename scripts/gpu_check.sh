@@ -9,7 +9,8 @@ out="${OUT:-gpu_check}"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 # never reinstall torch: the machine's CUDA build stays; install ditq only if its dependencies are missing
-if ! PYTHONPATH=src python3 -c "import ditq.bench.gpu_check, diffusers, onnx, scipy, sklearn" 2>/dev/null; then
+needs="import ditq.bench.gpu_check, ditq.models.configs, ditq.calibration.calibrate, ditq.runtime.backends.torch_int8"
+if ! PYTHONPATH=src python3 -c "$needs" 2>/dev/null; then
     constraints="$(mktemp)"
     python3 -c "import torch; print(f'torch=={torch.__version__}')" > "$constraints"
     python3 -m pip install -q --no-build-isolation -e . -c "$constraints"
