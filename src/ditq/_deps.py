@@ -9,6 +9,7 @@ the ``tensorrt`` module, so every call is checked against the stubs (``mypy-trt.
 from __future__ import annotations
 
 import importlib
+import logging
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -91,6 +92,40 @@ def trt_major(version: str) -> int:
         return int(version.split(".")[0])
     except ValueError:
         raise DitqError(f"cannot read the TensorRT version {version!r}; reinstall tensorrt") from None
+
+
+_TRT_LOGGER: Any = None
+_trt_log = logging.getLogger("ditq.tensorrt")
+
+
+def trt_logger() -> Any:
+    """The process's one ``trt.ILogger``, for every Builder, OnnxParser and Runtime ditq creates.
+
+    TensorRT keeps a single logger per process (the first one it is given wins), so a build's own collecting logger
+    would be bypassed once a Runtime exists, and its failures would read "no error was logged". This one logger
+    keeps ERROR messages in ``.errors`` (a build clears it before building and reads it after) and forwards the rest
+    to ``logging`` (WARNING as warnings, INFO/VERBOSE as debug). Created again only if ``tensorrt`` itself changes
+    (tests swap in a fake).
+    """
+    global _TRT_LOGGER
+    if _TRT_LOGGER is None or not isinstance(_TRT_LOGGER, trt.ILogger):
+
+        class CollectingLogger(trt.ILogger):
+            def __init__(self) -> None:
+                trt.ILogger.__init__(self)
+                self.errors: list[str] = []
+
+            def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
+                if severity <= trt.ILogger.Severity.ERROR:
+                    self.errors.append(" ".join(msg.split()))
+                    _trt_log.debug("TensorRT error: %s", msg)
+                elif severity <= trt.ILogger.Severity.WARNING:
+                    _trt_log.warning("TensorRT: %s", msg)
+                else:
+                    _trt_log.debug("TensorRT: %s", msg)
+
+        _TRT_LOGGER = CollectingLogger()
+    return _TRT_LOGGER
 
 
 def current_gpu() -> tuple[str, str] | None:

@@ -110,7 +110,9 @@ class _TimingCache:
 class FakeTensorRT(types.ModuleType):
     """Records what the build asked for; ``fail_parse`` / ``fail_build`` name graphs (file stems) to fail;
     ``set_timing_cache`` refuses a cache holding an entry ``foreign`` (another TensorRT/GPU), or every cache with
-    ``refuse_caches``."""
+    ``refuse_caches``. Like TensorRT, it keeps ONE logger per process: the first one a Builder, OnnxParser or Runtime
+    is given receives every message (``process_logger``); later ones are ignored. ``Runtime`` deserializes plans
+    into ``FakeEngine``s (``fail_deserialize`` makes it log an error and return None)."""
 
     def __init__(self, version: str = "10.13.0.35") -> None:
         super().__init__("tensorrt")
@@ -120,6 +122,8 @@ class FakeTensorRT(types.ModuleType):
         self.caches_created: list[bytes] = []
         self.configs: list[types.SimpleNamespace] = []
         self.refuse_caches = False
+        self.fail_deserialize = False
+        self.process_logger: ILogger | None = None
         fake = self
 
         class ILogger:
@@ -128,9 +132,23 @@ class FakeTensorRT(types.ModuleType):
             def __init__(self) -> None:
                 pass
 
+        class Logger(ILogger):  # TensorRT's own logger: prints, keeps nothing
+            WARNING = _Severity.WARNING
+
+            def __init__(self, min_severity: _Severity = _Severity.WARNING) -> None:
+                super().__init__()
+                self.messages: list[str] = []
+
+            def log(self, severity: _Severity, msg: str) -> None:
+                self.messages.append(msg)
+
+        def adopt(logger: ILogger) -> None:
+            if fake.process_logger is None:
+                fake.process_logger = logger
+
         class Builder:
             def __init__(self, logger: ILogger) -> None:
-                self.logger = logger
+                adopt(logger)
 
             def create_network(self, flags: int) -> _Network:
                 return _Network(flags)
@@ -159,13 +177,15 @@ class FakeTensorRT(types.ModuleType):
 
             def build_serialized_network(self, network: _Network, cfg: types.SimpleNamespace) -> bytes | None:
                 if network.name in fake.fail_build:
-                    self.logger.log(_Severity.ERROR, "out of\nmemory")
+                    assert fake.process_logger is not None
+                    fake.process_logger.log(_Severity.ERROR, "out of\nmemory")
                     return None
                 cfg.cache.entries.append(network.name)
                 return f"PLAN {network.name} flags={network.flags} {sorted(cfg.profiles[0].shapes.items())}".encode()
 
         class OnnxParser:
             def __init__(self, network: _Network, logger: ILogger) -> None:
+                adopt(logger)
                 self.network, self.errors = network, []
 
             def parse_from_file(self, path: str) -> bool:
@@ -187,10 +207,136 @@ class FakeTensorRT(types.ModuleType):
             def get_error(self, i: int) -> _ParserError:
                 return self.errors[i]
 
-        self.ILogger, self.Logger, self.Builder, self.OnnxParser = ILogger, ILogger, Builder, OnnxParser
+        class Runtime:
+            def __init__(self, logger: ILogger) -> None:
+                adopt(logger)
+
+            def deserialize_cuda_engine(self, data: bytes) -> FakeEngine | None:
+                if fake.fail_deserialize:
+                    assert fake.process_logger is not None
+                    fake.process_logger.log(_Severity.ERROR, "plan built by another TensorRT")
+                    return None
+                return FakeEngine()
+
+        self.ILogger, self.Logger, self.Builder, self.OnnxParser, self.Runtime = (ILogger, Logger, Builder, OnnxParser,
+                                                                                  Runtime)
+        self.DataType = types.SimpleNamespace(FLOAT="float", HALF="half", BF16="bf16", INT32="int32", INT64="int64",
+                                              INT8="int8", UINT8="uint8", BOOL="bool")
+        self.TensorIOMode = types.SimpleNamespace(INPUT="input", OUTPUT="output")
+        self.FakeEngine = FakeEngine  # for tests that build a runner by hand
+        self.ExecutionContextAllocationStrategy = types.SimpleNamespace(USER_MANAGED="user_managed")
         self.Dims = _Dims
         self.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=1)
         self.MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")
+
+
+class FakeContext:
+    """A USER_MANAGED execution context: its current input shapes and tensor addresses, and what each
+    ``execute_async_v3`` ran with (``runs``; the output tensor is left as it is)."""
+
+    def __init__(self, engine: FakeEngine) -> None:
+        self.engine = engine
+        self.memory: tuple[int, int] | None = None
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.addresses: dict[str, int] = {}
+        self.runs: list[dict[str, object]] = []
+
+    def set_device_memory(self, ptr: int, size: int) -> None:
+        self.memory = (ptr, size)
+
+    def set_input_shape(self, name: str, dims: _Dims) -> bool:
+        self.shapes[name] = tuple(dims)
+        return True
+
+    def get_tensor_shape(self, name: str) -> _Dims:
+        return _Dims(self.shapes["hidden_states"])  # the output has the input's shape
+
+    def set_tensor_address(self, name: str, ptr: int) -> bool:
+        self.addresses[name] = ptr
+        return True
+
+    def bindings(self) -> dict[str, object]:
+        return {"shapes": dict(self.shapes), "addresses": dict(self.addresses)}
+
+    def execute_async_v3(self, stream: int) -> bool:
+        self.runs.append(self.bindings())
+        if FakeGraph.capturing is not None:
+            FakeGraph.capturing.captured.append((self, self.bindings()))
+        return True
+
+
+class FakeEngine:
+    """An engine with hidden_states [B, 4, 8, 8] + timestep [B] + class_labels [B] in, one output, all FLOAT."""
+
+    IO = (("hidden_states", "input"), ("timestep", "input"), ("class_labels", "input"), ("out", "output"))
+
+    def __init__(self) -> None:
+        self.contexts: list[FakeContext] = []
+
+    @property
+    def num_io_tensors(self) -> int:
+        return len(self.IO)
+
+    def get_tensor_name(self, i: int) -> str:
+        return self.IO[i][0]
+
+    def get_tensor_mode(self, name: str) -> str:
+        return dict(self.IO)[name]
+
+    def get_tensor_dtype(self, name: str) -> str:
+        return "float"
+
+    @property
+    def device_memory_size_v2(self) -> int:
+        return 1024
+
+    def create_execution_context(self, strategy: str) -> FakeContext:
+        assert strategy == "user_managed"
+        self.contexts.append(FakeContext(self))
+        return self.contexts[-1]
+
+
+class FakeGraph:
+    """``torch.cuda.CUDAGraph`` without CUDA: capture records each context executed and its bindings then; a
+    ``replay`` records whether every such context still has those bindings (a real graph replays TensorRT's
+    captured work against the context's state)."""
+
+    capturing: FakeGraph | None = None
+
+    def __init__(self) -> None:
+        self.captured: list[tuple[FakeContext, dict[str, object]]] = []
+        self.replays: list[bool] = []
+
+    def replay(self) -> None:
+        assert self.captured, "replaying an empty graph"
+        self.replays.append(all(ctx.bindings() == seen for ctx, seen in self.captured))
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> list[FakeGraph]:
+    """torch's CUDA stream and graph calls made harmless on CPU; returns the graphs captured."""
+    import contextlib
+
+    import torch
+
+    graphs: list[FakeGraph] = []
+
+    def new_graph() -> FakeGraph:
+        graphs.append(FakeGraph())
+        return graphs[-1]
+
+    @contextlib.contextmanager
+    def capture(graph: FakeGraph, stream: object = None):
+        FakeGraph.capturing = graph
+        try:
+            yield
+        finally:
+            FakeGraph.capturing = None
+
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", new_graph)
+    monkeypatch.setattr(torch.cuda, "graph", capture)
+    return graphs
 
 
 @pytest.fixture

@@ -131,3 +131,21 @@ def test_build_failure_names_the_tensorrt_error_and_keeps_the_old_set(tiny_onnx,
         build_engines(tiny_onnx, out, BuildConfig(force=True), progress=False)
     assert (out / "manifest.json").read_text() == before  # --force replaces only on success
     assert EngineArtifact.load(out).groups
+
+
+def test_build_report_states_the_g_copies_of_the_weights(capsys, tiny_onnx, tmp_path, fake_trt):
+    import onnx
+    from onnx import numpy_helper
+
+    from ditq.engines.build import human_bytes
+
+    out = tmp_path / "engines"
+    assert main(["-q", "build", str(tiny_onnx.root), "-o", str(out)]) == 0
+    line = next(s for s in capsys.readouterr().out.splitlines() if s.startswith("GPU memory:"))
+    g = len(tiny_onnx.groups)
+    plans = sum((out / f"group_{grp.group_id}.plan").stat().st_size for grp in tiny_onnx.groups)
+    weights = max(sum(numpy_helper.to_array(t).nbytes for t in onnx.load(str(tiny_onnx.path(grp.group_id))).graph
+                      .initializer) for grp in tiny_onnx.groups)
+    assert f"the {g} engines are all loaded at once" in line
+    assert f"plans {human_bytes(plans)} in total, {human_bytes(weights)} of weights per engine" in line
+    assert f"(x{g} = {human_bytes(g * weights)})" in line and weights > 1024

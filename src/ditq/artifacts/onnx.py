@@ -49,6 +49,9 @@ class OnnxArtifact(Artifact):
     # fake-quant reference must then run with float inputs too
     target: str = "onnxruntime"
     weight_only: tuple[str, ...] = ()
+    # ``export --single-graph``: {"file", "sha256", "feeds", "feeds_sha256"}: one graph for every group, the group's
+    # shifts and activation-scale ratios fed at run time (``ditq.export.single_graph``); None: not exported
+    single_graph: dict[str, str] | None = None
 
     @property
     def intervals(self) -> list[tuple[int, int]]:
@@ -100,6 +103,7 @@ class OnnxArtifact(Artifact):
             "data": {"file": "weights.bin", "sha256": self.data_sha256},
             "model": self.model, "scheduler_config": self.scheduler_config, "recipe": self.recipe,
             "seconds": self.seconds, "target": self.target, "weight_only": list(self.weight_only), **self.extra,
+            **({"single_graph": self.single_graph} if self.single_graph else {}),
         }
 
     @classmethod
@@ -112,6 +116,7 @@ class OnnxArtifact(Artifact):
             model=body["model"], scheduler_config=body["scheduler_config"], recipe=body["recipe"],
             parent_sha256=body.get("parent_sha256"), seconds=float(body.get("seconds", 0.0)),
             target=body.get("target", "onnxruntime"), weight_only=tuple(body.get("weight_only", ())),
+            single_graph=body.get("single_graph"),
         )
 
     @classmethod
@@ -124,7 +129,10 @@ class OnnxArtifact(Artifact):
             raise DitqError(f"{root}/manifest.json must list groups 0..G-1; re-run `ditq export`")
         if verify:
             art.verify_files([*((g.file, g.sha256) for g in art.groups), ("reference.onnx", art.reference_sha256),
-                              ("weights.bin", art.data_sha256)], redo="re-run export")
+                              ("weights.bin", art.data_sha256),
+                              *([(art.single_graph["file"], art.single_graph["sha256"]),
+                                 (art.single_graph["feeds"], art.single_graph["feeds_sha256"])]
+                                if art.single_graph else [])], redo="re-run export")
         if check_parent:
             art.check_parent()
         return art

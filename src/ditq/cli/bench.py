@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ditq.cli.args import Parser, common_parent, nonnegative_int, positive_int
 
-KINDS = ("speed", "quality", "fullsize")  # add a kind here, in add_args and a handler below
+KINDS = ("speed", "quality", "fullsize", "single-graph", "gpu")  # add a kind here, in add_args and a handler below
 
 
 def _csv(value: str | None, cast: Callable[[str], object] = str) -> tuple | None:
@@ -148,6 +148,69 @@ def run_fullsize(args: argparse.Namespace) -> int:
     return 3 if failed else 0
 
 
+def add_single_graph_args(p: argparse.ArgumentParser) -> None:
+    """The ``bench single-graph`` flags (defaults in ``ditq.bench.single_graph.SingleGraphConfig``)."""
+    p.add_argument("-o", "--output", required=True, help="directory for single_graph.json and single_graph.md")
+    p.add_argument("--models", default=None, help="comma-separated: tiny, demo, demo-arch, ... (default: tiny,demo)")
+    p.add_argument("--batch", type=positive_int, default=None, help="batch, CFG included (default: 8)")
+    p.add_argument("--groups", type=positive_int, default=None, help="HTG groups (default: 4)")
+    p.add_argument("--calib-steps", type=positive_int, default=None, help="calibration steps (default: 10)")
+    p.add_argument("--repeats", type=positive_int, default=None, help="timed calls per variant (default: 20)")
+    p.add_argument("--threads", type=positive_int, default=None, help="ORT intra-op threads (default: 2)")
+    p.add_argument("--force", action="store_true", help="replace an existing output directory of this bench")
+
+
+def run_single_graph(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from ditq.bench.single_graph import SingleGraphConfig, bench_single_graph, format_markdown
+
+    overrides = {k: v for k, v in {"models": _csv(args.models), "batch": args.batch, "groups": args.groups,
+                                   "calib_steps": args.calib_steps, "repeats": args.repeats,
+                                   "threads": args.threads}.items() if v is not None}
+
+    def say(msg: str) -> None:
+        if not args.quiet:
+            print(f"bench single-graph: {msg}", file=sys.stderr, flush=True)
+
+    result = bench_single_graph(replace(SingleGraphConfig(), **overrides), Path(args.output), force=args.force,
+                                progress=say)
+    print(format_markdown(result))
+    print(f"wrote {Path(args.output) / 'single_graph.json'} and single_graph.md")
+    return 0
+
+
+def add_gpu_args(p: argparse.ArgumentParser) -> None:
+    """The ``bench gpu`` flags (defaults in ``ditq.bench.gpu_check.GpuCheckConfig``)."""
+    p.add_argument("-o", "--output", required=True, help="JSON file to write")
+    p.add_argument("--quick", action="store_true", help="tiny models, batch 1-2, float32: to check it runs (CPU)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda (cpu with --quick)")
+    p.add_argument("--models", default=None, help="comma-separated (default: dit-xl2-256,pixart-alpha-512)")
+    p.add_argument("--batches", type=positive_ints, default=None, help="comma-separated (default: 1,8,16)")
+    p.add_argument("--dtypes", default=None, help="float parts, comma-separated (default: float16,bfloat16)")
+    p.add_argument("--repeats", type=positive_int, default=None, help="timed runs per measurement (default: 20)")
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
+
+
+def run_gpu(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from ditq.bench.gpu_check import QUICK, GpuCheckConfig, format_table, run_gpu_check
+
+    base = QUICK if args.quick else GpuCheckConfig()
+    overrides = {k: v for k, v in {"device": args.device, "models": _csv(args.models), "batches": args.batches,
+                                   "dtypes": _csv(args.dtypes), "repeats": args.repeats}.items() if v is not None}
+
+    def say(msg: str) -> None:
+        if not args.quiet:
+            print(f"bench gpu: {msg}", file=sys.stderr, flush=True)
+
+    result = run_gpu_check(replace(base, **overrides), Path(args.output), force=args.force, progress=say)
+    print(format_table(result))
+    print(f"wrote {args.output}")
+    return 3 if any("error" in m for m in result["models"]) else 0
+
+
 def add_args(p: argparse.ArgumentParser) -> None:
     """``bench KIND``: one sub-parser per kind, each with its own --debug and -q."""
     kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND", parser_class=Parser)
@@ -163,8 +226,19 @@ def add_args(p: argparse.ArgumentParser) -> None:
                                        description="published full-size architectures (random weights): calibrate "
                                                    "-> export -> lint -> validate, fullsize.json/.md"))
 
+    add_single_graph_args(kinds.add_parser(
+        "single-graph", help="one graph with per-group runtime inputs vs G group graphs (ORT, CPU)", parents=[common],
+        description="one graph whose shifts and activation-scale ratios are runtime inputs vs the G per-group "
+                    "graphs: latency, RSS, fusion, exactness; single_graph.json/.md"))
 
-HANDLERS = {"speed": run_speed, "quality": run_quality, "fullsize": run_fullsize}
+    add_gpu_args(kinds.add_parser(
+        "gpu", help="torch-int8 vs FP16/BF16 on DiT-XL/2 and PixArt-α shapes on one CUDA GPU (one short run)",
+        parents=[common], description="torch-int8 vs FP16/BF16 latency, group-switch overhead and memory on the "
+                                      "published DiT-XL/2 and PixArt-α shapes (random weights); writes JSON"))
+
+
+HANDLERS = {"speed": run_speed, "quality": run_quality, "fullsize": run_fullsize, "single-graph": run_single_graph,
+            "gpu": run_gpu}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -21,6 +21,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", choices=("onnxruntime", "tensorrt"), default="onnxruntime",
                    help="tensorrt: export what TensorRT builds (INT4 as W4A16, weight DQ only; refuses INT8 blocks); "
                         "onnxruntime: the recipe as calibrated, e.g. W4A8 (default: %(default)s)")
+    p.add_argument("--single-graph", action="store_true",
+                   help="also write one graph for all groups (per-group shifts and scale ratios as runtime inputs: "
+                        "weights held once); --backend onnxruntime then uses it")
     p.add_argument("--force", action="store_true")
 
 
@@ -44,9 +47,13 @@ def run(args: argparse.Namespace) -> int:
                        expected_as=f"the recipe {args.recipe}")
     # export lints the staged set itself and refuses to put a set that breaks TensorRT's rules in place
     art = export_onnx(model, recipe, Path(args.output), recipe_dir=Path(args.recipe), opset=args.opset,
-                      precision=args.precision, target=args.target,
+                      precision=args.precision, target=args.target, single_graph=args.single_graph,
                       force=args.force, progress=not args.quiet)
     print(f"onnx: {art.root}  groups={len(art.groups)}  ({art.seconds:.1f} s)")
+    if art.single_graph:
+        print(f"single graph: {art.single_graph['file']} (the groups' shifts and scale ratios in "
+              f"{art.single_graph['feeds']}); --backend onnxruntime runs it, `ditq build` still builds one engine "
+              "per group")
     if recipe.dynamic_activations:
         print(f"note: method {recipe.method!r} quantizes activations dynamically (at run time): this ONNX set runs "
               "on ONNX Runtime and the torch backend but cannot become TensorRT INT8 engines (`ditq build` refuses "

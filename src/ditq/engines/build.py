@@ -24,7 +24,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ditq._deps import require_gpu, require_tensorrt, trt, trt_major
+from ditq._deps import require_gpu, require_tensorrt, trt, trt_logger, trt_major
 from ditq.artifacts import manifest_sha256, sha256_file
 from ditq.artifacts.captions import CAPTIONS_FILE
 from ditq.artifacts.engines import TIMING_CACHE, EngineArtifact, EngineGroup
@@ -61,6 +61,39 @@ class BuildConfig:
     @property
     def workspace_bytes(self) -> int:
         return int(self.workspace_gib * (1 << 30))
+
+
+def weight_bytes(onnx_file: Path) -> int:
+    """Bytes of a graph's initializers at their stored types (INT8/INT4 weights, float biases, scales): what one
+    engine built from it embeds, give or take TensorRT's own layout. Read from the tensor headers only."""
+    import numpy as np
+    import onnx as onnx_lib
+
+    total = 0.0
+    for init in onnx_lib.load(str(onnx_file), load_external_data=False).graph.initializer:
+        numel = int(np.prod(init.dims, dtype=np.int64)) if init.dims else 1
+        if init.data_type in (onnx_lib.TensorProto.INT4, onnx_lib.TensorProto.UINT4):
+            total += numel / 2
+        else:
+            total += numel * np.dtype(onnx_lib.helper.tensor_dtype_to_np_dtype(init.data_type)).itemsize
+    return int(total)
+
+
+def human_bytes(n: float) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def memory_report(art: EngineArtifact, onnx: OnnxArtifact) -> str:
+    """One line for ``ditq build``: G plans, each with its own copy of the weights, all resident at run time."""
+    plans = sum(art.path(g.group_id).stat().st_size for g in art.groups)
+    weights = max(weight_bytes(onnx.path(g.group_id)) for g in onnx.groups)
+    g = len(art.groups)
+    return (f"GPU memory: the {g} engines are all loaded at once and each plan embeds its own weights: plans "
+            f"{human_bytes(plans)} in total, {human_bytes(weights)} of weights per engine (x{g} = "
+            f"{human_bytes(g * weights)}), plus one shared activation buffer")
 
 
 def check_deployable(onnx: OnnxArtifact, trt_version: str | None = None) -> None:
@@ -129,26 +162,6 @@ def network_flags(version: str) -> int:
     if trt_major(version) >= 11:
         return 0
     return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-
-
-def _collecting_logger() -> Any:
-    """A ``trt.ILogger`` that keeps errors (for one-line DitqErrors) and forwards the rest to ``logging``."""
-
-    class Collecting(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.errors: list[str] = []
-
-        def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
-            if severity <= trt.ILogger.Severity.ERROR:
-                self.errors.append(" ".join(msg.split()))
-                log.debug("TensorRT error: %s", msg)
-            elif severity <= trt.ILogger.Severity.WARNING:
-                log.warning("TensorRT: %s", msg)
-            else:
-                log.debug("TensorRT: %s", msg)
-
-    return Collecting()
 
 
 def _describe(err: trt.ParserError) -> str:
@@ -237,7 +250,7 @@ def build_engines(onnx: OnnxArtifact, out: Path, config: BuildConfig = BuildConf
     profile = profile_shapes(onnx, config)
     flags = network_flags(version)
     onnx_rel = os.path.relpath(onnx.root.resolve(), out.resolve())
-    logger = _collecting_logger()
+    logger = trt_logger()  # the process's one logger: a Runtime made earlier would bypass a second one
     builder = trt.Builder(logger)
     cache: trt.ITimingCache | bytes = _read_cache(config, out)
     groups: list[EngineGroup] = []

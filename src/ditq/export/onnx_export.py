@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import io
 import logging
 import os
@@ -239,14 +240,17 @@ def check_lint(artifact: OnnxArtifact, recipe: Recipe, out: Path) -> None:
 def export_onnx(model: LoadedModel, recipe: Recipe, out: Path, *, recipe_dir: Path | None = None,
                 opset: int = DEFAULT_OPSET, precision: str = "fp32", force: bool = False,
                 progress: bool = True, reference: onnx.ModelProto | None = None, lint: bool = True,
-                target: str = "onnxruntime") -> OnnxArtifact:
+                target: str = "onnxruntime", single_graph: bool = False) -> OnnxArtifact:
     """Write ``out/``: ``group_{g}.onnx`` per group, ``reference.onnx``, ``weights.bin``, ``io.json``, manifest.
 
     ``precision`` is the float type of everything that is not INT8 (Q/DQ scales included). ``reference``: the
     ``export_reference(model, opset, precision)`` graph, when the caller exports several recipes of one model
     (the dynamo export dominates the time); it is copied, not modified. ``lint``: check TensorRT's QDQ rules on the
     staged set and raise ``CheckFailed`` before it replaces anything (:func:`lint_violations`). ``target``: one of
-    :data:`TARGETS` (``tensorrt``: INT4 as W4A16, recorded in the manifest's ``weight_only``).
+    :data:`TARGETS` (``tensorrt``: INT4 as W4A16, recorded in the manifest's ``weight_only``). ``single_graph``:
+    also ``single_graph.onnx`` + ``single_graph_feeds.safetensors``, one graph for all groups whose shifts and
+    activation-scale ratios are runtime inputs (``ditq.export.single_graph``; ONNX Runtime then holds the weights
+    once); the group graphs are written as always.
     """
     weight_only = weight_only_linears(recipe, target)
     if precision not in PRECISIONS:
@@ -331,6 +335,16 @@ def export_onnx(model: LoadedModel, recipe: Recipe, out: Path, *, recipe_dir: Pa
             seconds=round(time.perf_counter() - start, 3),
             target=target, weight_only=tuple(sorted(weight_only)),
         )
+        if single_graph:
+            from ditq.artifacts.single_graph import feeds_path
+            from ditq.export.single_graph import save_single_graph
+            from ditq.export.single_graph import single_graph as merge_groups
+
+            save_single_graph(merge_groups(artifact), tmp / "single_graph.onnx")
+            feeds = feeds_path(tmp / "single_graph.onnx").name
+            artifact = dataclasses.replace(artifact, single_graph={
+                "file": "single_graph.onnx", "sha256": sha256_file(tmp / "single_graph.onnx"),
+                "feeds": feeds, "feeds_sha256": sha256_file(tmp / feeds)})
         artifact.save()
         if lint:  # before the set replaces anything: a graph TensorRT would reject never becomes the output
             check_lint(artifact, recipe, out)

@@ -24,7 +24,7 @@ from polygraphy.comparator import Comparator, IterationResult, RunResults
 from polygraphy.exception import PolygraphyException
 from polygraphy.json import load_json
 
-from ditq._deps import require_tensorrt
+from ditq._deps import require_tensorrt, trt, trt_logger
 from ditq.artifacts import manifest_sha256
 from ditq.artifacts.engines import EngineArtifact
 from ditq.artifacts.onnx import OnnxArtifact
@@ -46,7 +46,10 @@ def run_trt(plan: Path, feeds: Sequence[Mapping[str, np.ndarray]], output_name: 
 
     iterations = []
     try:
-        with TrtRunner(EngineFromBytes(Path(plan).read_bytes()), name=runner_name) as runner:
+        # ditq's runtime with the process's one TensorRT logger (TensorRT keeps the first it sees: were it
+        # Polygraphy's, a later `build` in this process would lose its error messages)
+        runtime = trt.Runtime(trt_logger())
+        with TrtRunner(EngineFromBytes(Path(plan).read_bytes(), runtime=runtime), name=runner_name) as runner:
             meta = runner.get_input_metadata(use_numpy_dtypes=False)
             for feed in feeds:
                 cast = {n: np.asarray(a).astype(DataType.to_dtype(meta[n].dtype, "numpy")) for n, a in feed.items()}

@@ -74,8 +74,29 @@ def onnxruntime_backend(artifact: Any, *, fp: bool = False, threads: int | None 
         return run
 
     name = f"{NAME}-fp" if fp else NAME if fuse else f"{NAME}-exact"
+    if artifact.single_graph and not fp:  # `export --single-graph`: one session, the group chosen by its feeds
+        return GroupedBackend.from_loader(f"{name}-single", intervals, lambda: single_graph_fns(artifact, threads,
+                                                                                              fuse, np_float))
     return GroupedBackend.from_loader(name, intervals, lambda: [make(ort_session(p, threads, fuse=fuse))
                                                                 for p in paths])
+
+
+def single_graph_fns(artifact: Any, threads: int | None, fuse: bool, np_float: Any) -> list[Fn]:
+    """One session on the set's single graph; group g's call adds that group's shift and scale-ratio inputs."""
+    from ditq.artifacts.single_graph import load_feeds
+
+    path = artifact.root / artifact.single_graph["file"]
+    sess = ort_session(path, threads, fuse=fuse)
+    group_feeds = load_feeds(path, len(artifact.groups))
+
+    def make(extra: dict[str, np.ndarray]) -> Fn:
+        def run(x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
+            return torch.from_numpy(sess.run(None, {**onnx_feeds(x, t, cond, np_float), **extra})[0]
+                                    .astype(np.float32))
+
+        return run
+
+    return [make(f) for f in group_feeds]
 
 
 def onnx_feeds(x: torch.Tensor, t: torch.Tensor, cond: Cond, np_float: Any = np.float32) -> dict[str, np.ndarray]:

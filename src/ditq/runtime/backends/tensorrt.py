@@ -7,7 +7,11 @@ activation buffer, I/O through torch CUDA tensors on one torch CUDA stream.
 - Switching group only selects another context: nothing is copied or reloaded.
 - The sampler hands over CPU tensors: each call copies them into per-(group, batch) static CUDA tensors (casting
   to the engine's input dtypes), runs ``execute_async_v3`` and copies the output back to a float32 CPU tensor.
-- ``cuda_graphs=True`` captures each (group, batch) once after a first, normal run and replays it afterwards; the
+- ``cuda_graphs=True`` captures each (group, batch) once after a first, normal run and replays it afterwards, each on
+  its OWN execution context (all sharing the one buffer): a context's input shapes and tensor addresses are fixed
+  when its graph is captured and never change afterwards. With one context per group, replaying batch b's graph
+  after batch b' ran on it would replay against a context whose shapes belong to b' (TensorRT copies shape values
+  from the context's host state at enqueue; NVIDIA's diffusion demo captures graphs only with static shapes). The
   static I/O tensors and the shared buffer keep the captured addresses valid.
 """
 
@@ -19,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ditq._deps import require_tensorrt, trt
+from ditq._deps import require_tensorrt, trt, trt_logger
 from ditq.artifacts.captions import conditioning_from_info
 from ditq.artifacts.engines import EngineArtifact
 from ditq.errors import DitqError
@@ -47,7 +51,10 @@ def device_memory_size(engine: trt.ICudaEngine) -> int:
 
 @dataclass
 class EngineRunner:
-    """One group: its engine, its USER_MANAGED context bound to the shared buffer, static I/O per batch."""
+    """One group: its engine, USER_MANAGED contexts bound to the shared buffer, static I/O per batch.
+
+    Without CUDA graphs one context serves every batch and is rebound (shapes and addresses) on every call; with
+    them each batch gets its own context, bound once, captured once, then only replayed."""
 
     engine: trt.ICudaEngine
     scratch: torch.Tensor  # the shared activation buffer (uint8, CUDA)
@@ -55,18 +62,13 @@ class EngineRunner:
     batch_range: tuple[int, int]
     cuda_graphs: bool = False
     runtime: Any = None  # the trt.Runtime the engine came from, kept alive as long as the engine
-    context: trt.IExecutionContext = field(init=False)
+    context: trt.IExecutionContext = field(init=False)  # the context of plain (not graphed) runs
+    contexts: dict[int, trt.IExecutionContext] = field(default_factory=dict)  # batch -> its own context (graphs)
     io: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # batch -> name -> static tensor
     graphs: dict[int, torch.cuda.CUDAGraph] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.context = self.engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
-        if self.context is None:
-            raise DitqError("TensorRT could not create an execution context (out of GPU memory?)")
-        if hasattr(self.context, "set_device_memory"):  # TensorRT >= 10.1
-            self.context.set_device_memory(self.scratch.data_ptr(), self.scratch.numel())
-        else:  # TensorRT 10.0: the (deprecated) property; the stubs no longer declare it
-            setattr(self.context, "device_memory", self.scratch.data_ptr())  # noqa: B010
+        self.context = self._new_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
@@ -75,27 +77,46 @@ class EngineRunner:
                             "timestep, the conditioning and one output; rebuild it with `ditq build`")
         self.dtypes = {n: torch_dtype(self.engine.get_tensor_dtype(n)) for n in names}
 
-    def _bind(self, batch: int, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _new_context(self) -> trt.IExecutionContext:
+        context = self.engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        if context is None:
+            raise DitqError("TensorRT could not create an execution context (out of GPU memory?)")
+        if hasattr(context, "set_device_memory"):  # TensorRT >= 10.1
+            context.set_device_memory(self.scratch.data_ptr(), self.scratch.numel())
+        else:  # TensorRT 10.0: the (deprecated) property; the stubs no longer declare it
+            setattr(context, "device_memory", self.scratch.data_ptr())  # noqa: B010
+        return context
+
+    def context_for(self, batch: int) -> trt.IExecutionContext:
+        """The context batch ``batch`` runs on: the shared one, or with CUDA graphs the batch's own."""
+        if not self.cuda_graphs:
+            return self.context
+        if batch not in self.contexts:
+            self.contexts[batch] = self.context if not self.contexts else self._new_context()
+        return self.contexts[batch]
+
+    def _bind(self, context: trt.IExecutionContext, batch: int, feeds: dict[str, torch.Tensor]
+              ) -> dict[str, torch.Tensor]:
         """Set this batch's input shapes and tensor addresses (static tensors, allocated once per batch)."""
         io = self.io.get(batch)
         if io is None:
             io = {n: torch.empty(tuple(feeds[n].shape), dtype=self.dtypes[n], device=self.scratch.device)
                   for n in self.inputs}
         for name in self.inputs:
-            if not self.context.set_input_shape(name, trt.Dims(list(io[name].shape))):
+            if not context.set_input_shape(name, trt.Dims(list(io[name].shape))):
                 raise DitqError(f"TensorRT rejected shape {list(io[name].shape)} for {name}; rebuild the engines")
         for name in self.outputs:
             if name not in io:
-                dims = self.context.get_tensor_shape(name)
+                dims = context.get_tensor_shape(name)
                 io[name] = torch.empty([dims[i] for i in range(len(dims))], dtype=self.dtypes[name],
                                        device=self.scratch.device)
         for name, tensor in io.items():
-            self.context.set_tensor_address(name, tensor.data_ptr())
+            context.set_tensor_address(name, tensor.data_ptr())
         self.io[batch] = io
         return io
 
-    def _execute(self) -> None:
-        if not self.context.execute_async_v3(self.stream.cuda_stream):
+    def _execute(self, context: trt.IExecutionContext) -> None:
+        if not context.execute_async_v3(self.stream.cuda_stream):
             raise DitqError("TensorRT failed to run the engine (execute_async_v3 returned False); see its log")
 
     def __call__(self, x: torch.Tensor, timestep: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -107,21 +128,23 @@ class EngineRunner:
         feeds = {"hidden_states": x, "timestep": timestep, **cond}
         if missing := sorted(set(self.inputs) - set(feeds)):
             raise DitqError(f"the engine needs inputs {missing}, which the caller did not pass")
+        context = self.context_for(batch)
         with torch.cuda.stream(self.stream):
             graph = self.graphs.get(batch)
-            io = self.io[batch] if graph is not None else self._bind(batch, feeds)
+            # a graphed batch's context was bound once, before its capture, and nothing has rebound it since
+            io = self.io[batch] if graph is not None else self._bind(context, batch, feeds)
             for name in self.inputs:
                 io[name].copy_(feeds[name])  # host -> device on self.stream, cast to the engine's dtype
             if graph is not None:
                 graph.replay()
             else:
-                self._execute()
+                self._execute(context)
             out = io[self.outputs[0]].to("cpu", torch.float32)
         self.stream.synchronize()
         if self.cuda_graphs and graph is None:  # the first run at this shape did TensorRT's deferred set-up
             captured = torch.cuda.CUDAGraph()
             with torch.cuda.graph(captured, stream=self.stream):
-                self._execute()
+                self._execute(context)
             self.graphs[batch] = captured
         return out
 
@@ -140,12 +163,15 @@ def backend_from_artifact(art: EngineArtifact, *, cuda_graphs: bool = False) -> 
 
 def load_runners(art: EngineArtifact, *, cuda_graphs: bool = False) -> list[EngineRunner]:
     require_tensorrt()
-    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    runtime = trt.Runtime(trt_logger())  # the one logger the build uses too (TensorRT keeps only the first)
     engines: list[trt.ICudaEngine] = []
     for group in art.groups:
+        trt_logger().errors.clear()
         engine: trt.ICudaEngine | None = runtime.deserialize_cuda_engine(art.path(group.group_id).read_bytes())
         if engine is None:
-            raise DitqError(f"TensorRT cannot deserialize {art.path(group.group_id)}; {art.rebuild_hint()}")
+            logged = trt_logger().errors
+            why = f" ({logged[-1]})" if logged else ""
+            raise DitqError(f"TensorRT cannot deserialize {art.path(group.group_id)}{why}; {art.rebuild_hint()}")
         engines.append(engine)
     scratch = torch.empty(max(256, *(device_memory_size(e) for e in engines)), dtype=torch.uint8, device="cuda")
     stream = torch.cuda.Stream()
