@@ -35,12 +35,13 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_onnx):
+def server(tiny_onnx, tmp_path_factory):
     from ditq.serve.launch import ServeOptions, start_server
 
     python = _serving_python()
     opts = ServeOptions(tiny_onnx.root, http_port=_free_port(), grpc_port=_free_port(), max_batch_size=16,
-                        queue_delay_us=20_000, threads=1)
+                        queue_delay_us=20_000, threads=1,
+                        stats_path=tmp_path_factory.mktemp("serve") / "router-stats.json")
     with start_server(opts, python=python, ready_timeout_s=90) as srv:
         yield srv
     assert srv.process.poll() is not None  # stopped
@@ -129,6 +130,19 @@ def test_bad_requests_get_one_line_errors_and_the_server_keeps_serving(server):
             assert needle in message and "\n" not in message, message
         np.testing.assert_array_equal(_infer(client, *good), want)  # still serving, same answer
         assert client.is_model_ready("transformer")
+
+
+def test_a_short_load_loses_nothing_and_counts_router_batches(server, tiny_onnx):
+    from ditq.serve.bench import ServeBenchConfig, format_markdown, run_load
+
+    config = ServeBenchConfig(clients=(1, 3), steps=3, loops=1, timeout_s=60)
+    rows = run_load(server.http_url, tiny_onnx, config, server.stats_path)
+    for row in rows:
+        assert row["failed"] == row["lost"] == row["hung_clients"] == 0
+        assert row["requests"] == row["expected_requests"] == row["clients"] * 3 and row["steps_per_s"] > 0
+        assert 1 <= row["router_batches"] <= row["requests"]
+        assert 0 <= row["mixed_group_batches"] <= row["router_batches"]
+    assert "| 3 |" in format_markdown({"artifact": "x", "host": "h", "config": config.__dict__, "rows": rows})
 
 
 def test_serve_refuses_what_it_cannot_serve_in_one_line(tiny_recipe_dir, tiny_onnx, tmp_path, capsys):

@@ -41,12 +41,15 @@ class ServeOptions:
     queue_delay_us: int = 2000
     threads: int | None = None
     fuse: bool = False  # exact Q/DQ by default: the numerics of in-process sampling and TensorRT
+    stats_path: Path | None = None  # where the router keeps its batch counters (``ditq bench serve``)
 
     def argv(self) -> list[str]:
         args = [str(self.artifact), "--host", self.host, "--http-port", str(self.http_port), "--grpc-port",
                 str(self.grpc_port), "--name", self.name, "--max-batch-size", str(self.max_batch_size),
                 "--queue-delay-us", str(self.queue_delay_us)]
-        return args + (["--threads", str(self.threads)] if self.threads else []) + (["--fuse"] if self.fuse else [])
+        args += ["--threads", str(self.threads)] if self.threads else []
+        args += ["--stats-path", str(self.stats_path)] if self.stats_path else []
+        return args + (["--fuse"] if self.fuse else [])
 
 
 def serving_python(python: str | Path | None = None) -> Path:
@@ -69,6 +72,7 @@ class Server:
     grpc_url: str
     model: str
     log_path: Path
+    stats_path: Path | None = None
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -100,7 +104,8 @@ def start_server(opts: ServeOptions, *, python: str | Path | None = None, ready_
     with open(logfile, "wb") as err, subprocess.Popen([str(exe), "-m", "ditq.serve.server", *opts.argv()],
                                                       stdout=subprocess.PIPE, stderr=err, env=env,
                                                       start_new_session=True) as proc:
-        server = Server(proc, f"{opts.host}:{opts.http_port}", f"{opts.host}:{opts.grpc_port}", opts.name, logfile)
+        server = Server(proc, f"{opts.host}:{opts.http_port}", f"{opts.host}:{opts.grpc_port}", opts.name, logfile,
+                        opts.stats_path)
         try:
             _wait_ready(server, ready_timeout_s)
             yield server

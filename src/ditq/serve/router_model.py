@@ -61,6 +61,7 @@ class TritonPythonModel:
         self.output = config["output"][0]["name"]
         self.batches = 0
         self.mixed_batches = 0
+        self.stats_path = params.get("stats_path") or None  # optional: counters for `ditq bench serve`
 
     # -- one request ----------------------------------------------------------------------------------------------
     def read(self, request: Any) -> dict[str, np.ndarray]:
@@ -141,7 +142,15 @@ class TritonPythonModel:
                 responses[i] = self.pb.InferenceResponse(output_tensors=[self.pb.Tensor(self.output,
                                                                                         out[start:start + n])])
                 start += n
+        if self.stats_path:
+            self.write_stats()
         return responses
+
+    def write_stats(self) -> None:
+        tmp = f"{self.stats_path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"batches": self.batches, "mixed_batches": self.mixed_batches}, f)
+        os.replace(tmp, self.stats_path)
 
     def finalize(self) -> None:
         pb = getattr(self, "pb", None)

@@ -107,7 +107,8 @@ def serve(args: argparse.Namespace) -> None:
         # with its access token)
         client = InferenceServerClient(f"{args.host}:{args.http_port}")
         headers = {"triton-access-token": triton.get_access_token()}
-        text = router_config(info, args.name, groups, args.max_batch_size, args.queue_delay_us, 1)
+        text = router_config(info, args.name, groups, args.max_batch_size, args.queue_delay_us, 1,
+                             stats_path=args.stats_path)
         try:
             client.load_model(args.name, config=router_load_config(text), headers=headers,
                               files={f"file:1/{k}": v.encode() for k, v in router_files().items()})
@@ -133,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-batch-size", type=int, default=16)
     p.add_argument("--queue-delay-us", type=int, default=2000)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--stats-path", default=None, help="a file where the router keeps its batch counters")
     p.add_argument("--fuse", action="store_true", help="ONNX Runtime's fused integer kernels (default: exact Q/DQ)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)

@@ -145,12 +145,14 @@ def group_config(info: SetInfo, name: str, max_batch_size: int, queue_delay_us: 
 
 
 def router_config(info: SetInfo, name: str, group_names: list[str], max_batch_size: int, queue_delay_us: int,
-                  instances: int) -> str:
+                  instances: int, stats_path: str | None = None) -> str:
+    """``stats_path``: a file where the router keeps its batch counters (``ditq bench serve``)."""
     params = {
         "intervals": json.dumps([list(iv) for iv in info.intervals]),
         "group_models": json.dumps(group_names),
         "group_inputs": json.dumps({s.name: s.data_type for s in info.inputs}),
         "num_classes": str(info.model.get("num_classes") or 0),
+        **({"stats_path": stats_path} if stats_path else {}),
     }
     text = "\n".join(f'parameters: {{ key: "{k}" value: {{ string_value: {json.dumps(v)} }} }}'
                      for k, v in params.items())
