@@ -42,7 +42,7 @@ def server(tiny_onnx, tmp_path_factory):
     opts = ServeOptions(tiny_onnx.root, http_port=_free_port(), grpc_port=_free_port(), max_batch_size=16,
                         queue_delay_us=20_000, threads=1,
                         stats_path=tmp_path_factory.mktemp("serve") / "router-stats.json")
-    with start_server(opts, python=python, ready_timeout_s=90) as srv:
+    with start_server(opts, python=python, ready_timeout_s=180) as srv:
         yield srv
     assert srv.process.poll() is not None  # stopped
 

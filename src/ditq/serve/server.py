@@ -16,6 +16,7 @@ What it serves, the same models ``ditq triton`` writes:
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import signal
@@ -120,6 +121,7 @@ def serve(args: argparse.Namespace) -> None:
         print(json.dumps({"ready": True, "model": args.name, "groups": groups,
                           "http": f"{args.host}:{args.http_port}", "grpc": f"{args.host}:{args.grpc_port}"}),
               flush=True)
+        faulthandler.cancel_dump_traceback_later()
         if not stop:
             triton.serve()
 
@@ -138,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fuse", action="store_true", help="ONNX Runtime's fused integer kernels (default: exact Q/DQ)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    faulthandler.dump_traceback_later(60)  # a start that hangs leaves its stacks in the log; cancelled when ready
     serve(args)
 
 
