@@ -28,10 +28,16 @@ def _serving_python():
         pytest.skip(f"not in CI and no serving venv: {err}")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports on 127.0.0.1 (held together while picked: one at a time may repeat a port)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +45,8 @@ def server(tiny_onnx, tmp_path_factory):
     from ditq.serve.launch import ServeOptions, start_server
 
     python = _serving_python()
-    opts = ServeOptions(tiny_onnx.root, http_port=_free_port(), grpc_port=_free_port(), max_batch_size=16,
+    http_port, grpc_port = _free_ports(2)
+    opts = ServeOptions(tiny_onnx.root, http_port=http_port, grpc_port=grpc_port, max_batch_size=16,
                         queue_delay_us=20_000, threads=1,
                         stats_path=tmp_path_factory.mktemp("serve") / "router-stats.json")
     with start_server(opts, python=python, ready_timeout_s=180) as srv:
@@ -153,3 +160,16 @@ def test_serve_refuses_what_it_cannot_serve_in_one_line(tiny_recipe_dir, tiny_on
     assert main(["serve", str(tiny_onnx.root), "--python", str(tmp_path / "none" / "python")]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "serving interpreter" in err and ".ci/serve-venv" in err
+
+
+def test_a_taken_port_fails_fast_in_one_line(tiny_onnx):
+    from ditq.serve.launch import ServeOptions, start_server
+
+    python = _serving_python()
+    port, other = _free_ports(2)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        with pytest.raises(DitqError, match=rf"the Triton server exited .*cannot listen on 127.0.0.1:{port}"), \
+                start_server(ServeOptions(tiny_onnx.root, http_port=other, grpc_port=port), python=python,
+                             ready_timeout_s=60):
+            pass

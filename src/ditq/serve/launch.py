@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 SRC = Path(__file__).resolve().parents[2]  # the directory holding the ditq package
 VENV = SRC.parent / ".venv-serve"
+_FAILED = "Triton Inference Server exited with failure"  # PyTriton's line; it then waits instead of exiting
 
 
 @dataclass(frozen=True)
@@ -75,10 +76,14 @@ class Server:
     stats_path: Path | None = None
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        """The last lines of the server's own log and of tritonserver's (``LOG.triton.log``)."""
+        out = []
+        for path in (self.log_path, self.log_path.with_suffix(".triton.log")):
+            try:
+                out += path.read_text(errors="replace").splitlines()[-lines:]
+            except OSError:
+                pass
+        return "\n".join(out)
 
 
 def check_artifact(path: Path) -> None:
@@ -100,8 +105,14 @@ def start_server(opts: ServeOptions, *, python: str | Path | None = None, ready_
     exe = serving_python(python)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), *filter(None, [os.environ.get("PYTHONPATH")])])}
     env.pop("PYTHONHOME", None)
-    logfile = log_path or Path(tempfile.mkstemp(prefix="ditq-serve-", suffix=".log")[1])
-    with open(logfile, "wb") as err, subprocess.Popen([str(exe), "-m", "ditq.serve.server", *opts.argv()],
+    if log_path is None:
+        fd, name = tempfile.mkstemp(prefix="ditq-serve-", suffix=".log")
+        os.close(fd)
+        log_path = Path(name)
+    logfile = log_path
+    triton_log = logfile.with_suffix(".triton.log")
+    argv = [*opts.argv(), "--triton-log", str(triton_log)]
+    with open(logfile, "wb") as err, subprocess.Popen([str(exe), "-m", "ditq.serve.server", *argv],
                                                       stdout=subprocess.PIPE, stderr=err, env=env,
                                                       start_new_session=True) as proc:
         server = Server(proc, f"{opts.host}:{opts.http_port}", f"{opts.host}:{opts.grpc_port}", opts.name, logfile,
@@ -131,9 +142,12 @@ def _wait_ready(server: Server, timeout_s: float) -> None:
             for line in buf.splitlines():
                 if line.startswith(b"{") and json.loads(line).get("ready"):
                     return
-        elif server.process.poll() is not None:
+        elif server.process.poll() is not None or _FAILED in server.log_tail(5):
             break
-    reason = "exited" if server.process.poll() is not None else f"was not ready after {timeout_s:.0f} s"
+    with contextlib.suppress(subprocess.TimeoutExpired):  # its stdout closed: it is exiting
+        server.process.wait(2)
+    reason = ("exited" if server.process.poll() is not None or _FAILED in server.log_tail(5)
+              else f"was not ready after {timeout_s:.0f} s")
     last = " | ".join(x for x in server.log_tail(3).splitlines() if x.strip())[-300:]
     raise DitqError(f"the Triton server {reason} (log: {server.log_path}): {last}")
 

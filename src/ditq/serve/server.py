@@ -68,6 +68,21 @@ def router_load_config(text: str) -> str:
     return json_format.MessageToJson(cfg, preserving_proto_field_name=True)
 
 
+def check_ports(host: str, ports: list[int]) -> None:
+    """Refuse ports already taken, or one port given twice: PyTriton waits forever when tritonserver cannot bind."""
+    import socket
+
+    if len(set(ports)) != len(ports):
+        raise SystemExit(f"ditq serve: error: the HTTP and gRPC ports must differ, got {ports}")
+    for port in ports:
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError as err:
+                raise SystemExit(f"ditq serve: error: cannot listen on {host}:{port} ({err.strerror}); pick another "
+                                 "port") from None
+
+
 def serve(args: argparse.Namespace) -> None:
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig
@@ -75,13 +90,15 @@ def serve(args: argparse.Namespace) -> None:
 
     from ditq.serve.triton import read_set, router_config, router_files
 
+    check_ports(args.host, [args.http_port, args.grpc_port])
     info = read_set(Path(args.artifact))
     if info.kind != "onnx":
         raise SystemExit(f"ditq serve: error: {args.artifact} is an engine set; serve an ONNX set (engine sets "
                          "go to a GPU Triton through `ditq triton`)")
     groups = [f"{args.name}_group_{g}" for g in range(len(info.intervals))]
     config = TritonConfig(http_address=args.host, http_port=args.http_port, grpc_address=args.host,
-                          grpc_port=args.grpc_port, allow_metrics=False, exit_on_error=True, exit_timeout_secs=5)
+                          grpc_port=args.grpc_port, allow_metrics=False, exit_on_error=True, exit_timeout_secs=5,
+                          log_file=Path(args.triton_log) if args.triton_log else None)
     triton = Triton(config=config)
     stop = False
 
@@ -136,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-batch-size", type=int, default=16)
     p.add_argument("--queue-delay-us", type=int, default=2000)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--triton-log", default=None, help="tritonserver's log file (default: PyTriton keeps it)")
     p.add_argument("--stats-path", default=None, help="a file where the router keeps its batch counters")
     p.add_argument("--fuse", action="store_true", help="ONNX Runtime's fused integer kernels (default: exact Q/DQ)")
     args = p.parse_args(argv)
