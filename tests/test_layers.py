@@ -23,6 +23,7 @@ LAYER = {
     "testbed": 5,
     "bench": 6,
     "config": 6.5, "api": 7, "demo": 7,
+    "serve": 7.5,  # model repositories and the local server: may use runtime (the row router)
     "cli": 8,
 }
 ALLOWED_SIDEWAYS = {("validation", "runtime")}  # validate runs the backends it checks

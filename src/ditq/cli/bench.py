@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ditq.cli.args import Parser, common_parent, nonnegative_int, positive_int
 
-KINDS = ("speed", "quality", "fullsize", "single-graph", "gpu")  # add a kind here, in add_args and a handler below
+KINDS = ("speed", "quality", "fullsize", "single-graph", "gpu", "serve")  # + add_args and a handler below
 
 
 def _csv(value: str | None, cast: Callable[[str], object] = str) -> tuple | None:
@@ -211,6 +211,43 @@ def run_gpu(args: argparse.Namespace) -> int:
     return 3 if any("error" in m for m in result["models"]) else 0
 
 
+def add_serve_args(p: argparse.ArgumentParser) -> None:
+    """The ``bench serve`` flags (defaults in ``ditq.serve.bench.ServeBenchConfig``)."""
+    p.add_argument("artifact", help="a DiT ONNX set from `ditq export`")
+    p.add_argument("-o", "--output", required=True, help="directory for serve.json and serve.md")
+    p.add_argument("--quick", action="store_true", help="CI smoke set: 1 and 2 clients, 5 steps, one loop")
+    p.add_argument("--clients", type=positive_ints, default=None, help="concurrent clients (default: 1,2,4,8)")
+    p.add_argument("--steps", type=positive_int, default=None, help="DDIM steps per loop (default: 20)")
+    p.add_argument("--loops", type=positive_int, default=None, help="sampling loops per client (default: 2)")
+    p.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime threads per group model")
+    p.add_argument("--ports", default="18000,18001", help="HTTP,gRPC ports on 127.0.0.1 (default: %(default)s)")
+    p.add_argument("--python", default=None, help="the serving interpreter (see `ditq serve --help`)")
+    p.add_argument("--force", action="store_true", help="replace an existing output directory of this bench")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from ditq.errors import CheckFailed
+    from ditq.serve.bench import QUICK, ServeBenchConfig, benchmark_serve
+
+    overrides = {k: v for k, v in {"clients": args.clients, "steps": args.steps, "loops": args.loops,
+                                   "threads": args.threads}.items() if v is not None}
+    config = replace(QUICK if args.quick else ServeBenchConfig(), **overrides)
+    ports = tuple(positive_int(v) for v in args.ports.split(","))
+    result = benchmark_serve(Path(args.artifact), Path(args.output), config, python=args.python, force=args.force,
+                             ports=ports, progress=None if args.quiet else
+                             (lambda m: print(f"bench serve: {m}", file=sys.stderr, flush=True)))
+    from ditq.serve.bench import format_markdown
+
+    print(format_markdown(result))
+    bad = [r for r in result["rows"] if r["failed"] or r["lost"] or r["hung_clients"]]
+    if bad:
+        raise CheckFailed(f"{sum(r['failed'] + r['lost'] for r in bad)} failed or lost request(s) under load "
+                          f"({', '.join(str(r['clients']) for r in bad)} client(s)); see {args.output}/serve.json")
+    return 0
+
+
 def add_args(p: argparse.ArgumentParser) -> None:
     """``bench KIND``: one sub-parser per kind, each with its own --debug and -q."""
     kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND", parser_class=Parser)
@@ -236,9 +273,13 @@ def add_args(p: argparse.ArgumentParser) -> None:
         parents=[common], description="torch-int8 vs FP16/BF16 latency, group-switch overhead and memory on the "
                                       "published DiT-XL/2 and PixArt-α shapes (random weights); writes JSON"))
 
+    add_serve_args(kinds.add_parser("serve", help="concurrent clients sampling through a real Triton server (ONNX set)",
+                                    parents=[common], description="1/2/4/8 concurrent clients running sampling loops "
+                                    "through Triton: steps/s, images/s, p50/p99, mixed-group batches, serve.json/.md"))
+
 
 HANDLERS = {"speed": run_speed, "quality": run_quality, "fullsize": run_fullsize, "single-graph": run_single_graph,
-            "gpu": run_gpu}
+            "gpu": run_gpu, "serve": run_serve}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -35,6 +35,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("ditq.cli.demo", "calibrate, export, lint, validate and sample the bundled demo model (FP vs INT8)"),
     "train-demo": ("ditq.cli.train_demo", "re-train the bundled demo model and classifier from sklearn's digits"),
     "build": ("ditq.cli.build", "build one TensorRT engine per timestep group from an ONNX directory (needs tensorrt)"),
+    "triton": ("ditq.cli.triton", "write a Triton Inference Server model repository (one model per timestep group "
+                                  "and a routing Python-backend model) for an ONNX or engine set"),
+    "serve": ("ditq.cli.serve", "serve an ONNX set locally through Triton (PyTriton), routed by timestep group"),
     "doctor": ("ditq.cli.doctor", "which backends work on this machine, and why not"),
     "bench": ("ditq.cli.bench", "measurements that write files: speed (FP vs INT8 latency per backend, batch and "
                                 "model), quality (methods x bits x steps vs FP), fullsize (published architectures: "

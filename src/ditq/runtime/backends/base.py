@@ -2,7 +2,8 @@
 a ``name``, ``activate()`` / ``infer(x, timestep, cond) -> eps`` / ``deactivate()``, and ``with`` to pair them.
 
 :class:`GroupedBackend` is what every backend is: one callable per timestep group, the group picked by the
-timestep of each call (``core.groups.TimestepGroups``), class labels checked, calls counted per group. Backends
+timestep of each call (``core.groups.TimestepGroups``; a batch whose rows sit at different timesteps is split by
+group and put back in order, ``runtime.route``), class labels checked, calls counted per group. Backends
 opened from an artifact come back active (sessions, engines and per-group models are built up front, so a bad
 artifact fails at open time); ``deactivate()`` frees them and ``activate()`` builds them again from the same
 artifact.
@@ -133,8 +134,16 @@ class GroupedBackend(Backend):
     def infer(self, x: torch.Tensor, timestep: torch.Tensor, cond: Cond) -> torch.Tensor:
         if not self._active:
             raise DitqError(f"the {self.name} backend is not active; call activate() or use it in a `with` block")
-        g = self.group_of(float(timestep[0]))
         self.check_cond(cond)
+        ts = timestep.reshape(-1)
+        if ts.numel() > 1 and not bool((ts == ts[0]).all()):  # rows at different timesteps: split by group
+            from ditq.runtime.route import RouteError, route
+
+            try:
+                return route(self.fns, self.intervals, x, ts, cond, calls=self.calls)
+            except RouteError as err:
+                raise DitqError(str(err)) from err
+        g = self.group_of(float(timestep[0]))
         self.calls[g] += 1
         return self.fns[g](x, timestep, cond)
 
