@@ -122,9 +122,9 @@ class QuantConfig:
                 raise DitqError(f"QuantConfig.{name} must be one of {', '.join(map(str, get_args(allowed)))}, "
                                 f"got {value!r}")
         if self.fmt != "int" and ((self.w_bits, self.w_block) != (8, 0) or not type(self.method).supports_fp8):
-            raise DitqError(f"QuantConfig.fmt={self.fmt!r} needs w_bits=8, w_block=0 and a static method "
+            raise DitqError(f"FP8 (fmt={self.fmt!r}, --format fp8) needs w_bits=8, w_block=0 and a static method "
                             f"(htg, smoothquant, ptq4dit, minmax), got W{self.w_bits} block {self.w_block} "
-                            f"{self.method.name}")
+                            f"{self.method.name}; use fmt='int' (--format int) for those")
         if not isinstance(self.calibration, CalibrationSpec):
             raise DitqError(f"QuantConfig.calibration must be a CalibrationSpec, got {type(self.calibration).__name__}")
 

@@ -317,7 +317,7 @@ def _check_gemm(g: _Graph, gemm: NodeProto, target: str) -> Iterator[Violation]:
                         f"activation: {target} has no INT4 x INT8 GEMM (INT4 is weight-only); export W4A16 "
                         "with `ditq export --target tensorrt`")
     qa, qb = (_dq_qtype(g, dq) for dq in dqs if dq is not None)
-    if target in _BLOCK_TYPES and qa and qb and qa != qb and TensorProto.INT4 not in (qa, qb):
+    if target in _BLOCK_TYPES and {qa, qb} == {TensorProto.INT8, TensorProto.FLOAT8E4M3FN}:  # others: zero-point
         yield Violation("mixed-types", name, f"its inputs are dequantized from {_type_name(qa)} and "
                         f"{_type_name(qb)}; {target} has no mixed GEMM: quantize both to the same type")
     a, b = (g.types.get(dq.input[1], 0) for dq in dqs if dq is not None)
