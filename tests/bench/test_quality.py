@@ -84,3 +84,20 @@ def test_evaluation_spec_follows_the_config():
     from ditq.testbed.scoring import SamplingSpec
 
     assert QualityConfig(cfg_scale=2.0, seed=7).spec(25) == SamplingSpec(steps=25, cfg_scale=2.0, seed=7)
+
+
+def test_fp8_cells_run_static_methods_and_skip_dynamic_ones(tmp_path):
+    from ditq.bench.quality_grid import quick_config, run_quality_grid
+
+    assert quick_config().bits == ("W8A8", "W4A8")  # the CI grid keeps its runtime
+    assert "W8A8-FP8" in QualityConfig().bits
+    config = quick_config(methods=("htg", "qdit"), bits=("W8A8-FP8",), steps=(3,), eval_samples=4, plots=False)
+    body = run_quality_grid(tmp_path / "q", config)
+    cells = {(c["method"], c["bits"]): c for c in body["cells"]}
+    assert set(cells) == {("htg", "W8A8-FP8")}
+    assert body["skipped"] == ["qdit-W8A8-FP8"]
+    assert body["recipes"]["htg-W8A8-FP8"]["formats"] == ["fp8_e4m3"]
+    fp8 = cells["htg", "W8A8-FP8"]
+    assert fp8["sqnr_mean_db"] > 20 and fp8["ort_vs_torch_sqnr_db"] > 40  # ONNX Runtime runs the FP8 Q/DQ exactly
+    md = (tmp_path / "q" / "quality.md").read_text()
+    assert "| htg | W8A8-FP8 | 3 |" in md and "not run: qdit-W8A8-FP8" in md
