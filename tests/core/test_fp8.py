@@ -80,3 +80,12 @@ def test_activation_scale_search_uses_its_format(fmt):
     scale, err = search_act_scale(x, [w], amax, a_bits=8, w_bits=8, grid=(1.0,), fmt=fmt)
     assert scale == pytest.approx(amax / (FP8_E4M3_MAX if fmt == "fp8_e4m3" else 127), rel=1e-6)
     assert 0 < err < 1e-2
+
+
+def test_absolute_activation_error_is_the_relative_one_times_the_output_power():
+    gen = torch.Generator().manual_seed(3)
+    x, w = torch.randn(64, 32, generator=gen) + 2, torch.randn(8, 32, generator=gen)
+    amax = float(x.abs().max())
+    s1, rel = search_act_scale(x, [w], amax, a_bits=8, w_bits=8, fmt="fp8_e4m3")
+    s2, ab = search_act_scale(x, [w], amax, a_bits=8, w_bits=8, fmt="fp8_e4m3", absolute=True)
+    assert s1 == s2 and ab == pytest.approx(rel * float((x @ w.T).square().sum()), rel=1e-5)

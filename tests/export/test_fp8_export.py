@@ -150,3 +150,14 @@ def test_fp16_tensorrt_fp8_export_is_strongly_typed_and_runs_on_onnxruntime(tiny
         out = sess.run(None, feed)[0].astype(np.float32)
         ref = group_denoiser(tiny_model, recipe, g.group_id)(x, t, y).numpy()
         assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 2e-2
+
+
+def test_fp8_htg_leaves_one_sided_post_gelu_inputs_unshifted(fp8_recipe_dir, tiny_recipe):
+    """E4M3 is finest near 0: the mid-range shift that centres fc2's post-GELU input for INT8 moves its bulk to
+    where FP8 is coarse, so FP8 HTG keeps it unshifted (chosen by the same output-error search); INT8 shifts it."""
+    recipe = Recipe.load(fp8_recipe_dir)
+    fc2 = [s.name for s in recipe.sites if s.name.endswith("ff.net.2")]
+    assert fc2
+    for name in fc2:
+        assert not any(recipe.shift(name, g.group_id).any() for g in recipe.groups)
+        assert tiny_recipe.shift(name, 0).any()

@@ -125,16 +125,17 @@ def _search_clip(weight: torch.Tensor, bits: int, error: Callable[[torch.Tensor]
 
 def search_act_scale(
     x: torch.Tensor, weights: Sequence[torch.Tensor], amax: float, *, a_bits: int, w_bits: int,
-    grid: Sequence[float] = CLIP_GRID, w_block: int = 0, fmt: str = "int",
+    grid: Sequence[float] = CLIP_GRID, w_block: int = 0, fmt: str = "int", absolute: bool = False,
 ) -> tuple[float, float]:
     """The clip of ``amax`` (from ``grid``) whose ``Q(x) Q(W)^T`` has least relative error against ``x W^T``.
 
     The error is summed over the Linears sharing ``x``; returns (scale, error). ``fmt`` is the grid of both.
+    ``absolute``: the error is not divided by ``||x W^T||^2`` (to compare inputs that differ by a shift).
     """
     wq = torch.cat([fake_quant_weight(w, weight_scales(w, w_bits, search=False, block=block_for(w_block, w.shape[1]),
                                                        fmt=fmt), w_bits, fmt) for w in weights])
     ref = x @ torch.cat(list(weights)).T
-    den = float(ref.square().sum()) or 1e-30
+    den = 1.0 if absolute else float(ref.square().sum()) or 1e-30
     best = (float("inf"), 0.0)
     for ratio in grid:
         scale = float(scale_from_amax(amax * ratio, a_bits, fmt))

@@ -120,7 +120,7 @@ def pooled_range(st: SiteStats, rows: list[int]) -> tuple[torch.Tensor, torch.Te
 
 
 def act_scales_for(ctx: Context, site: Site, grouping: Grouping, shifts: torch.Tensor, smooth: torch.Tensor,
-                   *, search: bool) -> tuple[torch.Tensor, float]:
+                   *, search: bool, absolute: bool = False) -> tuple[torch.Tensor, float]:
     """Per-group activation scales of ``(x - z_g) / s``: exact amax from the stats, clip searched on the reservoir.
 
     Returns the scales [G] and the summed relative output error over groups (for comparing candidate ``s``).
@@ -136,7 +136,7 @@ def act_scales_for(ctx: Context, site: Site, grouping: Grouping, shifts: torch.T
         if search:
             x = (st.reservoir[rows].reshape(-1, st.reservoir.shape[-1]) - shifts[g]) / smooth
             scale, err = search_act_scale(x, weights, amax, a_bits=ctx.a_bits, w_bits=ctx.w_bits, w_block=w_block,
-                                          fmt=ctx.fmt)
+                                          fmt=ctx.fmt, absolute=absolute)
             total += err
         else:
             scale = float(scale_from_amax(amax, ctx.a_bits, ctx.fmt))
