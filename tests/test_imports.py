@@ -45,7 +45,8 @@ def test_help_runs():
 
 PUBLIC_API = ("calibrate", "export_onnx", "build_engines", "QuantizedTransformer", "sample", "validate",
               "load_recipe", "Recipe", "QuantConfig", "CalibrationSpec", "HTGConfig", "W8A8_HTG", "W4A8_HTG",
-              "W8A8_SMOOTHQUANT", "W8A8_PTQ4DIT", "W4A8_QDIT", "W8A8_VIDITQ", "W8A8_MINMAX")
+              "W8A8_SMOOTHQUANT", "W8A8_PTQ4DIT", "W4A8_QDIT", "W8A8_VIDITQ", "W8A8_MINMAX",
+              "W8A8_FP8_HTG")
 
 
 def test_the_public_api_is_lazy_and_complete():

@@ -39,12 +39,13 @@ WeightBits = Literal[8, 4]
 ActivationBits = Literal[8]
 WeightBlock = Literal[0, 32, 64, 128]
 WeightClip = Literal["output", "mse"]
+QuantFormat = Literal["int", "fp8_e4m3"]
 SchedulerName = Literal["ddpm", "ddim", "dpmsolver"]
 FORMAT_VERSION = 1
 
 __all__ = ["CalibrationSpec", "QuantConfig", "PRESETS", "preset", "HTGConfig", "MinMaxConfig", "PTQ4DiTConfig",
            "QDiTConfig", "SmoothQuantConfig", "ViDiTQConfig", "MethodConfig", "W8A8_HTG", "W4A8_HTG",
-           "W8A8_SMOOTHQUANT", "W8A8_PTQ4DIT", "W4A8_QDIT", "W8A8_VIDITQ", "W8A8_MINMAX"]
+           "W8A8_SMOOTHQUANT", "W8A8_PTQ4DIT", "W4A8_QDIT", "W8A8_VIDITQ", "W8A8_MINMAX", "W8A8_FP8_HTG"]
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,8 @@ class QuantConfig:
         w_block: weight scale block along the input channels; 0 = one scale per output channel.
         weight_clip: the weight clip search criterion of methods that search: ``"output"`` error or weight ``"mse"``.
         calibration: the default calibration run (``CalibrationSpec``).
+        fmt: the quantizer grid, ``"int"`` or ``"fp8_e4m3"`` (W8A8-FP8: E4M3 per-channel weights and per-tensor
+            per-group activations, scale = amax / 448; static methods only, 8-bit per channel).
 
     Example::
 
@@ -106,24 +109,31 @@ class QuantConfig:
     w_block: WeightBlock = 0
     weight_clip: WeightClip = "output"
     calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
+    fmt: QuantFormat = "int"
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, MethodConfig) or type(self.method) not in METHODS.values():
             raise DitqError(f"QuantConfig.method must be a method config such as HTGConfig(), got "
                             f"{type(self.method).__name__}")
         for name, allowed in (("w_bits", WeightBits), ("a_bits", ActivationBits), ("w_block", WeightBlock),
-                              ("weight_clip", WeightClip)):
+                              ("weight_clip", WeightClip), ("fmt", QuantFormat)):
             value = getattr(self, name)
             if isinstance(value, bool) or value not in get_args(allowed):
                 raise DitqError(f"QuantConfig.{name} must be one of {', '.join(map(str, get_args(allowed)))}, "
                                 f"got {value!r}")
+        if self.fmt != "int" and ((self.w_bits, self.w_block) != (8, 0) or not type(self.method).supports_fp8):
+            raise DitqError(f"FP8 (fmt={self.fmt!r}, --format fp8) needs w_bits=8, w_block=0 and a static method "
+                            f"(htg, smoothquant, ptq4dit, minmax), got W{self.w_bits} block {self.w_block} "
+                            f"{self.method.name}; use fmt='int' (--format int) for those")
         if not isinstance(self.calibration, CalibrationSpec):
             raise DitqError(f"QuantConfig.calibration must be a CalibrationSpec, got {type(self.calibration).__name__}")
 
     @property
     def name(self) -> str:
-        """``W8A8 htg``-style summary."""
-        return f"W{self.w_bits}A{self.a_bits} {self.method.name}" + (f" block {self.w_block}" if self.w_block else "")
+        """``W8A8 htg``-style summary (``W8A8-FP8 htg`` for FP8)."""
+        fp8 = "-FP8" if self.fmt == "fp8_e4m3" else ""
+        return f"W{self.w_bits}A{self.a_bits}{fp8} {self.method.name}" + (f" block {self.w_block}" if self.w_block
+                                                                            else "")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples become lists) that ``from_dict`` reads back."""
@@ -134,6 +144,7 @@ class QuantConfig:
             "method": {"name": self.method.name, "params": self.method.params()},
             "w_bits": self.w_bits, "a_bits": self.a_bits, "w_block": self.w_block, "weight_clip": self.weight_clip,
             "calibration": dataclasses.asdict(self.calibration),
+            **({"fmt": self.fmt} if self.fmt != "int" else {}),  # integer configs keep their old dicts
         }))
 
     @classmethod
@@ -148,7 +159,7 @@ class QuantConfig:
             params = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(method.get("params", {})).items()}
             return cls(method=method_config(str(method["name"]), **params), w_bits=body["w_bits"],
                        a_bits=body["a_bits"], w_block=body["w_block"], weight_clip=body["weight_clip"],
-                       calibration=CalibrationSpec(**body["calibration"]))
+                       calibration=CalibrationSpec(**body["calibration"]), fmt=body.get("fmt", "int"))
         except (KeyError, TypeError, AttributeError) as err:
             raise DitqError(f"malformed QuantConfig dict (bad or missing field {err}); "
                             "write it with QuantConfig.to_dict()") from err
@@ -164,7 +175,7 @@ class QuantConfig:
                             f"timesteps; use CalibrationSpec(steps <= {num_train_timesteps})")
         return CalibConfig(steps=c.steps, samples=c.samples, cfg_scale=float(c.cfg_scale), seed=c.seed,
                            scheduler=c.scheduler, w_bits=self.w_bits, a_bits=self.a_bits, w_block=self.w_block,
-                           weight_clip=self.weight_clip, progress=progress)
+                           weight_clip=self.weight_clip, fmt=self.fmt, progress=progress)
 
 
 def own_calibration(method: MethodConfig) -> CalibrationSpec:
@@ -173,8 +184,9 @@ def own_calibration(method: MethodConfig) -> CalibrationSpec:
     return CalibrationSpec(steps=own.get("steps", 100), samples=own.get("samples", 16))
 
 
-def _preset(method: MethodConfig, w_bits: int = 8) -> QuantConfig:
-    return QuantConfig(method=method, w_bits=w_bits, calibration=own_calibration(method))  # type: ignore[arg-type]
+def _preset(method: MethodConfig, w_bits: int = 8, fmt: str = "int") -> QuantConfig:
+    return QuantConfig(method=method, w_bits=w_bits, calibration=own_calibration(method),  # type: ignore[arg-type]
+                       fmt=fmt)  # type: ignore[arg-type]
 
 
 #: HTG (timestep-grouped shift + smoothing), INT8 weights and activations, groups at the knee of the cost curve.
@@ -191,10 +203,12 @@ W4A8_QDIT = _preset(QDiTConfig(), w_bits=4)
 W8A8_VIDITQ = _preset(ViDiTQConfig())
 #: Min-max baseline (one group, no shift, no smoothing).
 W8A8_MINMAX = _preset(MinMaxConfig())
+#: HTG with FP8 E4M3 weights (per channel) and activations (per tensor, per timestep group): Hopper/Ada's format.
+W8A8_FP8_HTG = _preset(HTGConfig(groups="auto"), fmt="fp8_e4m3")
 
 PRESETS: dict[str, QuantConfig] = {
     "W8A8_HTG": W8A8_HTG, "W4A8_HTG": W4A8_HTG, "W8A8_SMOOTHQUANT": W8A8_SMOOTHQUANT, "W8A8_PTQ4DIT": W8A8_PTQ4DIT,
-    "W4A8_QDIT": W4A8_QDIT, "W8A8_VIDITQ": W8A8_VIDITQ, "W8A8_MINMAX": W8A8_MINMAX,
+    "W4A8_QDIT": W4A8_QDIT, "W8A8_VIDITQ": W8A8_VIDITQ, "W8A8_MINMAX": W8A8_MINMAX, "W8A8_FP8_HTG": W8A8_FP8_HTG,
 }
 
 

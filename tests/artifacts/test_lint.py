@@ -311,6 +311,12 @@ def _pair_scale_mismatch(m: onnx.ModelProto) -> None:
     _node(m, "dq_h").input[1] = "s_other"
 
 
+def _fp8_weight_with_int8_activation(m: onnx.ModelProto) -> None:
+    w1 = numpy_helper.to_array(next(t for t in m.graph.initializer if t.name == "W1"))
+    _set_init(m, "W1", w1.astype(np.float32).astype(ml_dtypes.float8_e4m3fn))
+    _set_init(m, "zp_w1", np.zeros(32, ml_dtypes.float8_e4m3fn))
+
+
 BROKEN: list[tuple[str, Callable[[onnx.ModelProto], None]]] = [
     ("zero-point", _nonzero_zp),
     ("zero-point", _uint8_zp),
@@ -329,6 +335,7 @@ BROKEN: list[tuple[str, Callable[[onnx.ModelProto], None]]] = [
     ("activation-pair", _q_without_dq),
     ("activation-pair", _pair_scale_mismatch),
     ("block-type", _int8_blocks),
+    ("mixed-types", _fp8_weight_with_int8_activation),
 ]
 
 
@@ -382,3 +389,36 @@ def test_missing_inputs_raise_ditq_error(tmp_path: Path) -> None:
     (tmp_path / "junk.onnx").write_bytes(b"not a protobuf \xff\xff")
     with pytest.raises(DitqError, match="cannot read"):
         lint_file(tmp_path / "junk.onnx")
+
+
+def _to_fp8(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``build_model()`` with every INT8 code and zero point as FLOAT8E4M3FN (the W8A8-FP8 export pattern)."""
+    for init in list(model.graph.initializer):
+        if init.data_type == TensorProto.INT8:
+            value = numpy_helper.to_array(init).astype(np.float32) / 4  # codes within E4M3's +-448
+            _set_init(model, init.name, value.astype(ml_dtypes.float8_e4m3fn))
+    return model
+
+
+@pytest.mark.parametrize("target", ["onnxruntime", "tensorrt-10", "tensorrt-11"])
+def test_fp8_qdq_passes_every_target_and_runs_on_onnxruntime(target: str) -> None:
+    model = _to_fp8(build_model())
+    assert lint_model(model, target=target) == []
+    assert count_quantized_gemms(model) == 2
+    assert np.isfinite(_run(model, np.float32)).all()
+
+
+def test_fp8_rules_zero_point_axis_and_activation_scale() -> None:
+    model = _to_fp8(build_model())
+    _set_init(model, "zp_a", np.array(1.0, ml_dtypes.float8_e4m3fn))
+    assert {v.rule for v in lint_model(model)} == {"zero-point"}
+    model = _to_fp8(build_model())
+    _wrong_weight_axis(model)
+    _set_init(model, "zp_w1", np.zeros(16, ml_dtypes.float8_e4m3fn))
+    assert {v.rule for v in lint_model(model)} == {"per-channel-axis"}
+    model = _to_fp8(build_model())
+    _per_channel_activation(model)
+    assert {v.rule for v in lint_model(model)} == {"per-channel-activation"}
+    model = _to_fp8(build_model())
+    _negative_scale(model)
+    assert {v.rule for v in lint_model(model)} == {"scale-positive"}

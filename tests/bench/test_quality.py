@@ -84,3 +84,31 @@ def test_evaluation_spec_follows_the_config():
     from ditq.testbed.scoring import SamplingSpec
 
     assert QualityConfig(cfg_scale=2.0, seed=7).spec(25) == SamplingSpec(steps=25, cfg_scale=2.0, seed=7)
+
+
+def test_fp8_cells_run_static_methods_and_skip_dynamic_ones(tmp_path):
+    from ditq.bench.quality_grid import quick_config, run_quality_grid
+
+    assert quick_config().bits == ("W8A8", "W4A8")  # the CI grid keeps its runtime
+    assert "W8A8-FP8" in QualityConfig().bits
+    config = quick_config(methods=("htg", "qdit"), bits=("W8A8-FP8",), steps=(3,), eval_samples=4, plots=False)
+    body = run_quality_grid(tmp_path / "q", config)
+    cells = {(c["method"], c["bits"]): c for c in body["cells"]}
+    assert set(cells) == {("htg", "W8A8-FP8")}
+    assert body["skipped"] == ["qdit-W8A8-FP8"]
+    assert body["recipes"]["htg-W8A8-FP8"]["formats"] == ["fp8_e4m3"]
+    fp8 = cells["htg", "W8A8-FP8"]
+    assert fp8["sqnr_mean_db"] > 20 and fp8["ort_vs_torch_sqnr_db"] > 40  # ONNX Runtime runs the FP8 Q/DQ exactly
+    md = (tmp_path / "q" / "quality.md").read_text()
+    assert "| htg | W8A8-FP8 | 3 |" in md and "not run: qdit-W8A8-FP8" in md
+
+
+def test_modelopt_fp8_peer_is_its_e4m3_per_tensor_default_in_the_fp8_column():
+    from ditq.bench.quality_grid.peers import PEER_CONFIGS, peer_bits
+
+    cfg = modelopt_config(["transformer_blocks.0.attn1.to_q"], "fp8-max")
+    assert cfg["algorithm"] == "max"
+    assert [e["cfg"] for e in cfg["quant_cfg"][1:]] == [{"num_bits": (4, 3), "axis": None}] * 2
+    assert {k: peer_bits(k) for k in PEER_CONFIGS} == {"int8-max": "W8A8", "int8-smoothquant": "W8A8",
+                                                      "fp8-max": "W8A8-FP8", "w4a8-max": "W4A8",
+                                                      "w4a8-awq-lite": "W4A8"}

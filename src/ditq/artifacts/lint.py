@@ -12,6 +12,9 @@ data: tensor shapes come from `TensorProto.dims`, and only the small scale and z
 
 Quantized GEMM pattern (what ditq's exporter emits and the lint accepts):
     MatMul/Gemm(DQ(Q(x, s_a, 0), s_a, 0), DQ(W_int8, s_w[N], 0, axis=<output channels>))
+FP8 (W8A8-FP8, TensorRT's fast path on Ada/Hopper): the same pattern with FLOAT8E4M3FN codes and zero points
+(zero point FP8 0, scales positive, activations per tensor, weights per output channel); both inputs of a GEMM
+must share the quantized type (TensorRT has no FP8 x INT8 GEMM).
 INT4 weight-only (W4A16, what TensorRT builds for INT4; NVIDIA's Model Optimizer deploys INT4 this way):
     MatMul(x, DQ(W_int4, s_w[K/B, N], axis=<K>, block_size=B))   (zero point omitted: symmetric)
 """
@@ -36,7 +39,7 @@ if TYPE_CHECKING:
     from ditq.artifacts.onnx import OnnxArtifact
 
 RULES: tuple[str, ...] = (
-    "zero-point",  # zero point absent or 0, and signed: INT8 (INT4 for block-quantized weight DQ)
+    "zero-point",  # zero point absent or 0, and signed: INT8 or FLOAT8E4M3FN (INT4 for block-quantized weight DQ)
     "scale-constant",  # scale is an initializer or a Constant output, not computed at runtime
     "scale-positive",  # every scale value finite and > 0
     "per-channel-activation",  # Q/DQ on an activation has a scalar (per-tensor) scale
@@ -48,6 +51,7 @@ RULES: tuple[str, ...] = (
     "activation-pair",  # every activation Q feeds only DQs with the same scale and zero point
     "block-type",  # (TensorRT targets) block-quantized DQ only of a type the version block-quantizes (not INT8)
     "int4-weight-only",  # (TensorRT targets) an INT4 weight DQ's GEMM has no activation Q/DQ (no INT4 x INT8 GEMM)
+    "mixed-types",  # (TensorRT targets) a GEMM's two DQ inputs share one quantized type (no FP8 x INT8 GEMM)
 )
 
 TARGETS: tuple[str, ...] = ("onnxruntime", "tensorrt-10", "tensorrt-11")
@@ -56,7 +60,7 @@ NEWEST_TENSORRT = "tensorrt-11"
 _BLOCK_TYPES: dict[str, frozenset[int]] = {
     t: frozenset({TensorProto.INT4, TensorProto.FLOAT8E4M3FN, getattr(TensorProto, "FLOAT4E2M1", TensorProto.INT4)})
     for t in ("tensorrt-10", "tensorrt-11")}
-_TARGET_RULES = frozenset({"block-type", "int4-weight-only"})
+_TARGET_RULES = frozenset({"block-type", "int4-weight-only", "mixed-types"})
 
 
 def tensorrt_target(version: str | None) -> str:
@@ -192,7 +196,7 @@ def _check_qdq(g: _Graph, node: NodeProto, target: str) -> Iterator[Violation]:
     # Quantized type: the zero point's type, else the DQ input's / Q's output_dtype (ONNX default UINT8).
     qtype = g.types.get(zp) if zp else (_attr(node, "output_dtype", 0) or TensorProto.UINT8 if is_q
                                         else g.types.get(data))
-    allowed = {TensorProto.INT8} | ({TensorProto.INT4} if block and not is_q else set())
+    allowed = {TensorProto.INT8, TensorProto.FLOAT8E4M3FN} | ({TensorProto.INT4} if block and not is_q else set())
     if qtype is not None and qtype not in allowed:
         why = " (a Q without zero point or output_dtype defaults to it)" if is_q and not zp else ""
         yield Violation("zero-point", name, f"{op} quantizes to {_type_name(qtype)}{why}; TensorRT needs "
@@ -206,7 +210,7 @@ def _check_qdq(g: _Graph, node: NodeProto, target: str) -> Iterator[Violation]:
         if zp_value is None and zp not in g.tensors:
             yield Violation("zero-point", name, f"zero point {zp!r} is computed at runtime; "
                             "it must be a constant 0")
-        elif zp_value is not None and (bad := zp_value.astype(np.int64) != 0).any():
+        elif zp_value is not None and (bad := zp_value.astype(np.float64) != 0).any():  # NaN too (FP8)
             yield Violation("zero-point", name, f"zero point {zp!r} must be 0, has {bad.sum()} nonzero "
                             f"value(s): {_fmt(zp_value[bad])}")
 
@@ -278,6 +282,11 @@ def _check_weight_axis(g: _Graph, gemm: NodeProto, index: int, dq: NodeProto) ->
                         f"axis={out_axis} (output channels) and scale [{wshape[out_axis]}]")
 
 
+def _dq_qtype(g: _Graph, dq: NodeProto) -> int:
+    """The quantized type a DequantizeLinear reads (its data input's type, else its zero point's), 0 if unknown."""
+    return g.types.get(dq.input[0]) or (g.types.get(dq.input[2], 0) if len(dq.input) > 2 and dq.input[2] else 0)
+
+
 def _int4_weight(g: _Graph, dq: NodeProto | None) -> bool:
     return dq is not None and dq.input[0] in g.folded and g.types.get(dq.input[0]) == TensorProto.INT4
 
@@ -307,6 +316,10 @@ def _check_gemm(g: _Graph, gemm: NodeProto, target: str) -> Iterator[Violation]:
         yield Violation("int4-weight-only", name, f"INT4 weight {int4.input[0]!r} meets a dequantized "
                         f"activation: {target} has no INT4 x INT8 GEMM (INT4 is weight-only); export W4A16 "
                         "with `ditq export --target tensorrt`")
+    qa, qb = (_dq_qtype(g, dq) for dq in dqs if dq is not None)
+    if target in _BLOCK_TYPES and {qa, qb} == {TensorProto.INT8, TensorProto.FLOAT8E4M3FN}:  # others: zero-point
+        yield Violation("mixed-types", name, f"its inputs are dequantized from {_type_name(qa)} and "
+                        f"{_type_name(qb)}; {target} has no mixed GEMM: quantize both to the same type")
     a, b = (g.types.get(dq.input[1], 0) for dq in dqs if dq is not None)
     if a and b and a != b:
         yield Violation("float-type", name, f"its two input DQ scales differ in type: "

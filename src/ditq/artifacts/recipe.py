@@ -9,6 +9,8 @@ block along the input (0 = per output channel, scales [N]; else scales [N, K / b
 (``static`` per-tensor per group | ``dynamic_token`` | ``dynamic_group`` with ``a_group`` channels) and an online
 block-Hadamard ``rotation`` (block size, 0 = none; the weight is quantized after ``W @ R``). A recipe without them
 (or a linear missing from them) is the original W8A8 static per-tensor / per-channel recipe.
+``fmt``: the grid of weight and static activation, ``"int"`` (default; absent in recipes written before FP8) or
+``"fp8_e4m3"`` (W8A8-FP8: E4M3 per-channel weights, per-tensor per-group activations, scale = amax / 448).
 ``"dynamic_activations": true`` marks a recipe with any dynamic site (not TensorRT-INT8-deployable).
 """
 
@@ -44,6 +46,7 @@ class SiteSpec:
 
 
 ACT_MODES = ("static", "dynamic_token", "dynamic_group")
+FORMATS = ("int", "fp8_e4m3")  # = ditq.core.quantizers.FORMATS
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,16 @@ class LinearSpec:
     a_bits: int = 8
     a_group: int = 0  # channels per dynamic group (act = dynamic_group)
     rotation: int = 0  # online block-Hadamard size applied to the input (0: none)
+    fmt: str = "int"  # int | fp8_e4m3 (E4M3 weights per output channel and static per-tensor activations)
 
     def __post_init__(self) -> None:
+        if self.fmt not in FORMATS:
+            raise DitqError(f"quantizer format {self.fmt!r} is not one of {', '.join(FORMATS)}")
+        if self.fmt == "fp8_e4m3" and (self.w_bits, self.a_bits, self.w_block, self.act, self.rotation) != (
+                8, 8, 0, "static", 0):
+            raise DitqError(f"FP8 E4M3 takes 8-bit per-channel weights and static 8-bit activations without "
+                            f"rotation, got W{self.w_bits}A{self.a_bits} block {self.w_block} {self.act} "
+                            f"rotation {self.rotation}; use fmt='int' for those")
         if self.w_bits not in (4, 8) or not 2 <= self.a_bits <= 8:
             raise DitqError(f"unsupported bits W{self.w_bits}A{self.a_bits}; weights take 8 or 4, activations 2..8")
         if self.act not in ACT_MODES:
@@ -72,13 +83,20 @@ class LinearSpec:
         return self.act != "static"
 
     def body(self) -> dict[str, Any]:
-        return {"w_bits": self.w_bits, "w_block": self.w_block, "act": self.act, "a_bits": self.a_bits,
+        body = {"w_bits": self.w_bits, "w_block": self.w_block, "act": self.act, "a_bits": self.a_bits,
                 "a_group": self.a_group, "rotation": self.rotation}
+        return body if self.fmt == "int" else {**body, "fmt": self.fmt}  # integer specs read as before
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> LinearSpec:
         return cls(w_bits=int(body["w_bits"]), w_block=int(body["w_block"]), act=str(body["act"]),
-                   a_bits=int(body["a_bits"]), a_group=int(body["a_group"]), rotation=int(body["rotation"]))
+                   a_bits=int(body["a_bits"]), a_group=int(body["a_group"]), rotation=int(body["rotation"]),
+                   fmt=str(body.get("fmt", "int")))
+
+    @property
+    def name(self) -> str:
+        """``W8A8-FP8`` / ``W8A8``-style label of the format."""
+        return f"W{self.w_bits}A{self.a_bits}" + ("-FP8" if self.fmt == "fp8_e4m3" else "")
 
 
 @dataclass
@@ -125,6 +143,11 @@ class Recipe:
 
     def linear_spec(self, linear: str) -> LinearSpec:
         return self.linear_specs.get(linear) or LinearSpec(w_bits=self.w_bits, a_bits=self.a_bits)
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        """The quantizer formats the Linears use (``("int",)``, ``("fp8_e4m3",)``), sorted."""
+        return tuple(sorted({self.linear_spec(lin).fmt for s in self.sites for lin in s.linears}))
 
     @property
     def dynamic_activations(self) -> bool:
@@ -270,10 +293,11 @@ class Recipe:
             raise DitqError(f"recipe.json gives a quantizer spec for {unknown[0]}, which no site reads; "
                             "re-run `ditq calibrate`")
         for s in self.sites:
-            static_bits = {self.linear_spec(lin).a_bits for lin in s.linears if not self.linear_spec(lin).dynamic}
+            static_bits = {(self.linear_spec(lin).a_bits, self.linear_spec(lin).fmt) for lin in s.linears
+                           if not self.linear_spec(lin).dynamic}
             if len(static_bits) > 1:
                 raise DitqError(f"site {s.name} shares one static activation scale but its Linears ask for "
-                                f"{sorted(static_bits)} bits; re-run `ditq calibrate`")
+                                f"{sorted(static_bits)} (bits, format); re-run `ditq calibrate`")
             for lin in s.linears:
                 spec, scale = self.linear_spec(lin), self.tensors[f"{lin}.w_scale"]
                 if (scale.dim() == 2) != (spec.w_block > 0) or (spec.w_block and scale.shape[1] * spec.w_block

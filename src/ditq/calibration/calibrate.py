@@ -18,7 +18,7 @@ from ditq.calibration.methods.base import Context, folded_inputs, input_factor, 
 from ditq.calibration.stats import ActivationCollector
 from ditq.core.cond import Cond
 from ditq.core.fold import fold_state
-from ditq.core.quantizers import rotate_weight, weight_scales
+from ditq.core.quantizers import FORMATS, rotate_weight, weight_scales
 from ditq.core.sampler import make_scheduler, sample
 from ditq.errors import DitqError
 from ditq.models.loading import LoadedModel, make_denoiser, quant_sites
@@ -41,6 +41,7 @@ class CalibConfig:
     a_bits: int = 8
     w_block: int = 0  # INT4/INT8 weight block along the input (0: per output channel)
     weight_clip: str = "output"  # clip search criterion (methods that search): "output" error or weight "mse"
+    fmt: str = "int"  # "int" (w_bits/a_bits integer grids) or "fp8_e4m3" (W8A8-FP8, E4M3 grids, scale amax/448)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -53,6 +54,11 @@ class CalibConfig:
             raise DitqError(f"weight_clip must be 'output' or 'mse', got {self.weight_clip!r}")
         if self.w_block not in (0, 32, 64, 128):
             raise DitqError(f"--w-block must be 0 (per output channel), 32, 64 or 128, got {self.w_block}")
+        if self.fmt not in FORMATS:
+            raise DitqError(f"quantizer format {self.fmt!r} is not one of {', '.join(FORMATS)}")
+        if self.fmt == "fp8_e4m3" and (self.w_bits, self.w_block) != (8, 0):
+            raise DitqError(f"FP8 (--format fp8) is W8A8 per output channel; got --w-bits {self.w_bits} "
+                            f"--w-block {self.w_block}: drop them or use --format int")
 
 
 def sampler_forward_loop(model: LoadedModel, config: CalibConfig, rows: Any = None) -> ForwardLoop:
@@ -85,6 +91,9 @@ def calibrate(model: LoadedModel, method: MethodConfig, config: CalibConfig,
     """Collect statistics while ``forward_loop(model.transformer)`` runs the model (default: the FP sampler), let
     ``method`` decide, build a Recipe. Timesteps are read from the transformer's ``timestep`` argument."""
     start = time.perf_counter()
+    if config.fmt != "int" and not type(method).supports_fp8:
+        raise DitqError(f"method {method.name} quantizes activations dynamically, which has no FP8 form in ditq; "
+                        "use --format int, or a static method (htg, smoothquant, ptq4dit, minmax) for FP8")
     sites = quant_sites(model.transformer)
     collector = ActivationCollector(model.transformer, sites, rows_per_call=config.rows_per_call, seed=config.seed,
                                     timestep_from=model.transformer)
@@ -106,7 +115,8 @@ def calibrate(model: LoadedModel, method: MethodConfig, config: CalibConfig,
         sites=sites, stats=stats, timesteps=collector.timesteps,
         weights={s.name: [state[f"{lin}.weight"].float() for lin in s.linears] for s in sites},
         num_train_timesteps=model.num_train_timesteps, w_bits=config.w_bits, a_bits=config.a_bits,
-        w_block=config.w_block, weight_clip=config.weight_clip, transformer=model.transformer, probes=probes,
+        w_block=config.w_block, weight_clip=config.weight_clip, fmt=config.fmt, transformer=model.transformer,
+        probes=probes,
     )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the searches run many tiny GEMMs: thread hand-offs would dominate
@@ -136,7 +146,7 @@ def calibrate(model: LoadedModel, method: MethodConfig, config: CalibConfig,
             tensors[f"{lin}.w_scale"] = weight_scales(rotate_weight(folded[f"{lin}.weight"], specs[lin].rotation),
                                                       specs[lin].w_bits, search=sol.weight_clip_search,
                                                       block=specs[lin].w_block, input_power=power,
-                                                      input_factor=factor)
+                                                      input_factor=factor, fmt=specs[lin].fmt)
     grouping = sol.grouping
     recipe = Recipe(
         method=method.name, params=_as_json(method.params()), model_source=model.source, model_sha256=model.sha256,

@@ -22,7 +22,9 @@ from ditq.cli.args import (
 # kept in sync with ditq.calibration.methods by a test, without importing torch here
 METHODS = ("htg", "minmax", "smoothquant", "ptq4dit", "qdit", "viditq")
 # the named presets of ditq.config (kept here so `ditq --help` imports no torch; a test pins the two lists)
-PRESETS = ("W8A8_HTG", "W4A8_HTG", "W8A8_SMOOTHQUANT", "W8A8_PTQ4DIT", "W4A8_QDIT", "W8A8_VIDITQ", "W8A8_MINMAX")
+PRESETS = ("W8A8_HTG", "W4A8_HTG", "W8A8_SMOOTHQUANT", "W8A8_PTQ4DIT", "W4A8_QDIT", "W8A8_VIDITQ", "W8A8_MINMAX",
+           "W8A8_FP8_HTG")
+FORMATS = {"int": "int", "fp8": "fp8_e4m3"}  # --format -> QuantConfig.fmt
 DEFAULT_STEPS, DEFAULT_SAMPLES = CALIBRATION_DEFAULTS[""]["steps"], CALIBRATION_DEFAULTS[""]["samples"]
 
 
@@ -45,6 +47,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="weight bits (default: 8, or the preset's)")
     p.add_argument("--w-block", type=int, choices=(0, 32, 64, 128), default=None,
                    help="weight block along the input channels; 0: per output channel (default: 0, or the preset's)")
+    p.add_argument("--format", dest="fmt", choices=tuple(FORMATS), default=None,
+                   help="quantizer grid: int (INT8/INT4) or fp8 (W8A8-FP8: E4M3 per-channel weights and per-tensor "
+                        "per-group activations, Hopper/Ada; static methods, --w-bits 8) (default: int, or the "
+                        "preset's)")
     p.add_argument("--alpha", type=float_range(0.0, 1.0), default=None, help="smoothing exponent (smoothquant, viditq)")
     p.add_argument("--weight-clip", choices=("output", "mse"), default=None,
                    help="weight clip search criterion of htg/ptq4dit/qdit/viditq: output error (H-weighted) or "
@@ -60,7 +66,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 def preset_method(preset: str | None) -> str:
     """The method of a preset name (``W8A8_HTG`` -> ``htg``) without importing the configs; htg without one."""
-    return preset.split("_", 1)[1].lower() if preset else "htg"
+    return preset.rsplit("_", 1)[1].lower() if preset else "htg"
 
 
 def method_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -108,7 +114,8 @@ def quant_config(args: argparse.Namespace) -> Any:
     calibration = CalibrationSpec(steps=args.steps if args.steps is not None else own.steps,
                                   samples=args.samples if args.samples is not None else own.samples,
                                   cfg_scale=args.cfg, seed=args.seed, scheduler=args.scheduler)
-    fields = {"w_bits": args.w_bits, "w_block": args.w_block, "weight_clip": args.weight_clip}
+    fields = {"w_bits": args.w_bits, "w_block": args.w_block, "weight_clip": args.weight_clip,
+              "fmt": FORMATS[args.fmt] if args.fmt else None}
     start = base if base is not None else QuantConfig(method=method)
     return replace(start, method=method, calibration=calibration,
                    **{k: v for k, v in fields.items() if v is not None})
@@ -131,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
         recipe.write(tmp)
     dynamic = "  dynamic activations (ONNX Runtime / torch only)" if recipe.dynamic_activations else ""
     c = config.calibration
-    print(f"recipe: {out}  method={recipe.method}  W{config.w_bits}A{config.a_bits}"
+    fp8 = "-FP8" if config.fmt == "fp8_e4m3" else ""
+    print(f"recipe: {out}  method={recipe.method}  W{config.w_bits}A{config.a_bits}{fp8}"
           f"{f' block {config.w_block}' if config.w_block else ''}  groups={recipe.num_groups}  "
           f"steps={c.steps}  samples={c.samples}  "
           f"intervals={[g.interval for g in recipe.groups]}  ({recipe.calibration['seconds']:.1f} s){dynamic}")

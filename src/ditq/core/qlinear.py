@@ -15,24 +15,25 @@ class QLinear(nn.Module):
     ``rotation`` > 0: an online block-Hadamard ``x @ R`` with ``W @ R`` folded into the weight (exact in FP).
     ``w_scale`` of shape [N] is per output channel, [N, K / block] per block. The input is quantized statically
     with ``act_scale``, or at run time per token (``dynamic_group=0``) or per token and channel group
-    (``dynamic_group`` > 0); ``None`` for both leaves it in float.
+    (``dynamic_group`` > 0); ``None`` for both leaves it in float. ``fmt`` is the grid of weight and static
+    input: ``"int"`` (``w_bits``/``a_bits``) or ``"fp8_e4m3"`` (E4M3, saturating at 448 as ONNX Q/DQ does).
     """
 
     def __init__(self, linear: nn.Linear, *, w_scale: torch.Tensor | None = None, act_scale: float | None = None,
                  pre: tuple[torch.Tensor, torch.Tensor] | None = None, w_bits: int = 8, a_bits: int = 8,
-                 dynamic_group: int | None = None, rotation: int = 0) -> None:
+                 dynamic_group: int | None = None, rotation: int = 0, fmt: str = "int") -> None:
         super().__init__()
         weight = linear.weight.detach()
         if rotation:
             weight = rotate_weight(weight, rotation).to(linear.weight.dtype)
         if w_scale is not None:
-            weight = fake_quant_weight(weight, w_scale, w_bits)
+            weight = fake_quant_weight(weight, w_scale, w_bits, fmt)
         self.register_buffer("weight", weight)
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach())
         self.rotation: torch.Tensor | None
         self.register_buffer("rotation", rotation_matrix(weight.shape[1], rotation).to(weight.dtype)
                              if rotation else None)
-        self.act_scale, self.a_bits = act_scale, a_bits
+        self.act_scale, self.a_bits, self.fmt = act_scale, a_bits, fmt
         self.dynamic_group = dynamic_group
         self.pre = pre
 
@@ -42,7 +43,7 @@ class QLinear(nn.Module):
         if self.rotation is not None:
             x = x @ self.rotation
         if self.act_scale is not None:
-            x = fake_quant(x, self.act_scale, self.a_bits)
+            x = fake_quant(x, self.act_scale, self.a_bits, self.fmt)
         elif self.dynamic_group is not None:
             x = dynamic_fake_quant(x, self.a_bits, self.dynamic_group)
         return F.linear(x, self.weight, self.bias)

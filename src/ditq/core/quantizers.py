@@ -1,6 +1,10 @@
 """Symmetric quantizers (zero point 0, as TensorRT requires) and the error measures the scale searches use.
 
 Rounding and saturation follow ONNX QuantizeLinear: ``clamp(round_half_even(x / scale), qmin, qmax)``.
+
+Formats (``fmt``): ``"int"`` (the integer grid of ``bits``) or ``"fp8_e4m3"`` (FP8 E4M3FN, what Hopper/Ada run:
+``x / scale`` rounded half-to-even onto the E4M3 grid, saturated at +-448, as ONNX ``QuantizeLinear`` with a
+``float8e4m3fn`` zero point and ``saturate=1`` does; ``scale = amax / 448``). FP8 is 8-bit only.
 """
 
 from __future__ import annotations
@@ -12,27 +16,56 @@ import torch
 CLIP_GRID = (1.0, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5)
 
 
+FORMATS = ("int", "fp8_e4m3")
+FP8_E4M3_MAX = 448.0  # the largest finite E4M3FN value
+_FP8_MIN_EXP = -6  # E4M3 normals are 2^-6 .. 448; below, subnormals on the fixed step 2^-9
+
+
 def qrange(bits: int) -> tuple[int, int]:
     return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
 
 
-def fake_quant(x: torch.Tensor, scale: torch.Tensor | float, bits: int = 8) -> torch.Tensor:
+def qmax_of(bits: int = 8, fmt: str = "int") -> float:
+    """The largest code magnitude: ``2^(bits-1) - 1`` for integers, 448 for FP8 E4M3."""
+    return FP8_E4M3_MAX if fmt == "fp8_e4m3" else float(qrange(bits)[1])
+
+
+def round_fp8_e4m3(v: torch.Tensor) -> torch.Tensor:
+    """``v`` rounded half-to-even onto the E4M3FN grid (3 mantissa bits, subnormals), saturated at +-448.
+
+    Exact in float32: ``frexp`` gives the binade, the step is ``2^(e - 3)`` (``2^-9`` for subnormals).
+    """
+    a = v.abs().clamp(max=FP8_E4M3_MAX)
+    _, exp = torch.frexp(a)  # a = m * 2^exp, m in [0.5, 1): binade 2^(exp - 1)
+    step = torch.exp2((exp - 1).clamp(min=_FP8_MIN_EXP).to(a.dtype) - 3)
+    return torch.copysign(torch.round(a / step) * step, v)
+
+
+def to_grid(v: torch.Tensor, bits: int = 8, fmt: str = "int") -> torch.Tensor:
+    """The quantization codes of ``v`` (already divided by the scale): integers clamped to ``qrange(bits)``, or
+    E4M3 values."""
+    if fmt == "fp8_e4m3":
+        return round_fp8_e4m3(v)
     qmin, qmax = qrange(bits)
-    return torch.clamp(torch.round(x / scale), qmin, qmax) * scale
+    return torch.clamp(torch.round(v), qmin, qmax)
 
 
-def quantize(x: torch.Tensor, scale: torch.Tensor, bits: int = 8) -> torch.Tensor:
-    qmin, qmax = qrange(bits)
-    return torch.clamp(torch.round(x / scale), qmin, qmax)
+def fake_quant(x: torch.Tensor, scale: torch.Tensor | float, bits: int = 8, fmt: str = "int") -> torch.Tensor:
+    return to_grid(x / scale, bits, fmt) * scale
 
 
-def scale_from_amax(amax: torch.Tensor | float, bits: int = 8) -> torch.Tensor:
+def quantize(x: torch.Tensor, scale: torch.Tensor, bits: int = 8, fmt: str = "int") -> torch.Tensor:
+    return to_grid(x / scale, bits, fmt)
+
+
+def scale_from_amax(amax: torch.Tensor | float, bits: int = 8, fmt: str = "int") -> torch.Tensor:
     amax_t = torch.as_tensor(amax, dtype=torch.float32)
-    return torch.clamp(amax_t, min=1e-8) / qrange(bits)[1]
+    return torch.clamp(amax_t, min=1e-8) / qmax_of(bits, fmt)
 
 
 def weight_scales(weight: torch.Tensor, bits: int = 8, *, search: bool = True, block: int = 0,
-                  input_power: torch.Tensor | None = None, input_factor: torch.Tensor | None = None) -> torch.Tensor:
+                  input_power: torch.Tensor | None = None, input_factor: torch.Tensor | None = None,
+                  fmt: str = "int") -> torch.Tensor:
     """Per-output-channel scales of ``weight`` [N, K]: max, or the clip ratio from CLIP_GRID with least error.
 
     ``block`` > 0: one scale per output channel and block of ``block`` input channels, shape [N, K / block].
@@ -40,16 +73,17 @@ def weight_scales(weight: torch.Tensor, bits: int = 8, *, search: bool = True, b
     with ``H = E[x^T x]`` [K, K] (the Linear input's second moments; blocks use their diagonal sub-blocks), or the
     diagonal approximation when ``input_power`` is [K]. Plain weight MSE clips too eagerly at 4 bits.
     ``input_factor`` F [m, K] with ``H = F^T F`` gives the same error as ``||e F^T||^2`` in O(N K m) instead of
-    O(N K^2): what large models calibrated on few tokens (m < K) need.
+    O(N K^2): what large models calibrated on few tokens (m < K) need. ``fmt`` = ``"fp8_e4m3"`` searches the
+    clip on the E4M3 grid (``amax / 448``).
     """
     if input_factor is not None:
         if block:
             k = weight.shape[1]
             return torch.stack([weight_scales(weight[:, j:j + block], bits, search=search,
-                                              input_factor=input_factor[:, j:j + block])
+                                              input_factor=input_factor[:, j:j + block], fmt=fmt)
                                 for j in range(0, k, block)], dim=1)
         if search:
-            return _search_clip(weight, bits, lambda e: (e @ input_factor.T).square().sum(1))
+            return _search_clip(weight, bits, lambda e: (e @ input_factor.T).square().sum(1), fmt)
     if block:
         n, k = weight.shape
         if k % block:
@@ -60,24 +94,25 @@ def weight_scales(weight: torch.Tensor, bits: int = 8, *, search: bool = True, b
             cols = slice(j * block, (j + 1) * block)
             h = None if input_power is None else (input_power[cols, cols] if input_power.dim() == 2
                                                   else input_power[cols])
-            out[:, j] = weight_scales(weight[:, cols], bits, search=search, input_power=h)
+            out[:, j] = weight_scales(weight[:, cols], bits, search=search, input_power=h, fmt=fmt)
         return out
     if not search:
-        return scale_from_amax(weight.abs().amax(1).clamp_min(1e-8), bits)
+        return scale_from_amax(weight.abs().amax(1).clamp_min(1e-8), bits, fmt)
     if input_power is None:
-        return _search_clip(weight, bits, lambda e: e.square().sum(1))
+        return _search_clip(weight, bits, lambda e: e.square().sum(1), fmt)
     if input_power.dim() == 1:
-        return _search_clip(weight, bits, lambda e: (e.square() * input_power).sum(1))
-    return _search_clip(weight, bits, lambda e: ((e @ input_power) * e).sum(1))
+        return _search_clip(weight, bits, lambda e: (e.square() * input_power).sum(1), fmt)
+    return _search_clip(weight, bits, lambda e: ((e @ input_power) * e).sum(1), fmt)
 
 
-def _search_clip(weight: torch.Tensor, bits: int, error: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+def _search_clip(weight: torch.Tensor, bits: int, error: Callable[[torch.Tensor], torch.Tensor],
+                 fmt: str = "int") -> torch.Tensor:
     """Per output row, the scale from CLIP_GRID whose rounding error ``error(e)`` [N] is least."""
     amax = weight.abs().amax(1).clamp_min(1e-8)
     best_err, best = None, None
     for ratio in CLIP_GRID:
-        scale = scale_from_amax(amax * ratio, bits)
-        err = error(fake_quant(weight, scale[:, None], bits) - weight)
+        scale = scale_from_amax(amax * ratio, bits, fmt)
+        err = error(fake_quant(weight, scale[:, None], bits, fmt) - weight)
         if best_err is None:
             best_err, best = err, scale
         else:
@@ -90,20 +125,21 @@ def _search_clip(weight: torch.Tensor, bits: int, error: Callable[[torch.Tensor]
 
 def search_act_scale(
     x: torch.Tensor, weights: Sequence[torch.Tensor], amax: float, *, a_bits: int, w_bits: int,
-    grid: Sequence[float] = CLIP_GRID, w_block: int = 0,
+    grid: Sequence[float] = CLIP_GRID, w_block: int = 0, fmt: str = "int", absolute: bool = False,
 ) -> tuple[float, float]:
     """The clip of ``amax`` (from ``grid``) whose ``Q(x) Q(W)^T`` has least relative error against ``x W^T``.
 
-    The error is summed over the Linears sharing ``x``; returns (scale, error).
+    The error is summed over the Linears sharing ``x``; returns (scale, error). ``fmt`` is the grid of both.
+    ``absolute``: the error is not divided by ``||x W^T||^2`` (to compare inputs that differ by a shift).
     """
-    wq = torch.cat([fake_quant_weight(w, weight_scales(w, w_bits, search=False, block=block_for(w_block, w.shape[1])),
-                                      w_bits) for w in weights])
+    wq = torch.cat([fake_quant_weight(w, weight_scales(w, w_bits, search=False, block=block_for(w_block, w.shape[1]),
+                                                       fmt=fmt), w_bits, fmt) for w in weights])
     ref = x @ torch.cat(list(weights)).T
-    den = float(ref.square().sum()) or 1e-30
+    den = 1.0 if absolute else float(ref.square().sum()) or 1e-30
     best = (float("inf"), 0.0)
     for ratio in grid:
-        scale = float(scale_from_amax(amax * ratio, a_bits))
-        err = float((fake_quant(x, scale, a_bits) @ wq.T - ref).square().sum()) / den
+        scale = float(scale_from_amax(amax * ratio, a_bits, fmt))
+        err = float((fake_quant(x, scale, a_bits, fmt) @ wq.T - ref).square().sum()) / den
         if err < best[0]:
             best = (err, scale)
     return best[1], best[0]
@@ -123,24 +159,24 @@ def block_for(block: int, k: int) -> int:
     return block
 
 
-def _per_scale(fn: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor], weight: torch.Tensor,
-               scale: torch.Tensor, bits: int) -> torch.Tensor:
-    """``fn(w, s, bits)`` with per-channel scales [N] or block scales [N, K / block] broadcast over ``weight``."""
+def _per_scale(fn: Callable[[torch.Tensor, torch.Tensor, int, str], torch.Tensor], weight: torch.Tensor,
+               scale: torch.Tensor, bits: int, fmt: str = "int") -> torch.Tensor:
+    """``fn(w, s, bits, fmt)`` with per-channel scales [N] or block scales [N, K / block] broadcast over ``weight``."""
     if scale.dim() == 1:
-        return fn(weight, scale[:, None], bits)
+        return fn(weight, scale[:, None], bits, fmt)
     n, k = weight.shape
     blocks = scale.shape[1]
-    return fn(weight.reshape(n, blocks, k // blocks), scale[:, :, None], bits).reshape(n, k)
+    return fn(weight.reshape(n, blocks, k // blocks), scale[:, :, None], bits, fmt).reshape(n, k)
 
 
-def fake_quant_weight(weight: torch.Tensor, scale: torch.Tensor, bits: int = 8) -> torch.Tensor:
+def fake_quant_weight(weight: torch.Tensor, scale: torch.Tensor, bits: int = 8, fmt: str = "int") -> torch.Tensor:
     """Fake-quantize ``weight`` [N, K] with per-channel scales [N] or block scales [N, K / block]."""
-    return _per_scale(fake_quant, weight, scale, bits)
+    return _per_scale(fake_quant, weight, scale, bits, fmt)
 
 
-def quantize_weight(weight: torch.Tensor, scale: torch.Tensor, bits: int = 8) -> torch.Tensor:
-    """Integer codes of ``weight`` [N, K] (float tensor of integers) for per-channel or block scales."""
-    return _per_scale(quantize, weight, scale, bits)
+def quantize_weight(weight: torch.Tensor, scale: torch.Tensor, bits: int = 8, fmt: str = "int") -> torch.Tensor:
+    """Codes of ``weight`` [N, K] (a float tensor of integers, or of E4M3 values) for per-channel or block scales."""
+    return _per_scale(quantize, weight, scale, bits, fmt)
 
 
 def dynamic_fake_quant(x: torch.Tensor, bits: int = 8, group: int = 0) -> torch.Tensor:

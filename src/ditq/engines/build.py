@@ -136,6 +136,14 @@ def check_deployable(onnx: OnnxArtifact, trt_version: str | None = None) -> None
                         f"[{first.rule}] {first.node}: {first.message}); see `ditq lint {onnx.root} --target {target}`")
 
 
+def check_fp8_gpu(onnx: OnnxArtifact, gpu_name: str, sm: str) -> None:
+    """Refuse an FP8 set on a GPU without FP8 tensor cores (before Ada/Hopper, sm_89)."""
+    fp8 = any(f.startswith("FP8") for f in onnx.recipe.get("weight_formats", ()))
+    if fp8 and int(sm.removeprefix("sm_")) < 89:
+        raise DitqError(f"the ONNX set {onnx.root} is W8A8-FP8, which TensorRT runs on Ada/Hopper (sm_89, sm_90) "
+                        f"and newer; {gpu_name} is {sm}: calibrate an INT8 recipe (--format int) for this GPU")
+
+
 def profile_shapes(onnx: OnnxArtifact, config: BuildConfig) -> dict[str, dict[str, list[int]]]:
     """min/opt/max shapes per input: ``hidden_states`` [batch, *sample_shape], ``timestep`` [batch] and the
     conditioning (``class_labels`` [batch], or PixArt's caption [batch, L, D] and mask [batch, L])."""
@@ -245,6 +253,7 @@ def build_engines(onnx: OnnxArtifact, out: Path, config: BuildConfig = BuildConf
     check_output(Path(out), kind=EngineArtifact.KIND, force=config.force, inputs=inputs)
     version = require_tensorrt()
     gpu_name, sm = require_gpu()
+    check_fp8_gpu(onnx, gpu_name, sm)
     out = Path(out)
     start = time.perf_counter()
     profile = profile_shapes(onnx, config)

@@ -328,7 +328,8 @@ def export_onnx(model: LoadedModel, recipe: Recipe, out: Path, *, recipe_dir: Pa
                     "method": recipe.method,
                     "w_bits": recipe.w_bits, "a_bits": recipe.a_bits,
                     "dynamic_activations": recipe.dynamic_activations,
-                    "weight_formats": sorted({f"INT{s.w_bits}" + (f"/block{s.w_block}" if s.w_block else "/channel")
+                    "weight_formats": sorted({("FP8E4M3" if s.fmt == "fp8_e4m3" else f"INT{s.w_bits}")
+                                              + (f"/block{s.w_block}" if s.w_block else "/channel")
                                               for s in (recipe.linear_spec(lin) for site in recipe.sites
                                                         for lin in site.linears)})},
             parent_sha256=manifest_sha256(recipe_dir) if recipe_dir else None,

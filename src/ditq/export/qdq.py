@@ -8,6 +8,10 @@ Zero points are INT8 zeros (INT4 weight DQs omit theirs: symmetric, as Model Opt
 the graph's float type (TensorRT's strongly-typed rule).
 
 Recipe specs beyond W8A8 static (``LinearSpec``):
+- FP8 E4M3 (``fmt="fp8_e4m3"``, W8A8-FP8): the same pattern with FLOAT8E4M3FN in place of INT8: the weight a
+  FLOAT8E4M3FN initializer [K, N] -> DequantizeLinear(scale [N], zero point FLOAT8E4M3FN zeros [N], axis=1), the
+  activation QuantizeLinear/DequantizeLinear with a scalar scale and a FLOAT8E4M3FN 0 zero point (opset >= 19;
+  ONNX Runtime saturates at +-448 and rounds half to even, as ``ditq.core.quantizers.round_fp8_e4m3``).
 - INT4 weights: an INT4 initializer [K, N] -> DequantizeLinear(axis=0, block_size=B, scale [K/B, N]); per output
   channel INT4 is the single block B = K (scale [1, N]), since TensorRT and the lint take INT4 only block-wise.
   INT8 weights in blocks (Q-DiT) use the same block layout with an INT8 initializer.
@@ -171,15 +175,17 @@ def apply_group(
             raise DitqError(f"{lin}: static {spec.a_bits}-bit activations have no INT8 Q/DQ form; re-calibrate")
         w_scale = recipe.w_scale(lin)
         graph.initializer.remove(old)
-        if spec.w_bits == 8 and w_scale.dim() == 1 and not spec.rotation:  # the original W8 per-channel path
-            q = quantize(w, w_scale[:, None], 8).to(torch.int8).T.contiguous()
+        qtype = _qdtype(spec)
+        if spec.w_bits == 8 and w_scale.dim() == 1 and not spec.rotation:  # W8 (INT8 or FP8) per channel
+            q = quantize(w, w_scale[:, None], 8, spec.fmt).T.contiguous().numpy()
+            wname = f"{lin}.weight_{'fp8' if spec.fmt == 'fp8_e4m3' else 'int8'}"
             graph.initializer.extend([
-                numpy_helper.from_array(q.numpy(), f"{lin}.weight_int8"),
+                numpy_helper.from_array(q.astype(qtype), wname),
                 numpy_helper.from_array(w_scale.numpy().astype(npf), f"{lin}.w_scale"),
-                numpy_helper.from_array(np.zeros(w.shape[0], np.int8), f"{lin}.w_zero_point"),
+                numpy_helper.from_array(np.zeros(w.shape[0], qtype), f"{lin}.w_zero_point"),
             ])
             dq_w = helper.make_node("DequantizeLinear",
-                                    [f"{lin}.weight_int8", f"{lin}.w_scale", f"{lin}.w_zero_point"],
+                                    [wname, f"{lin}.w_scale", f"{lin}.w_zero_point"],
                                     [f"{lin}.weight_dq"], name=f"{lin}.weight_dq", axis=1)
         else:
             graph.initializer.extend(_block_weight(lin, rotate_weight(w, spec.rotation), w_scale, spec.w_bits, npf))
@@ -223,7 +229,7 @@ def apply_group(
             continue
         graph.initializer.extend([
             numpy_helper.from_array(np.array(float(recipe.act_scale(site.name, group_id)), npf), f"{lin}.a_scale"),
-            numpy_helper.from_array(np.array(0, np.int8), f"{lin}.a_zero_point"),
+            numpy_helper.from_array(np.array(0, qtype), f"{lin}.a_zero_point"),
         ])
         chain += [
             helper.make_node("QuantizeLinear", [x, f"{lin}.a_scale", f"{lin}.a_zero_point"], [f"{lin}.input_q"],
@@ -247,6 +253,13 @@ def apply_group(
     del graph.node[:]
     graph.node.extend(ordered)
     return model
+
+
+def _qdtype(spec: LinearSpec) -> np.dtype:
+    """The numpy type of a static Linear's codes and zero points: INT8, or FLOAT8E4M3FN for FP8."""
+    import ml_dtypes
+
+    return np.dtype(ml_dtypes.float8_e4m3fn if spec.fmt == "fp8_e4m3" else np.int8)
 
 
 def _block_weight(lin: str, w: torch.Tensor, w_scale: torch.Tensor, bits: int, npf: np.dtype

@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 
 METHOD_ORDER = ("minmax", "smoothquant", "ptq4dit", "htg", "qdit", "viditq")
 
-BITS = {"W8A8": 8, "W4A8": 4}  # weight bits; activations are 8-bit throughout
+BITS = {"W8A8": 8, "W8A8-FP8": 8, "W4A8": 4}  # weight bits; activations are 8-bit throughout
+FORMATS = {"W8A8-FP8": "fp8_e4m3"}  # the quantizer grid of a bit width when not integer (FP8 E4M3)
 
 DEFAULT_CALIB_STEPS, DEFAULT_CALIB_SAMPLES = 100, 16
 
@@ -41,7 +42,7 @@ def parse_method(entry: str) -> tuple[str, dict[str, Any]]:
 class QualityConfig:
     model: str = "demo"
     methods: tuple[str, ...] = METHOD_ORDER  # names, or variants "name:key=value[:...]" (qdit:min_mean_group=64)
-    bits: tuple[str, ...] = ("W8A8", "W4A8")
+    bits: tuple[str, ...] = ("W8A8", "W8A8-FP8", "W4A8")  # W8A8-FP8: static methods only (others are skipped)
     steps: tuple[int, ...] = (100, 50, 25)
     eval_samples: int = 100  # images per cell (the classifier metrics need many)
     sqnr_samples: int = 16  # images whose model calls the per-step SQNR is teacher-forced on
@@ -63,7 +64,7 @@ class QualityConfig:
         if unknown := [m for m in self.methods if parse_method(m)[0] not in METHODS]:
             raise DitqError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
         if bad := [b for b in self.bits if b not in BITS]:
-            raise DitqError(f"unknown bit width {bad[0]!r}; choose W8A8 or W4A8")
+            raise DitqError(f"unknown bit width {bad[0]!r}; choose from {', '.join(BITS)}")
         if not self.methods or not self.bits or not self.steps or min(self.steps) < 1:
             raise DitqError("--methods, --bits and --steps must be non-empty (steps >= 1)")
         if self.eval_samples < 1 or self.sqnr_samples < 1:
@@ -79,7 +80,8 @@ class QualityConfig:
 
 
 def quick_config(**overrides: Any) -> QualityConfig:
-    """A CI smoke run: the tiny model, two methods, both bit widths, one short step count (well under a minute)."""
-    base = dict(model=TINY, methods=("minmax", "htg"), steps=(5,), eval_samples=6, sqnr_samples=2,
+    """A CI smoke run: the tiny model, two methods, W8A8 and W4A8, one short step count (well under a minute)."""
+    base = dict(model=TINY, methods=("minmax", "htg"), bits=("W8A8", "W4A8"), steps=(5,), eval_samples=6,
+                sqnr_samples=2,
                 calib_steps=6, calib_samples=2, peer=False, method_params={"htg": {"groups": 2}})
     return QualityConfig(**{**base, **overrides})

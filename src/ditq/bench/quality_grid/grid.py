@@ -17,6 +17,7 @@ from ditq.bench.quality_grid.config import (
     BITS,
     DEFAULT_CALIB_SAMPLES,
     DEFAULT_CALIB_STEPS,
+    FORMATS,
     TINY,
     QualityConfig,
     parse_method,
@@ -90,6 +91,7 @@ class _Grid:
     recipes: dict[str, Any] = field(default_factory=dict)
     agreement: dict[str, Any] = field(default_factory=dict)
     grid_rows: dict[str, torch.Tensor] = field(default_factory=dict)  # W4A8 sample images per method
+    skipped: list[str] = field(default_factory=list)  # "method-bits" cells with no such format (qdit/viditq FP8)
 
 
 def _fp_rows(grid: _Grid, labels: torch.Tensor, say: Callable[[str], None]) -> list[dict[str, Any]]:
@@ -128,6 +130,10 @@ def _run(root: Path, config: QualityConfig, say: Callable[[str], None]
                             samples=config.calib_samples or own.get("samples", DEFAULT_CALIB_SAMPLES),
                             cfg_scale=config.cfg_scale, seed=config.calib_seed, progress=False)
         for bits in config.bits:
+            if bits in FORMATS and not METHODS[name].supports_fp8:
+                say(f"{method}-{bits}: skipped ({name} quantizes activations dynamically; FP8 is static only)")
+                grid.skipped.append(f"{method}-{bits}")
+                continue
             _run_cell(grid, method, bits, calib, say)
     peers, peer_note = peer_rows(model, config, grid.refs, grid.specs, scorer, say)
     return {
@@ -140,7 +146,7 @@ def _run(root: Path, config: QualityConfig, say: Callable[[str], None]
                      "cfg_scale": config.cfg_scale, "seed": config.seed, "images": config.eval_samples,
                      "sqnr_images": min(config.sqnr_samples, config.eval_samples)},
         "scorer_note": scorer_note, "fp": fp_rows, "cells": grid.cells, "recipes": grid.recipes,
-        "agreement": grid.agreement, "peers": peers, "peer_note": peer_note,
+        "agreement": grid.agreement, "peers": peers, "peer_note": peer_note, "skipped": grid.skipped,
         "seconds": round(time.perf_counter() - started, 1),
     }, grid.grid_rows
 
@@ -162,7 +168,7 @@ def _run_cell(grid: _Grid, method: str, bits: str, calib: Any, say: Callable[[st
     say(f"{key}: calibrating ({calib.steps} steps x {calib.samples} samples)")
     params = {**config.method_params.get(name, {}), **variant}
     recipe = calibrate(model, method_config(name, **params),
-                       CalibConfig(**{**asdict(calib), "w_bits": w_bits,
+                       CalibConfig(**{**asdict(calib), "w_bits": w_bits, "fmt": FORMATS.get(bits, "int"),
                                       "w_block": config.w4_block if w_bits == 4 else 0}))
     recipe.write(grid.root / "recipes" / folder)
     say(f"{key}: exporting")
@@ -234,6 +240,7 @@ def _ort_vs_torch(ref: Any, backend: Any, ort: Any, recipe: Any) -> float:
 def _recipe_summary(recipe: Any, size: int, consistency: float) -> dict[str, Any]:
     specs = [recipe.linear_spec(lin) for s in recipe.sites for lin in s.linears]
     return {"groups": [list(g.interval) for g in recipe.groups], "dynamic_activations": recipe.dynamic_activations,
-            "weight_bits": sorted({s.w_bits for s in specs}), "calibration": recipe.calibration,
+            "weight_bits": sorted({s.w_bits for s in specs}), "formats": list(recipe.formats),
+            "calibration": recipe.calibration,
             "alphas": {s.name: s.alpha for s in recipe.sites}, "artifact_bytes": size,
             "ort_vs_torch_sqnr_db": consistency}

@@ -1,5 +1,6 @@
 """Model Optimizer peer rows (``nvidia-modelopt``, optional): the same Linear layers quantized by its INT8 max and
-SmoothQuant and INT4-weight (max, AWQ-lite) configs, evaluated with the grid's data and metrics."""
+SmoothQuant, INT4-weight (max, AWQ-lite) and FP8 (its default for Flux and SD3) configs, evaluated with the grid's
+data and metrics."""
 
 from __future__ import annotations
 
@@ -13,23 +14,30 @@ import torch
 from ditq.bench.quality_grid.config import DEFAULT_CALIB_SAMPLES, DEFAULT_CALIB_STEPS, QualityConfig
 from ditq.bench.quality_grid.report import cell_metrics
 
-PEER_CONFIGS = ("int8-max", "int8-smoothquant", "w4a8-max", "w4a8-awq-lite")
+PEER_CONFIGS = ("int8-max", "int8-smoothquant", "fp8-max", "w4a8-max", "w4a8-awq-lite")
+FP8_E4M3 = {"num_bits": (4, 3), "axis": None}  # Model Optimizer's FP8_DEFAULT_CFG: E4M3, per tensor
+
+
+def peer_bits(kind: str) -> str:
+    """The grid's bit-width label of a peer config."""
+    return "W4A8" if kind.startswith("w4a8") else "W8A8-FP8" if kind.startswith("fp8") else "W8A8"
 
 
 def modelopt_config(linears: list[str], kind: str, w4_block: int = 0) -> dict[str, Any]:
     """A Model Optimizer quantize config touching only ``linears``: INT8 per-tensor inputs, and INT8 per-channel
-    (``int8-*``) or INT4 per-channel / block (``w4a8-*``) weights; algorithm max, SmoothQuant or AWQ-lite."""
+    (``int8-*``) or INT4 per-channel / block (``w4a8-*``) weights; algorithm max, SmoothQuant or AWQ-lite.
+    ``fp8-max``: Model Optimizer's FP8 default, E4M3 per-tensor weights and inputs, max calibration."""
     w_bits = 4 if kind.startswith("w4a8") else 8
-    weight: dict[str, Any] = {"num_bits": w_bits, "axis": 0}
+    weight: dict[str, Any] = dict(FP8_E4M3) if kind.startswith("fp8") else {"num_bits": w_bits, "axis": 0}
+    inputs: dict[str, Any] = dict(FP8_E4M3) if kind.startswith("fp8") else {"num_bits": 8, "axis": None}
     if w_bits == 4 and w4_block:
         weight = {"num_bits": 4, "block_sizes": {-1: w4_block, "type": "static"}}
     quant_cfg: list[dict[str, Any]] = [{"quantizer_name": "*", "enable": False}]
     for lin in linears:
         quant_cfg += [{"quantizer_name": f"*{lin}.weight_quantizer", "cfg": dict(weight)},
-                      {"quantizer_name": f"*{lin}.input_quantizer", "cfg": {"num_bits": 8, "axis": None}}]
-    algorithm: Any = {"int8-max": "max", "w4a8-max": "max", "int8-smoothquant": {"method": "smoothquant",
-                                                                                  "alpha": 0.5},
-                      "w4a8-awq-lite": "awq_lite"}[kind]
+                      {"quantizer_name": f"*{lin}.input_quantizer", "cfg": dict(inputs)}]
+    algorithm: Any = {"int8-max": "max", "w4a8-max": "max", "fp8-max": "max",
+                      "int8-smoothquant": {"method": "smoothquant", "alpha": 0.5}, "w4a8-awq-lite": "awq_lite"}[kind]
     return {"quant_cfg": quant_cfg, "algorithm": algorithm}
 
 
@@ -56,7 +64,7 @@ def peer_rows(model: Any, config: QualityConfig, refs: dict[int, Any], specs: di
     calib_spec = SamplingSpec(steps=calib.steps, cfg_scale=config.cfg_scale, seed=calib.seed)
     rows = []
     for kind in PEER_CONFIGS:
-        bits = "W4A8" if kind.startswith("w4a8") else "W8A8"
+        bits = peer_bits(kind)
         if bits not in config.bits:
             continue
         say(f"modelopt {kind}: calibrating")

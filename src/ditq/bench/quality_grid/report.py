@@ -8,7 +8,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ditq.bench.quality_grid.config import METHOD_ORDER
+from ditq.bench.quality_grid.config import BITS, FORMATS, METHOD_ORDER
+
+BIT_ORDER = {b: i for i, b in enumerate(BITS)}  # W8A8, then W8A8-FP8 beside it, then W4A8
 
 COLUMNS = ("method", "bits", "steps", "groups", "sqnr_mean_db", "sqnr_min_db", "psnr_db", "class_accuracy",
            "frechet_distance", "calibration_seconds", "artifact_bytes", "ort_vs_torch_sqnr_db", "dynamic", "backend")
@@ -31,7 +33,7 @@ def all_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
     rows = [{**r, "backend": "torch"} for r in result["fp"]]
     rows += sorted(result["cells"] + result["peers"],
-                   key=lambda r: (r["bits"] != "W8A8", -r["steps"], order.get(r["method"].split(":")[0], 99),
+                   key=lambda r: (BIT_ORDER.get(r["bits"], 9), -r["steps"], order.get(r["method"].split(":")[0], 99),
                                   r["method"]))
     return rows
 
@@ -51,7 +53,8 @@ def format_markdown(result: dict[str, Any]) -> str:
         "# ditq bench quality", "",
         f"Model `{m['source']}` ({m['parameters']:,} parameters, sha256 {m['sha256'][:12]}), {smp['scheduler']} "
         f"with CFG {smp['cfg_scale']}, {smp['images']} images per cell (seed {smp['seed']}, the FP run's noise), "
-        f"per-step SQNR teacher-forced on {smp['sqnr_images']} of them. W8A8: INT8 per-channel weights; W4A8: INT4 "
+        f"per-step SQNR teacher-forced on {smp['sqnr_images']} of them. W8A8: INT8 per-channel weights; W8A8-FP8: "
+        "FP8 E4M3 per-channel weights and per-tensor per-group E4M3 activations (static methods only); W4A8: INT4 "
         f"weights {w4} (Q-DiT: its "
         "own searched groups); activations INT8 (static per tensor for minmax/smoothquant/ptq4dit/htg, dynamic for "
         "qdit/viditq). Quality on the torch fake-quant backend (exact Q/DQ arithmetic).", "",
@@ -78,6 +81,11 @@ def format_markdown(result: dict[str, Any]) -> str:
              "TensorRT INT8 engines.",
              "- TensorRT runs W4A8 as INT4-weight dequantization + FP16 GEMMs (a memory win, not a compute win).",
              f"- {result['peer_note']}."]
+    if any(r["bits"] in FORMATS for r in result["cells"]):
+        notes.append("- W8A8-FP8 (E4M3, scale = amax / 448, saturating) is TensorRT's FP8 path on Ada/Hopper "
+                     "(sm_89+); ONNX Runtime runs its FLOAT8E4M3FN Q/DQ exactly on CPU.")
+    if result.get("skipped"):
+        notes.append(f"- not run: {', '.join(result['skipped'])} (dynamic activations have no FP8 form in ditq).")
     if result.get("scorer_note"):
         notes.append(f"- {result['scorer_note']}.")
     ag = result.get("agreement")

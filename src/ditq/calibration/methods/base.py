@@ -29,13 +29,14 @@ class Context:
     a_bits: int
     w_block: int = 0  # requested weight block (0: per output channel); block_for() resolves it per Linear
     weight_clip: str = "output"  # weight clip search criterion: "output" (H-weighted) or "mse"
+    fmt: str = "int"  # quantizer grid of static Linears: "int" or "fp8_e4m3" (scales and searches use it)
     transformer: nn.Module | None = None  # the FP transformer (methods that evaluate the model: qdit, viditq)
     probes: list[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]] = field(default_factory=list)  # x, t, cond
 
     def default_spec(self, site: Site) -> LinearSpec:
         """The quantizer a Linear of ``site`` gets unless the method decides otherwise (static, per config)."""
         k = self.stats[site.name].ch_max.shape[1]
-        return LinearSpec(w_bits=self.w_bits, w_block=block_for(self.w_block, k), a_bits=self.a_bits)
+        return LinearSpec(w_bits=self.w_bits, w_block=block_for(self.w_block, k), a_bits=self.a_bits, fmt=self.fmt)
 
     def rows_of(self, grouping: Grouping, group_id: int) -> list[int]:
         index = {t: i for i, t in enumerate(self.timesteps)}
@@ -59,6 +60,7 @@ class MethodConfig:
     name: ClassVar[str] = ""
     needs_model: ClassVar[bool] = False  # solve() runs the model on Context.probes
     calibration_defaults: ClassVar[dict[str, int]] = {}  # the method's own calibration steps/samples, if any
+    supports_fp8: ClassVar[bool] = True  # static per-tensor activations: FP8 E4M3 applies (not to dynamic methods)
 
     def solve(self, ctx: Context) -> Solution:
         raise NotImplementedError
@@ -118,7 +120,7 @@ def pooled_range(st: SiteStats, rows: list[int]) -> tuple[torch.Tensor, torch.Te
 
 
 def act_scales_for(ctx: Context, site: Site, grouping: Grouping, shifts: torch.Tensor, smooth: torch.Tensor,
-                   *, search: bool) -> tuple[torch.Tensor, float]:
+                   *, search: bool, absolute: bool = False) -> tuple[torch.Tensor, float]:
     """Per-group activation scales of ``(x - z_g) / s``: exact amax from the stats, clip searched on the reservoir.
 
     Returns the scales [G] and the summed relative output error over groups (for comparing candidate ``s``).
@@ -133,10 +135,11 @@ def act_scales_for(ctx: Context, site: Site, grouping: Grouping, shifts: torch.T
         amax = float(torch.maximum(hi - shifts[g], shifts[g] - lo).div(smooth).amax())
         if search:
             x = (st.reservoir[rows].reshape(-1, st.reservoir.shape[-1]) - shifts[g]) / smooth
-            scale, err = search_act_scale(x, weights, amax, a_bits=ctx.a_bits, w_bits=ctx.w_bits, w_block=w_block)
+            scale, err = search_act_scale(x, weights, amax, a_bits=ctx.a_bits, w_bits=ctx.w_bits, w_block=w_block,
+                                          fmt=ctx.fmt, absolute=absolute)
             total += err
         else:
-            scale = float(scale_from_amax(amax, ctx.a_bits))
+            scale = float(scale_from_amax(amax, ctx.a_bits, ctx.fmt))
         scales.append(scale)
     return torch.tensor(scales, dtype=torch.float32), total
 

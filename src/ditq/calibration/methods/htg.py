@@ -59,13 +59,17 @@ class HTGConfig(MethodConfig):
             if site.free_scale or (self.explicit_shift if site.fold == "explicit" else self.table_scale):
                 a_, w_ = a.clamp_min(1e-5), w.clamp_min(1e-5)
                 candidates += [(al, (a_.pow(al) / w_.pow(1 - al)).clamp(1e-4, 1e4)) for al in self.alphas]
+            # FP8's grid is logarithmic: it is finest near 0, where the mid-range shift may move the bulk of a
+            # one-sided input (post-GELU): try it unshifted too, by absolute error (the shift changes x W^T)
+            fp8 = ctx.fmt == "fp8_e4m3"
             best = None
-            for alpha, s in candidates:
-                sc, err = act_scales_for(ctx, site, grouping, z, s, search=True)
-                if best is None or err < best[0]:
-                    best = (err, alpha, s, sc)
+            for shift in [z, torch.zeros_like(z)] if fp8 and z.any() else [z]:
+                for alpha, s in candidates:
+                    sc, err = act_scales_for(ctx, site, grouping, shift, s, search=True, absolute=fp8)
+                    if best is None or err < best[0]:
+                        best = (err, alpha, s, sc, shift)
             assert best is not None
-            _, alphas[site.name], smooth[site.name], scales[site.name] = best
+            _, alphas[site.name], smooth[site.name], scales[site.name], z = best
             if not self.act_clip_search:
                 scales[site.name], _ = act_scales_for(ctx, site, grouping, z, smooth[site.name], search=False)
             shifts[site.name] = z

@@ -119,6 +119,7 @@ def evolve(candidates: list[tuple[int, ...]], fitness, *, population: int, epoch
 @dataclass(frozen=True)
 class QDiTConfig(MethodConfig):
     needs_model: ClassVar[bool] = True
+    supports_fp8: ClassVar[bool] = False  # dynamic activations
 
     group_sizes: tuple[int, ...] = QDIT_GROUP_SIZES
     min_mean_group: int = 128

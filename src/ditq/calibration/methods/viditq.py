@@ -48,6 +48,7 @@ def rotation_block(k: int, requested: int = 0) -> int:
 @dataclass(frozen=True)
 class ViDiTQConfig(MethodConfig):
     needs_model: ClassVar[bool] = True
+    supports_fp8: ClassVar[bool] = False  # dynamic activations
 
     alpha: float = 0.5
     smooth_fc2: bool = True

@@ -56,6 +56,7 @@ def group_denoiser(model: LoadedModel, recipe: Recipe, group_id: int, *, quantiz
                 act_scale=float(recipe.act_scale(site.name, group_id)) if quantize and not spec.dynamic else None,
                 pre=pre.get(site.name), w_bits=spec.w_bits, a_bits=spec.a_bits,
                 dynamic_group=spec.a_group if quantize and spec.dynamic else None, rotation=spec.rotation,
+                fmt=spec.fmt,
             )
             setattr(modules[parent], attr, q)
     return make_denoiser(transformer)

@@ -120,6 +120,9 @@ class Int8Linear(nn.Module):
 
 def _check_spec(recipe: Recipe, linear: str, cuda: bool, k: int, n: int) -> None:
     spec = recipe.linear_spec(linear)
+    if spec.fmt != "int":
+        raise DitqError(f"torch-int8 runs integer GEMMs; {linear} is {spec.fmt}: use the fake-quant, onnxruntime "
+                        "or tensorrt backend for this recipe")
     if spec.w_bits != 8 or spec.w_block:
         raise DitqError(f"torch-int8 runs 8-bit per-channel weights; {linear} has W{spec.w_bits} block "
                         f"{spec.w_block}: use the fake-quant or onnxruntime backend for this recipe")
