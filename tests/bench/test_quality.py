@@ -112,3 +112,20 @@ def test_modelopt_fp8_peer_is_its_e4m3_per_tensor_default_in_the_fp8_column():
     assert {k: peer_bits(k) for k in PEER_CONFIGS} == {"int8-max": "W8A8", "int8-smoothquant": "W8A8",
                                                       "fp8-max": "W8A8-FP8", "w4a8-max": "W4A8",
                                                       "w4a8-awq-lite": "W4A8"}
+
+
+def test_w4a16_cells_are_the_tensorrt_int4_form_next_to_w4a8(tmp_path):
+    from ditq.bench.quality_grid import quick_config, run_quality_grid
+
+    assert "W4A16" in QualityConfig().bits
+    config = quick_config(methods=("htg",), bits=("W4A8", "W4A16"), steps=(3,), eval_samples=4, plots=False)
+    body = run_quality_grid(tmp_path / "q", config)
+    cells = {(c["method"], c["bits"]): c for c in body["cells"]}
+    w4a8, w4a16 = cells["htg", "W4A8"], cells["htg", "W4A16"]
+    # the weight-only graphs match their own torch reference (float activations on the INT4 Linears) ...
+    assert w4a16["ort_vs_torch_sqnr_db"] > 40
+    # ... and are not the W4A8 numbers again (the activation quantizer is gone)
+    assert w4a16["sqnr_mean_db"] != w4a8["sqnr_mean_db"]
+    onnx_manifest = (tmp_path / "q" / "onnx" / "htg-W4A16" / "manifest.json").read_text()
+    assert '"target": "tensorrt"' in onnx_manifest
+    assert "W4A16: the W4A8 recipe exported as TensorRT builds INT4" in (tmp_path / "q" / "quality.md").read_text()

@@ -14,7 +14,9 @@ if TYPE_CHECKING:
 
 METHOD_ORDER = ("minmax", "smoothquant", "ptq4dit", "htg", "qdit", "viditq")
 
-BITS = {"W8A8": 8, "W8A8-FP8": 8, "W4A8": 4}  # weight bits; activations are 8-bit throughout
+BITS = {"W8A8": 8, "W8A8-FP8": 8, "W4A8": 4, "W4A16": 4}  # weight bits
+# exported for TensorRT (``export --target tensorrt``): the W4A8 recipe with INT4 weight DQ only, activations float
+WEIGHT_ONLY = frozenset({"W4A16"})
 FORMATS = {"W8A8-FP8": "fp8_e4m3"}  # the quantizer grid of a bit width when not integer (FP8 E4M3)
 
 DEFAULT_CALIB_STEPS, DEFAULT_CALIB_SAMPLES = 100, 16
@@ -42,7 +44,7 @@ def parse_method(entry: str) -> tuple[str, dict[str, Any]]:
 class QualityConfig:
     model: str = "demo"
     methods: tuple[str, ...] = METHOD_ORDER  # names, or variants "name:key=value[:...]" (qdit:min_mean_group=64)
-    bits: tuple[str, ...] = ("W8A8", "W8A8-FP8", "W4A8")  # W8A8-FP8: static methods only (others are skipped)
+    bits: tuple[str, ...] = ("W8A8", "W8A8-FP8", "W4A8", "W4A16")  # W8A8-FP8: static methods only (others are skipped)
     steps: tuple[int, ...] = (100, 50, 25)
     eval_samples: int = 100  # images per cell (the classifier metrics need many)
     sqnr_samples: int = 16  # images whose model calls the per-step SQNR is teacher-forced on

@@ -19,6 +19,7 @@ from ditq.bench.quality_grid.config import (
     DEFAULT_CALIB_STEPS,
     FORMATS,
     TINY,
+    WEIGHT_ONLY,
     QualityConfig,
     parse_method,
 )
@@ -130,8 +131,8 @@ def _run(root: Path, config: QualityConfig, say: Callable[[str], None]
                             samples=config.calib_samples or own.get("samples", DEFAULT_CALIB_SAMPLES),
                             cfg_scale=config.cfg_scale, seed=config.calib_seed, progress=False)
         for bits in config.bits:
-            if bits in FORMATS and not METHODS[name].supports_fp8:
-                say(f"{method}-{bits}: skipped ({name} quantizes activations dynamically; FP8 is static only)")
+            if (bits in FORMATS or bits in WEIGHT_ONLY) and not METHODS[name].supports_fp8:
+                say(f"{method}-{bits}: skipped ({name} quantizes activations dynamically; {bits} is static only)")
                 grid.skipped.append(f"{method}-{bits}")
                 continue
             _run_cell(grid, method, bits, calib, say)
@@ -172,10 +173,11 @@ def _run_cell(grid: _Grid, method: str, bits: str, calib: Any, say: Callable[[st
                                       "w_block": config.w4_block if w_bits == 4 else 0}))
     recipe.write(grid.root / "recipes" / folder)
     say(f"{key}: exporting")
+    weight_only = bits in WEIGHT_ONLY  # TensorRT's INT4 form: the graphs (and their torch reference) keep float inputs
     art = export_onnx(model, recipe, grid.root / "onnx" / folder, recipe_dir=grid.root / "recipes" / folder,
-                      progress=False, reference=grid.reference)
+                      progress=False, reference=grid.reference, target="tensorrt" if weight_only else "onnxruntime")
     size = artifact_bytes(art)
-    backend = torch_backend(model, recipe)
+    backend = _weight_only_backend(model, recipe, art) if weight_only else torch_backend(model, recipe)
     ort = onnxruntime_backend(art, fuse=False)
     consistency = _ort_vs_torch(grid.refs[min(config.steps)], backend, ort, recipe)
     grid.recipes[key] = _recipe_summary(recipe, size, consistency)
@@ -198,6 +200,20 @@ def _run_cell(grid: _Grid, method: str, bits: str, calib: Any, say: Callable[[st
         torch_cell = next(c for c in grid.cells if (c["method"], c["bits"], c["steps"]) == (method, bits, s))
         grid.agreement = {"method": method, "bits": bits, "steps": s, "onnxruntime": cell_metrics(q),
                           "torch": {k: torch_cell[k] for k in cell_metrics(q)}}
+
+
+def _weight_only_backend(model: Any, recipe: Any, art: Any) -> Any:
+    """The torch reference of a weight-only (W4A16) set: the recipe's weights, float activations on the set's
+    weight-only Linears (``validation.run.reference_denoiser``, what the exported graphs compute)."""
+    import torch
+
+    from ditq.runtime.backends import GroupedBackend
+    from ditq.validation.run import reference_denoiser
+
+    return GroupedBackend.from_loader(
+        f"fake-quant-{recipe.method}-w4a16", [g.interval for g in recipe.groups],
+        lambda: [torch.no_grad()(reference_denoiser(model, recipe, art, g.group_id).predict) for g in recipe.groups],
+        num_classes=model.num_classes if model.kind == "dit" else None)
 
 
 def artifact_bytes(art: Any) -> int:

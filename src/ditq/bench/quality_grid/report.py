@@ -81,6 +81,9 @@ def format_markdown(result: dict[str, Any]) -> str:
              "TensorRT INT8 engines.",
              "- TensorRT runs W4A8 as INT4-weight dequantization + FP16 GEMMs (a memory win, not a compute win).",
              f"- {result['peer_note']}."]
+    if any(r["bits"] == "W4A16" for r in result["cells"]):
+        notes.append("- W4A16: the W4A8 recipe exported as TensorRT builds INT4 (`export --target tensorrt`: INT4 "
+                     "weight dequantization only, activations stay FP16/FP32); W4A8 is the papers' fake-quant setting.")
     if any(r["bits"] in FORMATS for r in result["cells"]):
         notes.append("- W8A8-FP8 (E4M3, scale = amax / 448, saturating) is TensorRT's FP8 path on Ada/Hopper "
                      "(sm_89+); ONNX Runtime runs its FLOAT8E4M3FN Q/DQ exactly on CPU.")
