@@ -80,7 +80,7 @@ def test_htg_records_its_criterion_and_falls_back_to_local_without_probes(gated_
     from ditq.calibration.methods.smoothquant import one_group
 
     cfg, ctx = _context(gated_model, seed=0)
-    sol = HTGConfig(groups=1, alpha_criterion="output").solve(ctx)
+    sol = HTGConfig(groups=1).solve(ctx)
     assert sol.info["alpha_criterion"] == "output"
     ctx.probes = []
     sol = HTGConfig(groups=1, alpha_criterion="global").solve(ctx)
@@ -90,7 +90,7 @@ def test_htg_records_its_criterion_and_falls_back_to_local_without_probes(gated_
 
 def test_global_criterion_gives_every_smoothable_site_one_alpha(gated_model):
     _, ctx = _context(gated_model, seed=0)
-    sol = HTGConfig(groups=1, alphas=(0.5, 0.8)).solve(ctx)
+    sol = HTGConfig(groups=1, alpha_criterion="global", alphas=(0.5, 0.8)).solve(ctx)
     assert sol.info["alpha_criterion"] == "global"
     assert len({a for a in sol.alphas.values() if a is not None}) == 1
 
