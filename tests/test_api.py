@@ -161,6 +161,13 @@ def test_pixart_pipeline_captions_come_from_the_prompts(cls_name, tmp_path):
         ditq.export_onnx(tmp_path / "recipe", tmp_path / "onnx2", model=other)
 
 
+def test_smoothquant_preset_and_htg_default_are_at_full_strength():
+    """The baseline smooths every site at Model Optimizer's alpha (0.8); HTG scores its alphas end to end."""
+    sq = ditq.W8A8_SMOOTHQUANT.method
+    assert (sq.alpha, sq.explicit) == (0.8, True) and sq == ditq.SmoothQuantConfig()
+    assert ditq.W8A8_HTG.method.alpha_criterion == ditq.HTGConfig().alpha_criterion != "local"
+
+
 def test_presets_round_trip_and_refuse_other_versions_and_bad_values():
     for name, config in ditq.PRESETS.items():
         body = json.loads(json.dumps(config.to_dict()))

@@ -7,15 +7,36 @@ from ditq.errors import DitqError
 
 def test_smoothquant_scales_follow_the_formula(calibrated):
     recipe = calibrated("smoothquant")
-    assert recipe.num_groups == 1 and recipe.params == {"alpha": 0.5, "explicit": False, "act_clip_search": False,
+    assert recipe.num_groups == 1 and recipe.params == {"alpha": 0.8, "explicit": True, "act_clip_search": False,
                                                         "weight_clip_search": False}
-    for site in recipe.sites:
+    for site in recipe.sites:  # every site smoothed, fc2 (no linear producer) included, as Model Optimizer does
         assert not recipe.shift(site.name, 0).any()
         s = recipe.smooth(site.name)
-        if site.name.endswith("ff.net.2"):  # no linear producer: not smoothed by default
+        assert site.alpha == 0.8 and not torch.allclose(s, torch.ones_like(s))
+
+
+def test_smoothquant_explicit_off_keeps_fc2_unsmoothed(calibrated):
+    recipe = calibrated("smoothquant", alpha=0.5, explicit=False)
+    for site in recipe.sites:
+        s = recipe.smooth(site.name)
+        if site.name.endswith("ff.net.2"):
             assert torch.equal(s, torch.ones_like(s)) and site.alpha is None
         else:
-            assert site.alpha == 0.5 and not torch.allclose(s, torch.ones_like(s))
+            assert site.alpha == 0.5
+
+
+def test_smoothquant_smooths_every_pixart_site(pixart_model):
+    """PixArt's qkv/fc1 (adaLN-single: explicit Mul), cross-attention q and the caption-fed k/v were left at s = 1:
+    only the out-projections were smoothed, which is why it trailed Model Optimizer's SmoothQuant."""
+    from ditq.calibration.calibrate import CalibConfig, calibrate
+    from ditq.calibration.methods import method_config
+
+    recipe = calibrate(pixart_model, method_config("smoothquant"), CalibConfig(steps=4, samples=2, progress=False))
+    kinds = {site.name.split(".", 2)[-1] for site in recipe.sites}
+    assert {"attn1.qkv", "attn2.to_q", "attn2.kv", "ff.net.0.proj", "ff.net.2"} <= kinds
+    for site in recipe.sites:
+        s = recipe.smooth(site.name)
+        assert site.alpha == 0.8 and not torch.allclose(s, torch.ones_like(s)), site.name
 
 
 def test_smoothquant_fold_round_trip_and_export(calibrated, tiny_model, tiny_reference, tmp_path):

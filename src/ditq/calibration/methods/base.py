@@ -192,8 +192,12 @@ class ProbeEvaluator:
         return [float(t[0]) for _, t, _ in self.inputs]
 
     @torch.no_grad()
-    def noise_ratios(self, replacements: Mapping[str, nn.Module]) -> list[float]:
-        """Per probe: ||out - ref||^2 / ||ref||^2 with ``replacements`` (linear name -> module) swapped in."""
+    def noise_ratios(self, replacements: Mapping[str, nn.Module],
+                     on_probe: Callable[[int], None] | None = None) -> list[float]:
+        """Per probe: ||out - ref||^2 / ||ref||^2 with ``replacements`` (linear name -> module) swapped in.
+
+        ``on_probe(i)`` runs before probe ``i`` (e.g. to point grouped replacements at that probe's group).
+        """
         originals = {}
         for name, module in replacements.items():
             parent, _, attr = name.rpartition(".")
@@ -201,7 +205,9 @@ class ProbeEvaluator:
             setattr(self.modules[parent], attr, module)
         try:
             ratios = []
-            for inp, ref in zip(self.inputs, self.reference):
+            for i, (inp, ref) in enumerate(zip(self.inputs, self.reference)):
+                if on_probe is not None:
+                    on_probe(i)
                 out = self.model.predict(*inp)
                 ratios.append(noise_ratio(out, ref))
             return ratios

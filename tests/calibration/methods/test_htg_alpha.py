@@ -1,0 +1,101 @@
+"""HTG's alpha criterion: the model-output SQNR on calibration probes, not the quantized Linear's local error."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from ditq.calibration.methods.htg import HTGConfig
+from ditq.errors import DitqError
+
+RELEVANT = 4  # fc2 output channels the residual stream keeps; the others are gated to ~0
+
+
+@dataclass(frozen=True)
+class _Capturing(HTGConfig):
+    """HTG that keeps the Context it solved (so a test can score candidates on it)."""
+
+    def solve(self, ctx):
+        _CTX.append(ctx)
+        return super().solve(ctx)
+
+
+_CTX: list = []
+
+
+@pytest.fixture(scope="module")
+def gated_model(tmp_path_factory):
+    """The tiny DiT with the MLP gate of every block ~0 on all but RELEVANT channels, and fc2's rows for the
+    gated-off channels 50x larger: fc2's local output error is dominated by channels the model output never sees."""
+    from diffusers import DDPMScheduler
+
+    from ditq.models.loading import load_model
+    from ditq.models.tiny import tiny_dit
+
+    model = tiny_dit(0)
+    c = model.config.num_attention_heads * model.config.attention_head_dim
+    with torch.no_grad():
+        for block in model.transformer_blocks:
+            block.norm1.linear.weight[5 * c:6 * c] = 0  # gate_mlp = chunk 5 of 6
+            gate = torch.full((c,), 1e-3)
+            gate[:RELEVANT] = 1.0
+            block.norm1.linear.bias[5 * c:6 * c] = gate
+            block.ff.net[2].weight[RELEVANT:] *= 50.0
+    out = tmp_path_factory.mktemp("gated") / "model"
+    model.save_pretrained(out / "transformer", safe_serialization=True)
+    DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2").save_pretrained(out / "scheduler")
+    return load_model(out)
+
+
+def _context(model, seed: int):
+    from ditq.calibration.calibrate import CalibConfig, calibrate
+
+    _CTX.clear()
+    cfg = _Capturing(groups=1, shift_choice=False, alpha_criterion="local")
+    calibrate(model, cfg, CalibConfig(steps=8, samples=2, seed=seed, progress=False))
+    return cfg, _CTX[0]
+
+
+def test_output_criterion_picks_a_better_alpha_than_the_local_one(gated_model):
+    from ditq.calibration.methods.site_probe import SiteScorer
+    from ditq.calibration.methods.smoothquant import one_group
+
+    cfg, ctx = _context(gated_model, seed=0)
+    _, held_out = _context(gated_model, seed=3)  # other noise: where the picks are judged
+    site = next(s for s in ctx.sites if s.name.endswith("0.ff.net.2"))
+    grouping = one_group(ctx)
+    options = cfg._candidates(ctx, site, grouping)
+    scorer = SiteScorer(ctx, grouping)
+    local = min(options, key=lambda k: options[k][3])
+    output = max(options, key=lambda k: scorer.score(site, *options[k][:3]))
+    assert local != output
+    judge = SiteScorer(held_out, one_group(held_out), n_timesteps=8)
+    gain = judge.score(site, *options[output][:3]) - judge.score(site, *options[local][:3])
+    assert gain > 0.3, (local, output, gain)
+
+
+def test_htg_records_its_criterion_and_falls_back_to_local_without_probes(gated_model):
+    from ditq.calibration.methods.smoothquant import one_group
+
+    cfg, ctx = _context(gated_model, seed=0)
+    sol = HTGConfig(groups=1).solve(ctx)
+    assert sol.info["alpha_criterion"] == "output"
+    ctx.probes = []
+    sol = HTGConfig(groups=1, alpha_criterion="global").solve(ctx)
+    assert sol.info["alpha_criterion"] == "local"
+    assert one_group(ctx).n_groups == 1
+
+
+def test_global_criterion_gives_every_smoothable_site_one_alpha(gated_model):
+    _, ctx = _context(gated_model, seed=0)
+    sol = HTGConfig(groups=1, alpha_criterion="global", alphas=(0.5, 0.8)).solve(ctx)
+    assert sol.info["alpha_criterion"] == "global"
+    assert len({a for a in sol.alphas.values() if a is not None}) == 1
+
+
+def test_alpha_criterion_is_checked():
+    with pytest.raises(DitqError, match="alpha_criterion"):
+        HTGConfig(alpha_criterion="psnr")
+
