@@ -173,3 +173,25 @@ def test_a_taken_port_fails_fast_in_one_line(tiny_onnx):
                 start_server(ServeOptions(tiny_onnx.root, http_port=other, grpc_port=port), python=python,
                              ready_timeout_s=60):
             pass
+
+
+def test_a_client_that_disconnects_mid_loop_costs_nothing(server, tiny_onnx):
+    """One client drops its connection in the middle of a request body, another walks away after two steps of its
+    sampling loop; the server keeps serving, and a full loop afterwards is exactly the in-process result."""
+    from urllib.parse import urlparse
+
+    from ditq.runtime.backends import open_backend
+
+    url = urlparse(server.http_url if "://" in server.http_url else f"http://{server.http_url}")
+    with socket.create_connection((url.hostname, url.port), timeout=10) as raw:  # half a request, then gone
+        raw.sendall(b"POST /v2/models/transformer/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: 100000\r\n\r\n{\"inputs\": [")
+    with http.InferenceServerClient(server.http_url, network_timeout=30) as client:  # two steps of a loop, then gone
+        x = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
+        for t in (999.0, 949.0):
+            _infer(client, x, np.array([t, t], np.float32), np.array([1, 10]))
+    backend, _ = open_backend(tiny_onnx.root, "onnxruntime", fuse=False)
+    with http.InferenceServerClient(server.http_url, network_timeout=30) as client:
+        assert client.is_server_live() and client.is_model_ready("transformer")
+        got = _sample(_denoise(client), tiny_onnx, 3, 6, [4])
+    torch.testing.assert_close(got, _sample(backend, tiny_onnx, 3, 6, [4]), rtol=1e-4, atol=1e-4)
