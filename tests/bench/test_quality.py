@@ -109,7 +109,9 @@ def test_modelopt_fp8_peer_is_its_e4m3_per_tensor_default_in_the_fp8_column():
     cfg = modelopt_config(["transformer_blocks.0.attn1.to_q"], "fp8-max")
     assert cfg["algorithm"] == "max"
     assert [e["cfg"] for e in cfg["quant_cfg"][1:]] == [{"num_bits": (4, 3), "axis": None}] * 2
+    assert modelopt_config(["a"], "int8-smoothquant-a08")["algorithm"] == {"method": "smoothquant", "alpha": 0.8}
     assert {k: peer_bits(k) for k in PEER_CONFIGS} == {"int8-max": "W8A8", "int8-smoothquant": "W8A8",
+                                                      "int8-smoothquant-a08": "W8A8",
                                                       "fp8-max": "W8A8-FP8", "w4a8-max": "W4A8",
                                                       "w4a8-awq-lite": "W4A8"}
 
