@@ -61,3 +61,22 @@ def test_registry_and_cli_agree():
     assert set(CLI_METHODS) == set(METHODS)
     with pytest.raises(DitqError, match="unknown method"):
         method_config("awq")
+
+
+def test_probe_recording_is_bounded_and_spread_over_the_trajectory():
+    import torch
+
+    from ditq.calibration.calibrate import _probe_recorder
+
+    probes: list = []
+    hook = _probe_recorder(probes, ("class_labels",), max_calls=8, max_rows=4)
+    for step in range(100):  # a 100-step loop with CFG batches of 64 rows
+        x = torch.full((64, 1, 2, 2), float(step))
+        hook(None, (x,), {"timestep": torch.full((64,), float(999 - step)), "class_labels": torch.arange(64)})
+    assert 4 <= len(probes) <= 8
+    steps = [int(p[0][0, 0, 0, 0]) for p in probes]
+    assert steps == sorted(steps) and steps[0] == 0 and steps[-1] >= 50  # evenly strided, whole trajectory
+    assert len({b - a for a, b in zip(steps, steps[1:])}) == 1
+    x, t, cond = probes[0]
+    assert x.shape[0] == t.shape[0] == cond["class_labels"].shape[0] == 4
+    assert cond["class_labels"].tolist() == [0, 21, 42, 63]  # rows spread over both CFG halves

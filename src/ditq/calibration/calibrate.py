@@ -174,13 +174,35 @@ def _as_json(body: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(body))
 
 
-def _probe_recorder(probes: list[tuple[torch.Tensor, torch.Tensor, Cond]], names: tuple[str, ...]
-                    ) -> Callable[..., None]:
+PROBE_CALLS, PROBE_ROWS = 32, 16  # the most model calls (and rows of each) kept for the methods' evaluations
+
+
+def _probe_recorder(probes: list[tuple[torch.Tensor, torch.Tensor, Cond]], names: tuple[str, ...], *,
+                    max_calls: int = PROBE_CALLS, max_rows: int = PROBE_ROWS) -> Callable[..., None]:
+    """Record the transformer's inputs for the methods that evaluate the model (they use a few calls spread over
+    the trajectory, a few rows each), in bounded memory: at most ``max_calls`` calls, spread evenly over however
+    many the loop makes (every ``stride``-th call, the stride doubling when the list is full), and at most
+    ``max_rows`` rows of each, spread over the batch (CFG's conditional and unconditional halves alike). A
+    full-size PixArt caption row alone is ~5 MB, so keeping every call of a 100-step run would cost gigabytes."""
+    seen, stride = 0, 1
+
     def hook(_module: torch.nn.Module, args: tuple[torch.Tensor, ...], kwargs: dict[str, torch.Tensor]) -> None:
+        nonlocal seen, stride
         x = args[0] if args else kwargs.get("hidden_states")
         t = kwargs.get("timestep")
         cond = {k: kwargs[k] for k in names if kwargs.get(k) is not None}
-        if x is not None and t is not None and len(cond) == len(names):
-            probes.append((x.detach().clone(), t.detach().clone(), {k: v.detach().clone() for k, v in cond.items()}))
+        if x is None or t is None or len(cond) != len(names):
+            return
+        keep = seen % stride == 0
+        seen += 1
+        if not keep:
+            return
+        rows = torch.linspace(0, x.shape[0] - 1, min(max_rows, x.shape[0])).round().long().unique()
+        t = t.reshape(-1).expand(x.shape[0]) if t.numel() in (1, x.shape[0]) else t
+        probes.append((x[rows].detach().clone(), t[rows].detach().clone(),
+                       {k: v[rows].detach().clone() for k, v in cond.items()}))
+        if len(probes) > max_calls:
+            probes[:] = probes[::2]
+            stride *= 2
 
     return hook
