@@ -12,6 +12,16 @@ from ditq.cli.args import Parser, common_parent, nonnegative_int, positive_int
 KINDS = ("speed", "quality", "fullsize", "single-graph", "gpu", "serve")  # + add_args and a handler below
 
 
+def progress(args: argparse.Namespace, kind: str) -> Callable[[str], None]:
+    """``bench KIND: message`` lines on stderr, silenced by ``-q``."""
+
+    def say(msg: str) -> None:
+        if not args.quiet:
+            print(f"bench {kind}: {msg}", file=sys.stderr, flush=True)
+
+    return say
+
+
 def _csv(value: str | None, cast: Callable[[str], object] = str) -> tuple | None:
     if value is None:
         return None
@@ -66,10 +76,7 @@ def run_speed(args: argparse.Namespace) -> int:
         keep_artifacts=args.keep_artifacts or None,
     )
 
-    def say(msg: str) -> None:
-        if not args.quiet:
-            print(f"bench speed: {msg}", file=sys.stderr, flush=True)
-
+    say = progress(args, "speed")
     result = benchmark_speed(config, Path(args.output), progress=say, force=args.force)
     print(format_markdown(result))
     print(f"wrote {Path(args.output) / 'speed.json'} and speed.md")
@@ -108,10 +115,7 @@ def run_quality(args: argparse.Namespace) -> int:
                  "peer": args.peer, "plots": args.plots, "threads": args.threads}
     config = replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
-    def say(msg: str) -> None:
-        if not args.quiet:
-            print(f"bench quality: {msg}", file=sys.stderr, flush=True)
-
+    say = progress(args, "quality")
     result = run_quality_grid(Path(args.output), config, force=args.force, progress=say)
     print(format_markdown(result))
     print(f"wrote {Path(args.output) / 'quality.md'}, quality.csv and quality.json")
@@ -170,10 +174,7 @@ def run_single_graph(args: argparse.Namespace) -> int:
                                    "calib_steps": args.calib_steps, "repeats": args.repeats,
                                    "threads": args.threads}.items() if v is not None}
 
-    def say(msg: str) -> None:
-        if not args.quiet:
-            print(f"bench single-graph: {msg}", file=sys.stderr, flush=True)
-
+    say = progress(args, "single-graph")
     result = bench_single_graph(replace(SingleGraphConfig(), **overrides), Path(args.output), force=args.force,
                                 progress=say)
     print(format_markdown(result))
@@ -202,10 +203,7 @@ def run_gpu(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in {"device": args.device, "models": _csv(args.models), "batches": args.batches,
                                    "dtypes": _csv(args.dtypes), "repeats": args.repeats}.items() if v is not None}
 
-    def say(msg: str) -> None:
-        if not args.quiet:
-            print(f"bench gpu: {msg}", file=sys.stderr, flush=True)
-
+    say = progress(args, "gpu")
     result = run_gpu_check(replace(base, **overrides), Path(args.output), force=args.force, progress=say)
     print(format_table(result))
     print(f"wrote {args.output}")
@@ -237,8 +235,7 @@ def run_serve(args: argparse.Namespace) -> int:
     config = replace(QUICK if args.quick else ServeBenchConfig(), **overrides)
     ports = tuple(positive_int(v) for v in args.ports.split(","))
     result = benchmark_serve(Path(args.artifact), Path(args.output), config, python=args.python, force=args.force,
-                             ports=ports, progress=None if args.quiet else
-                             (lambda m: print(f"bench serve: {m}", file=sys.stderr, flush=True)))
+                             ports=ports, progress=None if args.quiet else progress(args, "serve"))
     from ditq.serve.bench import format_markdown
 
     print(format_markdown(result))
