@@ -68,6 +68,7 @@ def _bench_dtype(name: str, recipe: Any, dtype_name: str, config: GpuCheckConfig
                  say: Callable[[str], None]) -> dict[str, Any]:
     import torch
 
+    from ditq.bench.speed.torch_int8 import timing_inputs
     from ditq.models.configs import random_model
     from ditq.runtime.backends.torch_int8 import torch_int8_backend, unique_bytes
 
@@ -88,12 +89,7 @@ def _bench_dtype(name: str, recipe: Any, dtype_name: str, config: GpuCheckConfig
     with torch.no_grad():
         for batch in config.batches:
             say(f"{name} {dtype_name}: batch {batch}")
-            gen = torch.Generator().manual_seed(config.seed)
-            x = torch.randn((batch, *model.sample_shape), generator=gen).to(device, dtype)
-            t = torch.full((batch,), 500.0, device=device)
-            cond = model.cond(torch.arange(batch) % model.num_classes if model.kind == "dit"
-                              else torch.arange(batch) % model.num_conditions)
-            c = {k: v.to(device, dtype if v.is_floating_point() else v.dtype) for k, v in cond.items()}
+            x, t, c = timing_inputs(model, batch, config.seed, device, dtype)
             out["rows"].append({"batch": batch, **_time_batch(q.device_fns, fp, x, t, c, [c[k] for k in names],
                                                               config, sync, cuda)})
     return out

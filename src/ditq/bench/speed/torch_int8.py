@@ -12,6 +12,18 @@ from ditq.bench.speed.models import BenchModel, time_sampling
 from ditq.errors import DitqError
 
 
+def timing_inputs(model: Any, batch: int, seed: int, device: Any, dtype: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """Seeded noise, a mid-trajectory timestep and conditions for ``batch`` rows, on ``device`` (float conditions
+    in ``dtype``): the inputs every latency measurement times."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn((batch, *model.sample_shape), generator=gen).to(device, dtype)
+    t = torch.full((batch,), 500.0, device=device)
+    cond = model.cond(torch.arange(batch) % (model.num_classes if model.kind == "dit" else model.num_conditions))
+    return x, t, {k: v.to(device, dtype if v.is_floating_point() else v.dtype) for k, v in cond.items()}
+
+
 def bench_torch(bm: BenchModel, recipe: Any, config: SpeedConfig,
                 progress: Callable[[str], None] = lambda _msg: None) -> dict[str, Any]:
     """Torch FP vs ``torch_int8_backend`` on ``config.device``: latency per batch, weight bytes, sampling."""
@@ -41,10 +53,8 @@ def bench_torch(bm: BenchModel, recipe: Any, config: SpeedConfig,
     with torch.no_grad():
         for batch in config.batches:
             progress(f"{bm.name}: torch batch {batch} ({config.device})")
-            gen = torch.Generator().manual_seed(config.seed)
-            x = torch.randn((batch, *model.sample_shape), generator=gen).to(device, dtype)
-            t = torch.full((batch,), 500.0, device=device)
-            y = (torch.arange(batch) % model.num_classes).to(device)
+            x, t, cond = timing_inputs(model, batch, config.seed, device, dtype)
+            y = cond["class_labels"]
             fns = {"fp": lambda x=x, t=t, y=y: fp(x, t, y), "int8": lambda x=x, t=t, y=y: q_fn(x, t, y)}
             if cuda:
                 for key, f in fns.items():
