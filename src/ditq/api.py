@@ -296,11 +296,12 @@ def validate(onnx_dir: OnnxArtifact | str | Path, out: str | Path | None = None,
     return report
 
 
-def validate_failures(report: Mapping[str, Any]) -> str:
-    """One line naming every failed gate of a ``validate`` report ("" when it passed)."""
+def validate_failures(report: Mapping[str, Any], flags: Mapping[tuple[str, str], str] | None = None) -> str:
+    """One line naming every failed gate of a ``validate`` report ("" when it passed); ``flags`` maps a gate
+    ``(graph, metric)`` to the CLI flag that sets its floor, named in the line."""
     from ditq.validation.run import failure_lines
 
-    return "; ".join(f"group {g['group']}: {', '.join(failure_lines(g))}"
+    return "; ".join(f"group {g['group']}: {', '.join(failure_lines(g, dict(flags) if flags else None))}"
                      for g in report["groups"] if not g["passed"])
 
 

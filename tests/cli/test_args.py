@@ -112,3 +112,12 @@ def test_calibrate_summary_prints_the_steps_and_samples_used(capsys, tiny_model_
                  "--groups", "2"]) == 0
     out = capsys.readouterr().out
     assert f"steps=3  samples={CALIBRATION_DEFAULTS['']['samples']}" in out, out
+
+
+@pytest.mark.parametrize("ports", ["abc", "18000", "1,70000", "18000,18000"])
+def test_bench_serve_ports_are_a_usage_error(capsys, ports):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "serve", "X", "-o", "out", "--ports", ports])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1 and err.startswith("ditq bench serve: error: ") \
+        and "--ports" in err, err

@@ -160,8 +160,8 @@ def check_output(out: Path, *, kind: str, force: bool, inputs: Iterable[str | Pa
             if not force:
                 raise DitqError(f"output directory {out} already exists and is not empty; pass --force to replace "
                                 "it" if is_dir else f"output file {out} already exists; pass --force to replace it")
-            if is_dir and manifest_kind(real) != kind:
-                found = manifest_kind(real)
+            found = manifest_kind(real) if is_dir else kind
+            if found != kind:
                 holds = f"a '{found}' artifact" if found else "files that are not a ditq output"
                 raise DitqError(f"output directory {out} holds {holds}; --force replaces only a '{kind}' output "
                                 "written by ditq (or an empty directory): remove it yourself or choose another -o")

@@ -134,7 +134,7 @@ def run_gpu_check(config: GpuCheckConfig, out: Path, *, force: bool = False,
 
     import torch
 
-    from ditq.artifacts.outputs import output_file
+    from ditq.artifacts.outputs import check_output, output_file
     from ditq.calibration.calibrate import CalibConfig, calibrate
     from ditq.calibration.methods import method_config
     from ditq.models.configs import random_model
@@ -142,6 +142,7 @@ def run_gpu_check(config: GpuCheckConfig, out: Path, *, force: bool = False,
     say = progress or (lambda msg: None)
     if config.device == "cuda" and not torch.cuda.is_available():
         raise DitqError("bench gpu needs a CUDA GPU (torch sees none); use --quick --device cpu to try it here")
+    check_output(Path(out), kind="GPU check JSON", force=force, what="file")  # refused before the measurements
     start = time.perf_counter()
     result: dict[str, Any] = {
         "config": asdict(config), "torch": torch.__version__, "cuda": torch.version.cuda,

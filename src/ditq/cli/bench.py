@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from ditq.cli.args import Parser, common_parent, nonnegative_int, positive_int
+from ditq.cli.args import Parser, common_parent, int_range, nonnegative_int, positive_int
 
 KINDS = ("speed", "quality", "fullsize", "single-graph", "gpu", "serve")  # + add_args and a handler below
 
@@ -26,6 +26,14 @@ def _csv(value: str | None, cast: Callable[[str], object] = str) -> tuple | None
     if value is None:
         return None
     return tuple(cast(v.strip()) for v in value.split(",") if v.strip())
+
+
+def port_pair(value: str) -> tuple[int, int]:
+    """``HTTP,gRPC``: two distinct TCP ports (argparse type: anything else is a usage error)."""
+    items = tuple(int_range(1, 65535)(v.strip()) for v in value.split(","))
+    if len(items) != 2 or items[0] == items[1]:
+        raise argparse.ArgumentTypeError(f"must be two different ports HTTP,gRPC, got {value!r}")
+    return items  # type: ignore[return-value]
 
 
 def positive_ints(value: str) -> tuple[int, ...]:
@@ -219,7 +227,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=positive_int, default=None, help="DDIM steps per loop (default: 20)")
     p.add_argument("--loops", type=positive_int, default=None, help="sampling loops per client (default: 2)")
     p.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime threads per group model")
-    p.add_argument("--ports", default="18000,18001", help="HTTP,gRPC ports on 127.0.0.1 (default: %(default)s)")
+    p.add_argument("--ports", type=port_pair, default=(18000, 18001),
+                   help="HTTP,gRPC ports on 127.0.0.1 (default: 18000,18001)")
     p.add_argument("--python", default=None, help="the serving interpreter (see `ditq serve --help`)")
     p.add_argument("--force", action="store_true", help="replace an existing output directory of this bench")
 
@@ -233,9 +242,8 @@ def run_serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in {"clients": args.clients, "steps": args.steps, "loops": args.loops,
                                    "threads": args.threads}.items() if v is not None}
     config = replace(QUICK if args.quick else ServeBenchConfig(), **overrides)
-    ports = tuple(positive_int(v) for v in args.ports.split(","))
     result = benchmark_serve(Path(args.artifact), Path(args.output), config, python=args.python, force=args.force,
-                             ports=ports, progress=None if args.quiet else progress(args, "serve"))
+                             ports=args.ports, progress=None if args.quiet else progress(args, "serve"))
     from ditq.serve.bench import format_markdown
 
     print(format_markdown(result))

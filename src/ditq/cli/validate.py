@@ -7,7 +7,6 @@ from pathlib import Path
 from ditq.cli.args import finite_float, float_range, positive_int
 from ditq.errors import CheckFailed
 
-REPORT_KIND = "ditq.validation"
 # the flag that sets each gate's floor, named in a failure
 GATE_FLAGS = {("onnxrt-fp", "sqnr_db"): "--min-ref-sqnr", ("onnxrt-fp", "cosine"): "--min-ref-cosine",
               ("onnxrt-qdq", "sqnr_db"): "--min-sqnr", ("onnxrt-qdq", "cosine"): "--min-cosine"}
@@ -32,10 +31,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ditq.api import validate
+    from ditq.api import validate, validate_failures
     from ditq.artifacts.onnx import OnnxArtifact
     from ditq.validation.compare import Thresholds
-    from ditq.validation.run import default_thresholds, failure_lines, format_report
+    from ditq.validation.run import default_thresholds, format_report
 
     art = OnnxArtifact.load(Path(args.artifact))  # refuses a set whose recipe changed since the export
     out = Path(args.output) if args.output else art.root / "validation"
@@ -51,6 +50,5 @@ def run(args: argparse.Namespace) -> int:
     print(format_report(report))
     print(f"report: {out / 'validation.json'}")
     if not report["passed"]:
-        raise CheckFailed("; ".join(f"group {g['group']}: {', '.join(failure_lines(g, GATE_FLAGS))}"
-                                    for g in report["groups"] if not g["passed"]))
+        raise CheckFailed(validate_failures(report, GATE_FLAGS))
     return 0

@@ -130,12 +130,13 @@ def _run(root: Path, config: QualityConfig, say: Callable[[str], None]
         calib = CalibConfig(steps=config.calib_steps or own.get("steps", DEFAULT_CALIB_STEPS),
                             samples=config.calib_samples or own.get("samples", DEFAULT_CALIB_SAMPLES),
                             cfg_scale=config.cfg_scale, seed=config.calib_seed, progress=False)
+        recipes: dict[tuple[int, str, int], Any] = {}  # W4A16 is the W4A8 recipe, exported weight-only: calibrate once
         for bits in config.bits:
             if (bits in FORMATS or bits in WEIGHT_ONLY) and not METHODS[name].supports_fp8:
                 say(f"{method}-{bits}: skipped ({name} quantizes activations dynamically; {bits} is static only)")
                 grid.skipped.append(f"{method}-{bits}")
                 continue
-            _run_cell(grid, method, bits, calib, say)
+            _run_cell(grid, method, bits, calib, say, recipes)
     peers, peer_note = peer_rows(model, config, grid.refs, grid.specs, scorer, say)
     return {
         "kind": "ditq.bench.quality", "config": jsonable(asdict(config)),
@@ -152,7 +153,8 @@ def _run(root: Path, config: QualityConfig, say: Callable[[str], None]
     }, grid.grid_rows
 
 
-def _run_cell(grid: _Grid, method: str, bits: str, calib: Any, say: Callable[[str], None]) -> None:
+def _run_cell(grid: _Grid, method: str, bits: str, calib: Any, say: Callable[[str], None],
+              recipes: dict[tuple[int, str, int], Any]) -> None:
     """One method at one bit width: calibrate, export, check ONNX Runtime against torch, evaluate every step count
     (and on ONNX Runtime too when it is the agreement cell)."""
     from ditq.bench.quality import evaluate
@@ -166,11 +168,15 @@ def _run_cell(grid: _Grid, method: str, bits: str, calib: Any, say: Callable[[st
     key = f"{method}-{bits}"
     folder = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
     w_bits = BITS[bits]
-    say(f"{key}: calibrating ({calib.steps} steps x {calib.samples} samples)")
-    params = {**config.method_params.get(name, {}), **variant}
-    recipe = calibrate(model, method_config(name, **params),
-                       CalibConfig(**{**asdict(calib), "w_bits": w_bits, "fmt": FORMATS.get(bits, "int"),
-                                      "w_block": config.w4_block if w_bits == 4 else 0}))
+    quantizer = (w_bits, FORMATS.get(bits, "int"), config.w4_block if w_bits == 4 else 0)
+    if quantizer in recipes:  # same method, same quantizers: only the export differs (W4A8 / W4A16)
+        say(f"{key}: the {method} recipe of these weight quantizers, calibrated already")
+        recipe = recipes[quantizer]
+    else:
+        say(f"{key}: calibrating ({calib.steps} steps x {calib.samples} samples)")
+        params = {**config.method_params.get(name, {}), **variant}
+        recipe = recipes[quantizer] = calibrate(model, method_config(name, **params), CalibConfig(
+            **{**asdict(calib), "w_bits": w_bits, "fmt": quantizer[1], "w_block": quantizer[2]}))
     recipe.write(grid.root / "recipes" / folder)
     say(f"{key}: exporting")
     weight_only = bits in WEIGHT_ONLY  # TensorRT's INT4 form: the graphs (and their torch reference) keep float inputs

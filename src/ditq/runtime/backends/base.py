@@ -12,7 +12,6 @@ artifact.
 from __future__ import annotations
 
 import abc
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,12 +149,10 @@ class GroupedBackend(Backend):
 
 def read_manifest_kind(path: Path) -> str:
     """The ``kind`` an artifact directory declares (validated later by the artifact's own loader)."""
-    from ditq.artifacts import MANIFEST
+    from ditq.artifacts import manifest_kind
 
-    try:
-        kind = json.loads((Path(path) / MANIFEST).read_text()).get("kind")
-    except (OSError, ValueError, AttributeError) as err:
-        raise DitqError(f"{path} is not an artifact directory written by ditq (no readable manifest.json)") from err
-    if not isinstance(kind, str):
-        raise DitqError(f"{path}/manifest.json has no kind; re-create the artifact")
+    kind = manifest_kind(Path(path))
+    if kind is None:
+        raise DitqError(f"{path} is not an artifact directory written by ditq (no readable manifest.json naming "
+                        "its kind); re-create the artifact")
     return kind
