@@ -214,22 +214,11 @@ def model_info(model: LoadedModel) -> dict[str, object]:
     return info
 
 
-def lint_violations(root: Path, recipe: Recipe, target: str = "onnxruntime") -> dict[str, list]:
-    """Rule violations of an exported set for its export ``target`` (the newest TensorRT's rules for "tensorrt", the
-    placement rules for "onnxruntime"), less the expected ones: a dynamically quantized GEMM has a weight DQ but a
-    float fake-quant on its input, so ``gemm-both-inputs`` does not apply to a dynamic-activation recipe."""
-    from ditq.artifacts.lint import NEWEST_TENSORRT, lint_dir
+def check_lint(artifact: OnnxArtifact, out: Path) -> None:
+    """Lint the staged set as its readers will (:func:`ditq.artifacts.lint.lint_onnx_set`); CheckFailed if broken."""
+    from ditq.artifacts.lint import format_violations, lint_onnx_set
 
-    results = lint_dir(root, NEWEST_TENSORRT if target == "tensorrt" else "onnxruntime")
-    if recipe.dynamic_activations:
-        results = {f: [v for v in vs if v.rule != "gemm-both-inputs"] for f, vs in results.items()}
-    return results
-
-
-def check_lint(artifact: OnnxArtifact, recipe: Recipe, out: Path) -> None:
-    from ditq.artifacts.lint import format_violations
-
-    results = lint_violations(artifact.root, recipe, artifact.target)
+    results = lint_onnx_set(artifact)
     if any(results.values()):
         log.error("%s", format_violations(results))
         count = sum(len(v) for v in results.values())
@@ -246,7 +235,7 @@ def export_onnx(model: LoadedModel, recipe: Recipe, out: Path, *, recipe_dir: Pa
     ``precision`` is the float type of everything that is not INT8 (Q/DQ scales included). ``reference``: the
     ``export_reference(model, opset, precision)`` graph, when the caller exports several recipes of one model
     (the dynamo export dominates the time); it is copied, not modified. ``lint``: check TensorRT's QDQ rules on the
-    staged set and raise ``CheckFailed`` before it replaces anything (:func:`lint_violations`). ``target``: one of
+    staged set and raise ``CheckFailed`` before it replaces anything (:func:`check_lint`). ``target``: one of
     :data:`TARGETS` (``tensorrt``: INT4 as W4A16, recorded in the manifest's ``weight_only``). ``single_graph``:
     also ``single_graph.onnx`` + ``single_graph_feeds.safetensors``, one graph for all groups whose shifts and
     activation-scale ratios are runtime inputs (``ditq.export.single_graph``; ONNX Runtime then holds the weights
@@ -348,6 +337,6 @@ def export_onnx(model: LoadedModel, recipe: Recipe, out: Path, *, recipe_dir: Pa
                 "feeds": feeds, "feeds_sha256": sha256_file(tmp / feeds)})
         artifact.save()
         if lint:  # before the set replaces anything: a graph TensorRT would reject never becomes the output
-            check_lint(artifact, recipe, out)
+            check_lint(artifact, out)
     log.info("exported %d groups in %.1f s", recipe.num_groups, artifact.seconds)
     return OnnxArtifact.load(out)
