@@ -283,16 +283,17 @@ def validate(onnx_dir: OnnxArtifact | str | Path, out: str | Path | None = None,
     check_output(target, kind=kind, force=force, inputs=inputs)
     gates = {**default_thresholds(art.precision), **dict(thresholds or {})}
     loaded = _model_of_artifact(art, recipe, model, load_kwargs)
-    if trt:
+    engines = None
+    if trt:  # fail before the ONNX validation if the engines cannot run here or come from another set
         from ditq.validation.trt import open_engines
 
-        open_engines(Path(trt), art)
+        engines = open_engines(Path(trt), art)
     with staging_dir(target, kind=kind, force=force, inputs=inputs) as tmp:
         report = run_validate(art, loaded, recipe, tmp, ValidateConfig(steps=steps, thresholds=gates))
-        if trt:
+        if engines is not None:
             from ditq.validation.trt import validate_trt
 
-            report = validate_trt(Path(trt), art, report, tmp, gates["onnxrt-qdq"])
+            report = validate_trt(engines, art, report, tmp, gates["onnxrt-qdq"])
     return report
 
 

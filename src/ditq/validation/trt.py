@@ -81,10 +81,12 @@ def open_engines(engine_dir: Path, onnx: OnnxArtifact) -> EngineArtifact:
     return engines
 
 
-def validate_trt(engine_dir: Path, onnx: OnnxArtifact, report: dict[str, Any], out: Path,
+def validate_trt(engine_dir: Path | EngineArtifact, onnx: OnnxArtifact, report: dict[str, Any], out: Path,
                  thresholds: Thresholds) -> dict[str, Any]:
-    """Add the engines' scores to ``report`` (from ``validate``) and rewrite ``out/validation.json``."""
-    engines = open_engines(engine_dir, onnx)
+    """Add the engines' scores to ``report`` (from ``validate``) and rewrite ``out/validation.json``.
+    ``engine_dir``: the engine directory, or the set :func:`open_engines` already checked (plans hashed once)."""
+    engines = engine_dir if isinstance(engine_dir, EngineArtifact) else open_engines(engine_dir, onnx)
+    engine_dir = engines.root
     lo, hi = engines.batch_range
     for entry in report["groups"]:
         g = int(entry["group"])
