@@ -32,8 +32,7 @@ from ditq.core.cond import cat_cond
 from ditq.core.fold import fold_state, foldable_params
 from ditq.errors import CheckFailed, DitqError
 from ditq.export.qdq import SCOPE_KEY, apply_group, find_gemms, find_params
-from ditq.models.loading import LoadedModel, quant_sites
-from ditq.models.schedule import check_schedule
+from ditq.models.loading import LoadedModel, check_recipe_model, quant_sites
 
 log = logging.getLogger(__name__)
 
@@ -251,11 +250,7 @@ def export_onnx(model: LoadedModel, recipe: Recipe, out: Path, *, recipe_dir: Pa
     if blocked and opset < 21:
         raise DitqError(f"INT4 or block-quantized weights ({blocked[0]}) need DequantizeLinear with block_size, "
                         f"opset >= 21; got --opset {opset}")
-    if model.sha256 != recipe.model_sha256:
-        raise DitqError(f"the model {model.source} (sha256 {model.sha256[:12]}) is not the one the recipe was "
-                        f"calibrated on ({recipe.model_sha256[:12]}); re-run `ditq calibrate`")
-    check_schedule(recipe.scheduler_config, model.scheduler_config, recorded_as="the recipe",
-                   actual_as=f"the model's scheduler ({model.scheduler_source or model.source})")
+    check_recipe_model(model, recipe, recipe_dir)
     start = time.perf_counter()
     out = Path(out)
     inputs = [p for p in (recipe_dir, None if model.source == "demo" else model.source) if p is not None]

@@ -208,3 +208,10 @@ def _model_scheduler(root: Path, tdir: Path, named: SchedulerSpec | None, expect
     raise DitqError(f"{root} has no scheduler config (looked for {looked}); ditq will not guess the training "
                     "schedule: pass --scheduler-config PATH (Python: load_model(..., scheduler=...)) with the "
                     "scheduler the model was trained with")
+
+
+def check_recipe_model(model: LoadedModel, recipe: Any, root: Path | None = None) -> None:
+    """Refuse a recipe calibrated on another model (sha256) or for another training schedule (one line each)."""
+    recipe.check_model(model, root)
+    check_schedule(recipe.scheduler_config, model.scheduler_config, recorded_as="the recipe",
+                   actual_as=f"the model's scheduler ({model.scheduler_source or model.source})")

@@ -19,8 +19,8 @@ from ditq.core.fold import PreAffine, fold_state
 from ditq.core.qlinear import QLinear
 from ditq.core.sites import Denoiser, Site
 from ditq.errors import DitqError
-from ditq.models.loading import LoadedModel, load_model, make_denoiser, quant_sites
-from ditq.models.schedule import SchedulerSpec, check_schedule
+from ditq.models.loading import LoadedModel, check_recipe_model, load_model, make_denoiser, quant_sites
+from ditq.models.schedule import SchedulerSpec
 from ditq.runtime.backends.base import GroupedBackend, read_manifest_kind
 
 NAME = "fake-quant"
@@ -60,14 +60,6 @@ def group_denoiser(model: LoadedModel, recipe: Recipe, group_id: int, *, quantiz
             )
             setattr(modules[parent], attr, q)
     return make_denoiser(transformer)
-
-
-def check_recipe_model(model: LoadedModel, recipe: Recipe) -> None:
-    """Refuse a recipe calibrated on another model or for another training schedule."""
-    if recipe.model_sha256 != model.sha256:
-        raise DitqError("the recipe was calibrated on another model (sha256 differs); re-run `ditq calibrate`")
-    check_schedule(recipe.scheduler_config, model.scheduler_config, recorded_as="the recipe",
-                   actual_as=f"the model's scheduler ({model.scheduler_source or model.source})")
 
 
 def fake_quant_backend(model: LoadedModel, recipe: Recipe | None) -> GroupedBackend:

@@ -37,10 +37,10 @@ from ditq.core.cond import Cond
 from ditq.core.quantizers import DYNAMIC_EPS, qrange, quantize_weight, rotate_weight, rotation_matrix
 from ditq.core.sites import Denoiser
 from ditq.errors import DitqError
-from ditq.models.loading import LoadedModel, make_denoiser
+from ditq.models.loading import LoadedModel, check_recipe_model, make_denoiser
 from ditq.models.schedule import SchedulerSpec
 from ditq.runtime.backends.base import Fn, GroupedBackend
-from ditq.runtime.backends.fake_quant import check_recipe_model, folded_transformer, open_recipe
+from ditq.runtime.backends.fake_quant import folded_transformer, open_recipe
 
 log = logging.getLogger(__name__)
 
