@@ -24,20 +24,21 @@ class GroupedSiteLinear(nn.Module):
     group ``group`` (the fold is exact in float, so only the quantizers differ from the original Linear)."""
 
     def __init__(self, linear: nn.Linear, shifts: torch.Tensor, smooth: torch.Tensor, act_scales: torch.Tensor,
-                 *, w_bits: int, a_bits: int, w_block: int) -> None:
+                 *, w_bits: int, a_bits: int, w_block: int, fmt: str = "int") -> None:
         super().__init__()
         w = linear.weight.detach().float()
         ws = w * smooth
-        self.weight = fake_quant_weight(ws, weight_scales(ws, w_bits, search=False, block=w_block), w_bits)
+        scale = weight_scales(ws, w_bits, search=False, block=w_block, fmt=fmt)
+        self.weight = fake_quant_weight(ws, scale, w_bits, fmt)
         b = torch.zeros(w.shape[0]) if linear.bias is None else linear.bias.detach().float()
         self.biases = b + shifts.float() @ w.T  # [G, N]
         self.shifts, self.smooth = shifts.float(), smooth.float()
-        self.act_scales, self.a_bits = act_scales, a_bits
+        self.act_scales, self.a_bits, self.fmt = act_scales, a_bits, fmt
         self.group = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = self.group
-        xq = fake_quant((x - self.shifts[g]) / self.smooth, float(self.act_scales[g]), self.a_bits)
+        xq = fake_quant((x - self.shifts[g]) / self.smooth, float(self.act_scales[g]), self.a_bits, self.fmt)
         return F.linear(xq, self.weight, self.biases[g])
 
 
@@ -64,7 +65,7 @@ class SiteScorer:
             for lin in site.linears:
                 repl[lin] = GroupedSiteLinear(self.evaluator.modules[lin], shifts, smooth,  # type: ignore[arg-type]
                                               act_scales, w_bits=spec.w_bits, a_bits=spec.a_bits,
-                                              w_block=spec.w_block)
+                                              w_block=spec.w_block, fmt=spec.fmt)
 
         def point(i: int) -> None:
             for m in repl.values():
