@@ -33,6 +33,7 @@ import onnx
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 from onnx import NodeProto, TensorProto, numpy_helper
 
+from ditq._deps import MIN_TRT_MAJOR, trt_major
 from ditq.errors import DitqError
 
 if TYPE_CHECKING:
@@ -67,8 +68,8 @@ def tensorrt_target(version: str | None) -> str:
     """The lint target of a TensorRT version (``"10.13.0.35"`` -> ``tensorrt-10``); the newest for None."""
     if version is None:
         return NEWEST_TENSORRT
-    major = int(version.split(".")[0])
-    if major < 10:
+    major = trt_major(version)
+    if major < MIN_TRT_MAJOR:
         raise DitqError(f"TensorRT {version} is older than 10.0, which ditq's engines need; pip install 'ditq[trt]'")
     return f"tensorrt-{min(major, int(NEWEST_TENSORRT.split('-')[1]))}"
 

@@ -25,6 +25,7 @@ import torch
 
 from ditq.artifacts import read_manifest, sha256_file, write_json, write_manifest
 from ditq.core.groups import TimestepGroups
+from ditq.core.quantizers import FORMATS
 from ditq.errors import DitqError
 
 RECIPE_JSON = "recipe.json"
@@ -46,7 +47,6 @@ class SiteSpec:
 
 
 ACT_MODES = ("static", "dynamic_token", "dynamic_group")
-FORMATS = ("int", "fp8_e4m3")  # = ditq.core.quantizers.FORMATS
 
 
 @dataclass(frozen=True)
