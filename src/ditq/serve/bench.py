@@ -115,11 +115,15 @@ def _stats(path: Path | None) -> dict[str, int]:
         return {}
 
 
+def _check_class_conditioned(art: Any) -> None:
+    if art.model.get("conditioning") != "class":
+        raise DitqError("ditq bench serve drives class-conditioned (DiT) sets; PixArt sets need prompt embeddings")
+
+
 def run_load(server_url: str, art: Any, config: ServeBenchConfig, stats_path: Path | None = None,
              progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """One row per client count, against a running server (``ditq.serve.launch.start_server``)."""
-    if art.model.get("conditioning") != "class":
-        raise DitqError("ditq bench serve drives class-conditioned (DiT) sets; PixArt sets need prompt embeddings")
+    _check_class_conditioned(art)
     deadline = time.monotonic() + config.timeout_s
     warmup = ServeBenchConfig(clients=(1,), steps=2, loops=1)  # imports and first requests, untimed
     _client_loop(server_url, art, warmup, 0, deadline, _ClientLog())
@@ -188,7 +192,8 @@ def benchmark_serve(artifact: Path, out: Path, config: ServeBenchConfig, *, pyth
     from ditq.artifacts.outputs import staging_dir
     from ditq.serve.launch import ServeOptions, start_server
 
-    art = OnnxArtifact.load(Path(artifact))
+    art = OnnxArtifact.read(Path(artifact))  # the manifest; start_server verifies the whole set (once)
+    _check_class_conditioned(art)  # before a server starts
     with tempfile.TemporaryDirectory(prefix="ditq-bench-serve-") as tmpdir, \
             staging_dir(Path(out), kind="ditq.bench.serve", force=force, inputs=[artifact]) as tmp:
         stats = Path(tmpdir) / "router-stats.json"
