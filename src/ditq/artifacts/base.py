@@ -136,9 +136,11 @@ class Artifact:
             if sha256_file(path) != digest:
                 raise DitqError(f"{path} does not match the sha256 in its manifest; {redo}")
 
-    def parent_changed(self, parent: Path | None) -> Path | None:
-        """``parent`` when it is present and its manifest no longer has the recorded hash; None when it matches
-        or is gone (an artifact whose parent was moved or deleted stands alone)."""
+    def live_parent(self, parent: Path | None, changed: str) -> Path | None:
+        """``parent`` when it is present with the recorded hash; None when it is gone or no hash was recorded (an
+        artifact whose parent was moved or deleted stands alone); DitqError(``changed``) when it has changed."""
         if parent is None or self.parent_hash is None or not (Path(parent) / MANIFEST).is_file():
             return None
-        return None if manifest_sha256(parent) == self.parent_hash else Path(parent)
+        if manifest_sha256(parent) != self.parent_hash:
+            raise DitqError(changed)
+        return Path(parent)

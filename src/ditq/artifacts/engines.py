@@ -127,15 +127,12 @@ class EngineArtifact(Artifact):
         """The ONNX set these engines were built from when it is still there (else None: the engines stand
         alone); a one-line DitqError naming both directories when that set changed since the build."""
         onnx = self.onnx_path
-        if self.parent_changed(onnx) is not None:
-            raise DitqError(f"the ONNX set {onnx} has changed since the engines in {self.root} were built from it "
-                            f"(its manifest no longer matches the engines' parent_sha256); {self.rebuild_hint()}")
-        if onnx is None or not (onnx / "manifest.json").is_file():
-            return None
-        return onnx
+        return self.live_parent(onnx, f"the ONNX set {onnx} has changed since the engines in {self.root} were built "
+                                      f"from it (its manifest no longer matches the engines' parent_sha256); "
+                                      f"{self.rebuild_hint()}")
 
     def rebuild_hint(self) -> str:
-        onnx = os.path.normpath(self.root / self.onnx_dir) if self.onnx_dir else "ONNX_DIR"
+        onnx = self.onnx_path or "ONNX_DIR"
         return f"rebuild with `ditq build {onnx} -o {self.root} --force`"
 
     def check_runtime(self) -> None:

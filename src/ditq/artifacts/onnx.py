@@ -71,14 +71,10 @@ class OnnxArtifact(Artifact):
         """The recipe directory this set was exported from when it is still there (else None: the set stands
         alone); a one-line DitqError naming both directories when that recipe changed since the export."""
         rdir = self.recipe_dir
-        if self.parent_changed(rdir) is not None:
-            raise DitqError(f"the recipe {rdir} has changed since the ONNX set {self.root} was exported from it "
-                            f"(its manifest no longer matches the set's parent_sha256); re-run "
-                            f"`ditq export {rdir} -o {self.root} --force` (or move the set away from the recipe "
-                            "to use it alone)")
-        if rdir is None or self.parent_sha256 is None or not (rdir / "manifest.json").is_file():
-            return None
-        return rdir
+        return self.live_parent(rdir, f"the recipe {rdir} has changed since the ONNX set {self.root} was exported "
+                                      f"from it (its manifest no longer matches the set's parent_sha256); re-run "
+                                      f"`ditq export {rdir} -o {self.root} --force` (or move the set away from the "
+                                      "recipe to use it alone)")
 
     def load_parent_recipe(self) -> Recipe | None:
         """The recipe this set was exported from, checked against the set's parent hash; None when it is gone."""
