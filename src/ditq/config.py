@@ -181,7 +181,7 @@ class QuantConfig:
 def own_calibration(method: MethodConfig) -> CalibrationSpec:
     """The calibration run a method's paper uses (its ``calibration_defaults``), else the ditq default."""
     own = type(method).calibration_defaults
-    return CalibrationSpec(steps=own.get("steps", 100), samples=own.get("samples", 16))
+    return CalibrationSpec(**{k: own[k] for k in ("steps", "samples") if k in own})
 
 
 def _preset(method: MethodConfig, w_bits: int = 8, fmt: str = "int") -> QuantConfig:

@@ -19,7 +19,6 @@ BITS = {"W8A8": 8, "W8A8-FP8": 8, "W4A8": 4, "W4A16": 4}  # weight bits
 WEIGHT_ONLY = frozenset({"W4A16"})
 FORMATS = {"W8A8-FP8": "fp8_e4m3"}  # the quantizer grid of a bit width when not integer (FP8 E4M3)
 
-DEFAULT_CALIB_STEPS, DEFAULT_CALIB_SAMPLES = 100, 16
 
 TINY = "tiny"  # model name: a seeded tiny DiT written into the output directory (quick mode, tests)
 

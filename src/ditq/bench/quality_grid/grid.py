@@ -15,8 +15,6 @@ import torch
 
 from ditq.bench.quality_grid.config import (
     BITS,
-    DEFAULT_CALIB_SAMPLES,
-    DEFAULT_CALIB_STEPS,
     FORMATS,
     TINY,
     WEIGHT_ONLY,
@@ -127,8 +125,8 @@ def _run(root: Path, config: QualityConfig, say: Callable[[str], None]
     for method in config.methods:
         name, variant = parse_method(method)
         own = METHODS[name].calibration_defaults
-        calib = CalibConfig(steps=config.calib_steps or own.get("steps", DEFAULT_CALIB_STEPS),
-                            samples=config.calib_samples or own.get("samples", DEFAULT_CALIB_SAMPLES),
+        calib = CalibConfig(steps=config.calib_steps or own.get("steps", CalibConfig.steps),
+                            samples=config.calib_samples or own.get("samples", CalibConfig.samples),
                             cfg_scale=config.cfg_scale, seed=config.calib_seed, progress=False)
         recipes: dict[tuple[int, str, int], Any] = {}  # W4A16 is the W4A8 recipe, exported weight-only: calibrate once
         for bits in config.bits:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ditq.bench.quality_grid.config import DEFAULT_CALIB_SAMPLES, DEFAULT_CALIB_STEPS, QualityConfig
+from ditq.bench.quality_grid.config import QualityConfig
 from ditq.bench.quality_grid.report import cell_metrics
 
 # the held-out measurements found SmoothQuant at alpha 0.8 the strongest one-scale peer: both alphas are rows
@@ -61,8 +61,8 @@ def peer_rows(model: Any, config: QualityConfig, refs: dict[int, Any], specs: di
     from ditq.testbed.scoring import SamplingSpec, run_sampler
 
     linears = [lin for s in quant_sites(model.transformer) for lin in s.linears]
-    calib = CalibConfig(steps=config.calib_steps or DEFAULT_CALIB_STEPS,
-                        samples=config.calib_samples or DEFAULT_CALIB_SAMPLES, seed=config.calib_seed)
+    calib = CalibConfig(steps=config.calib_steps or CalibConfig.steps,
+                        samples=config.calib_samples or CalibConfig.samples, seed=config.calib_seed)
     # the calibration sampler: the model's own scheduler, the grid's CFG, the calibration seed
     calib_spec = SamplingSpec(steps=calib.steps, cfg_scale=config.cfg_scale, seed=calib.seed)
     rows = []
