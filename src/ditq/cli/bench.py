@@ -7,9 +7,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from ditq.cli.args import Parser, common_parent, int_range, nonnegative_int, positive_int
+from ditq.cli.args import Parser, common_parent, float_range, groups_arg, int_range, nonnegative_int, positive_int
 
-KINDS = ("speed", "quality", "fullsize", "single-graph", "gpu", "serve")  # + add_args and a handler below
+KINDS = ("speed", "quality", "attribute", "fullsize", "single-graph", "gpu", "serve")  # + add_args and a handler below
 
 
 def progress(args: argparse.Namespace, kind: str) -> Callable[[str], None]:
@@ -127,6 +127,60 @@ def run_quality(args: argparse.Namespace) -> int:
     result = run_quality_grid(Path(args.output), config, force=args.force, progress=say)
     print(format_markdown(result))
     print(f"wrote {Path(args.output) / 'quality.md'}, quality.csv and quality.json")
+    return 0
+
+
+def add_attribute_args(p: argparse.ArgumentParser) -> None:
+    """The ``bench attribute`` flags (the defaults live in ``ditq.bench.attribute.AttributeConfig``)."""
+    p.add_argument("-o", "--output", required=True, help="directory for attribution.json/.md/.png")
+    p.add_argument("--model", default=None, help="'demo' (default), 'tiny' or a local model directory")
+    p.add_argument("--recipe", default=None, help="a recipe directory from `ditq calibrate` (default: calibrate "
+                                                  "--method here)")
+    p.add_argument("--method", default="htg", help="calibration method without --recipe (default: htg)")
+    p.add_argument("--w-bits", type=int, choices=(8, 4), default=8, help="weight bits (default: 8)")
+    p.add_argument("--w-block", type=int, choices=(0, 32, 64, 128), default=0, help="weight block (default: 0)")
+    p.add_argument("--format", dest="fmt", choices=("int", "fp8"), default="int", help="quantizer grid")
+    p.add_argument("--groups", type=groups_arg, default="auto", help="htg timestep groups, or 'auto'")
+    p.add_argument("--alpha", type=float_range(0.0, 1.0), default=None, help="smoothing exponent (smoothquant)")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="a method option (repeatable)")
+    p.add_argument("--calib-steps", type=positive_int, default=25, help="calibration steps (default: 25)")
+    p.add_argument("--calib-samples", type=positive_int, default=8, help="calibration samples (default: 8)")
+    p.add_argument("--calib-seed", type=nonnegative_int, default=1, help="calibration seed (default: 1)")
+    p.add_argument("--steps", type=positive_int, default=25, help="DDPM steps of the FP trajectory (default: 25)")
+    p.add_argument("--images", type=positive_int, default=4, help="images sampled (default: 4)")
+    p.add_argument("--stride", type=positive_int, default=1, help="evaluate every N-th step (default: 1)")
+    p.add_argument("--cfg", type=float, default=3.0, help="guidance scale (default: 3)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--top", type=nonnegative_int, default=3, help="sites whose tokens/channels are examined "
+                                                                  "(default: 3)")
+    p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True, help="write attribution.png")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads")
+    p.add_argument("--force", action="store_true", help="replace an existing output directory")
+
+
+def run_attribute(args: argparse.Namespace) -> int:
+    from ditq.bench.attribute import AttributeConfig, run_attribution
+    from ditq.cli.calibrate import method_params
+    from ditq.errors import DitqError
+
+    if args.recipe is not None and (args.method != "htg" or args.param or args.alpha is not None
+                                    or args.groups != "auto"):
+        raise DitqError("--recipe already fixes the method and its options; drop --method/--groups/--alpha/--param "
+                        "or drop --recipe")
+    params = {} if args.recipe is not None else method_params(args)
+    if params.get("groups") == "auto":
+        del params["groups"]
+    config = AttributeConfig(
+        model=args.model, recipe=args.recipe, method=args.method, params=params, w_bits=args.w_bits,
+        w_block=args.w_block, fmt={"int": "int", "fp8": "fp8_e4m3"}[args.fmt], calib_steps=args.calib_steps,
+        calib_samples=args.calib_samples, calib_seed=args.calib_seed, steps=args.steps, images=args.images,
+        stride=args.stride, cfg_scale=args.cfg, seed=args.seed, top_sites=args.top, plots=args.plots,
+        threads=args.threads, progress=not args.quiet)
+    result = run_attribution(Path(args.output), config, force=args.force, progress=progress(args, "attribute"))
+    top = result["sites"][0]
+    print(f"all sites quantized: {result['total']['all']['sqnr_db']:.1f} dB; worst site {top['name']} "
+          f"({top['only_db']:.1f} dB alone, {100 * top['share']:.0f} % of the per-site error)")
+    print(f"wrote {Path(args.output) / 'attribution.md'} and attribution.json")
     return 0
 
 
@@ -264,6 +318,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
     add_quality_args(kinds.add_parser("quality", help="method x W8A8/W4A8 x steps quality grid vs FP", parents=[common],
                                       description="quality of every method at W8A8 and W4A8 and several step "
                                                   "counts vs FP: quality.md/.csv/.json and plots"))
+    add_attribute_args(kinds.add_parser(
+        "attribute", help="which sites, timesteps, weights/inputs, tokens and channels carry a recipe's error",
+        parents=[common], description="teacher-forced error attribution of a recipe on the FP trajectory: per site, "
+                                      "kind, block, group and timestep (one at a time, leave one out, weight vs "
+                                      "input), token/channel concentration; attribution.json/.md/.png"))
     add_fullsize_args(kinds.add_parser("fullsize", help="DiT-XL/2 and PixArt-α with random weights through the "
                                        "pipeline: time and peak memory per stage", parents=[common],
                                        description="published full-size architectures (random weights): calibrate "
@@ -284,8 +343,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                                     "through Triton: steps/s, images/s, p50/p99, mixed-group batches, serve.json/.md"))
 
 
-HANDLERS = {"speed": run_speed, "quality": run_quality, "fullsize": run_fullsize, "single-graph": run_single_graph,
-            "gpu": run_gpu, "serve": run_serve}
+HANDLERS = {"speed": run_speed, "quality": run_quality, "attribute": run_attribute, "fullsize": run_fullsize,
+            "single-graph": run_single_graph, "gpu": run_gpu, "serve": run_serve}
 
 
 def run(args: argparse.Namespace) -> int:
