@@ -275,7 +275,7 @@ def attribute(model: Any, recipe: Any, config: AttributeConfig,
     group_steps = {g.group_id: [j for j in range(n) if step_groups[j] == g.group_id] for g in recipe.groups}
 
     def summary(ratios: list[float]) -> dict[str, Any]:
-        return {"noise_ratio": _mean(ratios), "sqnr_db": _db(_mean(ratios)),
+        return {"noise_ratio": _mean(ratios), "sqnr_db": _db(_mean(ratios)), "per_step_db": [_db(x) for x in ratios],
                 "groups": {str(g): _db(_mean([ratios[j] for j in js])) for g, js in group_steps.items() if js}}
 
     total = {k: summary(v) for k, v in totals.items()}
@@ -458,6 +458,9 @@ def format_markdown(r: dict[str, Any]) -> str:
         t = r["total"][key]
         lines.append(f"| {label} | {_f(t['sqnr_db'])} | " + " | ".join(_f(t["groups"].get(g, math.nan))
                                                                        for g in gcols) + " |")
+    worst = sorted(zip(r["total"]["all"]["per_step_db"], r["timesteps"]))[:3]
+    lines += ["", "Worst timesteps, every site quantized: " + ", ".join(f"t={t:.0f}: {_f(db)} dB" for db, t in worst)
+              + "."]
     wa = r["weight_vs_act"]
     lines += ["", f"Weight share of the error: {100 * wa['weight_share']:.0f} % (all weights alone vs all inputs "
               f"alone); {100 * wa['weight_share_of_site_sums']:.0f} % summed over the per-site splits.", ""]
