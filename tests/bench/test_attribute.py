@@ -77,6 +77,17 @@ def test_quantizer_io_is_the_qlinear_input_quantizer(tiny_model, tiny_recipe):
     torch.testing.assert_close(F.linear(xq, fc2.weight, fc2.bias), fc2(x))
 
 
+def test_x0_target_recovers_the_clean_image_from_the_true_noise():
+    from ditq.bench.attribute import _target_view
+
+    alphas = torch.linspace(0.9999, 0.01, 1000, dtype=torch.float64)
+    x0, eps, t = torch.randn(3, 1, 4, 4), torch.randn(3, 1, 4, 4), torch.tensor([0.0, 400.0, 999.0])
+    a = alphas[t.long()].view(-1, 1, 1, 1).float()
+    xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    torch.testing.assert_close(_target_view("x0", (xt, t, {}), alphas)(eps).float(), x0, atol=1e-4, rtol=1e-4)
+    assert _target_view("eps", (xt, t, {}), None)(eps) is eps
+
+
 def test_helpers_and_config_errors():
     assert site_kind("transformer_blocks.3.attn1.qkv") == "qkv" and site_kind("transformer_blocks.0.ff.net.2") == "fc2"
     share, k = top_share(torch.tensor([10.0] + [0.0] * 99))
@@ -84,6 +95,8 @@ def test_helpers_and_config_errors():
     assert top_share(torch.ones(200))[0] == pytest.approx(0.01)
     with pytest.raises(DitqError, match="--steps"):
         AttributeConfig(steps=0)
+    with pytest.raises(DitqError, match="--target"):
+        AttributeConfig(target="v")
 
 
 def test_recipe_and_method_flags_together_are_one_line_errors(tmp_path, capsys, tiny_recipe_dir):

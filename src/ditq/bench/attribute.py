@@ -63,6 +63,7 @@ class AttributeConfig:
     cfg_scale: float = 3.0
     seed: int = 0
     top_sites: int = 3  # sites whose tokens and channels are examined
+    target: str = "eps"  # the error of the model output (eps), or of the clean-image estimate it implies (x0)
     plots: bool = True
     threads: int | None = None
     progress: bool = True  # tqdm bars
@@ -71,6 +72,8 @@ class AttributeConfig:
         if min(self.steps, self.images, self.stride, self.calib_steps, self.calib_samples) < 1:
             raise DitqError(f"--steps, --images, --stride, --calib-steps and --calib-samples must be >= 1, got "
                             f"{self.steps}, {self.images}, {self.stride}, {self.calib_steps}, {self.calib_samples}")
+        if self.target not in ("eps", "x0"):
+            raise DitqError(f"--target must be eps or x0, got {self.target!r}")
         if self.top_sites < 0:
             raise DitqError(f"--top must be >= 0, got {self.top_sites}")
 
@@ -92,6 +95,7 @@ class AttributeConfig:
                      "--calib-seed", str(self.calib_seed)]
         argv += ["--steps", str(self.steps), "--images", str(self.images), "--stride", str(self.stride),
                  "--cfg", str(self.cfg_scale), "--seed", str(self.seed), "--top", str(self.top_sites)]
+        argv += ["--target", self.target] if self.target != "eps" else []
         return shlex.join(argv)
 
 
@@ -198,9 +202,10 @@ class _GroupModel:
                 setattr(self.modules[parent], attr, module)
 
     def noise(self, inp: tuple[torch.Tensor, torch.Tensor, Any], ref: torch.Tensor,
-              replacements: Mapping[str, nn.Module]) -> float:
+              replacements: Mapping[str, nn.Module], view: Callable[[torch.Tensor], torch.Tensor]) -> float:
+        """The noise ratio of ``view(output)`` against ``ref`` with ``replacements`` swapped in."""
         with self.swapped(replacements):
-            return noise_ratio(self.den.predict(*inp), ref)
+            return noise_ratio(view(self.den.predict(*inp)), ref)
 
 
 def site_kind(site: str) -> str:
@@ -221,6 +226,7 @@ def attribute(model: Any, recipe: Any, config: AttributeConfig,
     """The measurements (the ``attribution.json`` body) of ``recipe`` on ``model``."""
     from tqdm.auto import tqdm
 
+    from ditq.core.sampler import make_scheduler
     from ditq.testbed.scoring import SamplingSpec, fp_reference
 
     started = time.perf_counter()
@@ -246,6 +252,7 @@ def attribute(model: Any, recipe: Any, config: AttributeConfig,
     say(f"building the {recipe.num_groups} group model(s) of the {recipe.method} recipe")
     groups = {g: _GroupModel(model, recipe, g, linears) for g in sorted(set(step_groups))}
 
+    alphas = make_scheduler(model.scheduler_config).alphas_cumprod.double() if config.target == "x0" else None
     n = len(picks)
     totals: dict[str, list[float]] = {k: [] for k in ("none", "all", "weight", "act")}
     per: dict[str, dict[str, list[list[float]]]] = {
@@ -255,20 +262,25 @@ def attribute(model: Any, recipe: Any, config: AttributeConfig,
     bar = tqdm(total=n, desc="attribute", disable=not config.progress, leave=False)
     for j, i in enumerate(picks):
         gm = groups[step_groups[j]]
-        inp, out = ref.inputs[i], ref.outputs[i]
-        totals["none"].append(gm.noise(inp, out, {}))
-        totals["all"].append(gm.noise(inp, out, gm.full))
-        totals["weight"].append(gm.noise(inp, out, gm.weight))
-        totals["act"].append(gm.noise(inp, out, gm.act))
+        inp = ref.inputs[i]
+        view = _target_view(config.target, inp, alphas)
+        out = view(ref.outputs[i])
+
+        def nz(repl: Mapping[str, nn.Module]) -> float:
+            return gm.noise(inp, out, repl, view)  # noqa: B023 (called inside this iteration only)
+
+        totals["none"].append(nz({}))
+        totals["all"].append(nz(gm.full))
+        totals["weight"].append(nz(gm.weight))
+        totals["act"].append(nz(gm.act))
         for level, us in units.items():
             for u, unit in enumerate(us):
                 mine = set(unit.linears)
-                per[level]["only"][u][j] = gm.noise(inp, out, {lin: gm.full[lin] for lin in unit.linears})
-                per[level]["loo"][u][j] = gm.noise(inp, out, {lin: q for lin, q in gm.full.items()
-                                                              if lin not in mine})
+                per[level]["only"][u][j] = nz({lin: gm.full[lin] for lin in unit.linears})
+                per[level]["loo"][u][j] = nz({lin: q for lin, q in gm.full.items() if lin not in mine})
                 if level == "site":
-                    per[level]["weight"][u][j] = gm.noise(inp, out, {lin: gm.weight[lin] for lin in unit.linears})
-                    per[level]["act"][u][j] = gm.noise(inp, out, {lin: gm.act[lin] for lin in unit.linears})
+                    per[level]["weight"][u][j] = nz({lin: gm.weight[lin] for lin in unit.linears})
+                    per[level]["act"][u][j] = nz({lin: gm.act[lin] for lin in unit.linears})
         bar.update(1)
     bar.close()
 
@@ -325,6 +337,18 @@ def attribute(model: Any, recipe: Any, config: AttributeConfig,
         "sites": levels["site"], "kinds": levels["kind"], "blocks": levels["block"],
         "concentration": concentration, "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def _target_view(target: str, inp: tuple[torch.Tensor, torch.Tensor, Any], alphas: torch.Tensor | None
+                 ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What the error is measured on: the eps output itself, or (``x0``) the clean-image estimate it implies,
+    ``(x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)``: the final steps' eps errors shrink by sqrt(1 - abar_t)."""
+    if target == "eps":
+        return lambda eps: eps
+    assert alphas is not None
+    x, t = inp[0].double(), inp[1]
+    a = alphas[t.round().long().clamp(0, alphas.numel() - 1)].view(-1, *[1] * (x.dim() - 1))
+    return lambda eps: (x - (1 - a).sqrt() * eps.double()) / a.sqrt()
 
 
 def _mean(xs: list[float]) -> float:
@@ -448,7 +472,9 @@ def format_markdown(r: dict[str, Any]) -> str:
         f"W{r['recipe']['w_bits']}A{r['recipe']['a_bits']} ({', '.join(r['recipe']['formats'])}), "
         f"{len(groups)} group(s), from {r['recipe']['source']}. Teacher-forced on the FP trajectory: DDPM "
         f"{c['steps']} steps, CFG {c['cfg_scale']}, {c['images']} images (+ CFG twins), every {c['stride']} step(s) "
-        f"({len(r['timesteps'])} timesteps). SQNR of the model output vs FP (dB; higher is better), noise ratios "
+        f"({len(r['timesteps'])} timesteps). SQNR vs FP (dB; higher is better) of "
+        + ("the model output (eps)" if c.get("target", "eps") == "eps" else "the clean-image estimate x0 the eps "
+           "output implies") + ", noise ratios "
         f"averaged over the timesteps of each column. {r['seconds']} s.", "",
         "## Totals", "",
         f"| quantized | all timesteps | {ghead} |", "|---|---|" + "---|" * len(groups),

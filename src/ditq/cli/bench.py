@@ -153,6 +153,9 @@ def add_attribute_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=nonnegative_int, default=0, help="sampling seed (default: 0)")
     p.add_argument("--top", type=nonnegative_int, default=3, help="sites whose tokens/channels are examined "
                                                                   "(default: 3)")
+    p.add_argument("--target", choices=("eps", "x0"), default="eps",
+                   help="measure the error of the model output (eps, default) or of the clean-image estimate it "
+                        "implies (x0: the last steps' eps errors barely reach the image)")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True, help="write attribution.png")
     p.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads")
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
@@ -174,8 +177,8 @@ def run_attribute(args: argparse.Namespace) -> int:
         model=args.model, recipe=args.recipe, method=args.method, params=params, w_bits=args.w_bits,
         w_block=args.w_block, fmt={"int": "int", "fp8": "fp8_e4m3"}[args.fmt], calib_steps=args.calib_steps,
         calib_samples=args.calib_samples, calib_seed=args.calib_seed, steps=args.steps, images=args.images,
-        stride=args.stride, cfg_scale=args.cfg, seed=args.seed, top_sites=args.top, plots=args.plots,
-        threads=args.threads, progress=not args.quiet)
+        stride=args.stride, cfg_scale=args.cfg, seed=args.seed, top_sites=args.top, target=args.target,
+        plots=args.plots, threads=args.threads, progress=not args.quiet)
     result = run_attribution(Path(args.output), config, force=args.force, progress=progress(args, "attribute"))
     top = result["sites"][0]
     print(f"all sites quantized: {result['total']['all']['sqnr_db']:.1f} dB; worst site {top['name']} "
