@@ -39,6 +39,7 @@ def test_cli_writes_json_markdown_and_plot_on_the_tiny_model(tmp_path, capsys):
     assert set(body["total"]["all"]["groups"]) == {"0", "1"} and len(body["total"]["all"]["per_step_db"]) == 4
     md = (out / "attribution.md").read_text()
     assert md.splitlines()[3].startswith("ditq bench attribute --model tiny --method htg --w-bits 8 --groups 2")
+    assert md.splitlines()[3].endswith(f" -o {out}")
     assert "| fc2 |" in md and "## Tokens and channels" in md and "Worst timesteps" in md
     assert (out / "attribution.png").exists() == has_module("matplotlib")
 

@@ -77,8 +77,8 @@ class AttributeConfig:
         if self.top_sites < 0:
             raise DitqError(f"--top must be >= 0, got {self.top_sites}")
 
-    def command(self) -> str:
-        """The ``ditq bench attribute`` line that reruns this configuration (without ``-o``)."""
+    def command(self, out: Path | str = "OUT") -> str:
+        """The ``ditq bench attribute`` line that reruns this configuration into ``out``."""
         argv = ["ditq", "bench", "attribute"]
         if self.model is not None:
             argv += ["--model", self.model]
@@ -96,7 +96,8 @@ class AttributeConfig:
         argv += ["--steps", str(self.steps), "--images", str(self.images), "--stride", str(self.stride),
                  "--cfg", str(self.cfg_scale), "--seed", str(self.seed), "--top", str(self.top_sites)]
         argv += ["--target", self.target] if self.target != "eps" else []
-        return shlex.join(argv)
+        argv += ["--threads", str(self.threads)] if self.threads else []
+        return shlex.join([*argv, "-o", str(out)])
 
 
 def _json(v: Any) -> str:
@@ -122,6 +123,7 @@ def run_attribution(out: Path, config: AttributeConfig = AttributeConfig(), *, f
         with staging_dir(Path(out), kind=KIND, force=force, inputs=inputs) as tmp:
             model, recipe = _model_and_recipe(config, tmp, say)
             result = _jsonable(attribute(model, recipe, config, say))
+            result["command"] = config.command(out)
             if config.plots:
                 result["plot"] = write_plot(result, tmp / "attribution.png")
             write_json(tmp / "attribution.json", result)
