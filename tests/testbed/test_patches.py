@@ -53,7 +53,19 @@ def test_cli_train_demo_dataset_patches(tmp_path, monkeypatch, capsys):
     assert (out / "manifest.json").is_file()
 
 
-def test_cli_patches_is_dit_only(tmp_path, capsys):
-    assert main(["train-demo", "--dataset", "patches", "--arch", "pixart", "-o", str(tmp_path / "m")]) == 1
+@pytest.mark.parametrize("flags, named", [(["--dataset", "patches", "--arch", "pixart"], "--arch pixart"),
+                                          (["--threads", "1"], "--threads 1")])
+def test_cli_train_demo_refuses_what_it_would_ignore(tmp_path, capsys, flags, named):
+    out = tmp_path / "m"
+    assert main(["train-demo", *flags, "-o", str(out)]) == 1
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--arch pixart" in err
+    assert len(err.splitlines()) == 1 and named in err and not out.exists()
+
+
+def test_quality_grid_skips_class_metrics_on_a_patches_model():
+    from types import SimpleNamespace
+
+    from ditq.bench.quality_grid.grid import _scorer
+
+    scorer, note = _scorer(SimpleNamespace(sample_shape=(3, 32, 32), num_conditions=NUM_CLASSES), print)
+    assert scorer is None and "not computed" in note

@@ -28,6 +28,9 @@ def run(args: argparse.Namespace) -> int:
     if args.dataset == "patches" and args.arch != "dit":
         raise DitqError(f"--dataset patches trains a DiT only, not --arch {args.arch}; drop --arch or use "
                         "--dataset digits")
+    if args.threads and args.dataset != "patches":
+        raise DitqError(f"--threads applies to --dataset patches only (the digits models fix 2 threads); drop "
+                        f"--threads {args.threads}")
     with staging_dir(Path(args.output), kind="ditq.trained-model", force=args.force) as tmp:
         if args.dataset == "patches":
             from ditq.testbed.patches import train_patches
