@@ -193,6 +193,74 @@ def _lr_at(step: int, steps: int) -> float:
     return LEARNING_RATE * (MIN_LR_FRACTION + (1.0 - MIN_LR_FRACTION) * cos)
 
 
+def fit_dit(model: torch.nn.Module, scheduler: Any, images: torch.Tensor, labels: torch.Tensor, *, steps: int,
+            batch_size: int, generator: torch.Generator, progress: bool = True, desc: str = "train DiT"
+            ) -> tuple[torch.nn.Module, list[float], float]:
+    """Train a class-conditional ``DiTTransformer2DModel`` on ``images`` ``[N, C, H, W]`` in [-1, 1] with
+    ``labels`` in ``0..num_embeds_ada_norm-1`` (epsilon objective, label dropout to the null label, EMA).
+
+    Returns ``(ema, losses, seconds)``: the EMA copy in eval mode (label dropout restored, ready to save), the loss
+    of every step and the loop's wall time. Every random draw comes from ``generator`` (and, for the initial
+    weights, from ``torch``'s global generator before this call).
+    """
+    from tqdm.auto import tqdm
+
+    null_class = int(model.config.num_embeds_ada_norm)
+    embedders = _label_embedders(model)
+    assert embedders and all(e.embedding_table.num_embeddings == null_class + 1 for e in embedders)
+    saved_dropout = [e.dropout_prob for e in embedders]
+    for e in embedders:  # we drop labels ourselves, consistently across blocks
+        e.dropout_prob = 0.0
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    alphas_cumprod = scheduler.alphas_cumprod.float()
+    num_t = scheduler.config.num_train_timesteps
+    opt = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
+    params = [p for p in model.parameters()]
+    ema_params = [p for p in ema.parameters()]
+    n = images.shape[0]
+
+    model.train()
+    losses: list[float] = []
+    perm = torch.randperm(n, generator=generator)
+    pos = 0
+    t0 = time.perf_counter()
+    bar = tqdm(range(steps), desc=desc, disable=not progress, dynamic_ncols=True)
+    for step in bar:
+        if pos + batch_size > n:
+            perm = torch.randperm(n, generator=generator)
+            pos = 0
+        idx = perm[pos : pos + batch_size]
+        pos += batch_size
+        x0 = images[idx]
+        y = labels[idx].clone()
+        drop = torch.rand(batch_size, generator=generator) < LABEL_DROPOUT
+        y[drop] = null_class
+        t = torch.randint(0, num_t, (batch_size,), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        a = alphas_cumprod[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, steps)
+        pred = model(xt, timestep=t, class_labels=y).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+        opt.step()
+        decay = min(EMA_DECAY, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+        losses.append(loss.item())
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", lr=f"{_lr_at(step, steps):.1e}")
+    bar.close()
+    seconds = time.perf_counter() - t0
+    for e, p in zip(_label_embedders(ema), saved_dropout):
+        e.dropout_prob = p
+    return ema, losses, seconds
+
+
 def train_demo(
     out_dir: str | Path,
     *,
@@ -208,7 +276,6 @@ def train_demo(
     ``TRAINING.md``. Returns a dict of timings, losses and metrics (all JSON-serialisable).
     """
     from diffusers import DDPMScheduler, DiTTransformer2DModel
-    from tqdm.auto import tqdm
 
     from ditq.testbed.classifier import save_classifier, train_classifier
 
@@ -221,64 +288,13 @@ def train_demo(
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
         images, labels = load_digits_images()
-        n = images.shape[0]
 
         model = DiTTransformer2DModel(**DEMO_TRANSFORMER_CONFIG)
-        embedders = _label_embedders(model)
-        assert embedders and all(e.embedding_table.num_embeddings == NUM_CLASSES + 1 for e in embedders)
-        saved_dropout = [e.dropout_prob for e in embedders]
-        for e in embedders:  # we drop labels ourselves, consistently across blocks
-            e.dropout_prob = 0.0
-        ema = copy.deepcopy(model).eval().requires_grad_(False)
         scheduler = DDPMScheduler(**DEMO_SCHEDULER_CONFIG)
-        alphas_cumprod = scheduler.alphas_cumprod.float()
-        num_t = scheduler.config.num_train_timesteps
+        num_params = sum(p.numel() for p in model.parameters())
+        ema, losses, train_seconds = fit_dit(model, scheduler, images, labels, steps=steps, batch_size=BATCH_SIZE,
+                                             generator=gen, progress=progress)
 
-        opt = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
-        params = [p for p in model.parameters()]
-        ema_params = [p for p in ema.parameters()]
-        num_params = sum(p.numel() for p in params)
-
-        model.train()
-        losses: list[float] = []
-        perm = torch.randperm(n, generator=gen)
-        pos = 0
-        t0 = time.perf_counter()
-        bar = tqdm(range(steps), desc="train DiT", disable=not progress, dynamic_ncols=True)
-        for step in bar:
-            if pos + BATCH_SIZE > n:
-                perm = torch.randperm(n, generator=gen)
-                pos = 0
-            idx = perm[pos : pos + BATCH_SIZE]
-            pos += BATCH_SIZE
-            x0 = images[idx]
-            y = labels[idx].clone()
-            drop = torch.rand(BATCH_SIZE, generator=gen) < LABEL_DROPOUT
-            y[drop] = NULL_CLASS
-            t = torch.randint(0, num_t, (BATCH_SIZE,), generator=gen)
-            noise = torch.randn(x0.shape, generator=gen)
-            a = alphas_cumprod[t].view(-1, 1, 1, 1)
-            xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-
-            for g in opt.param_groups:
-                g["lr"] = _lr_at(step, steps)
-            pred = model(xt, timestep=t, class_labels=y).sample
-            loss = F.mse_loss(pred, noise)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
-            opt.step()
-            decay = min(EMA_DECAY, (1 + step) / (10 + step))
-            with torch.no_grad():
-                torch._foreach_lerp_(ema_params, params, 1.0 - decay)
-            losses.append(loss.item())
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", lr=f"{_lr_at(step, steps):.1e}")
-        bar.close()
-        train_seconds = time.perf_counter() - t0
-
-        for e, p in zip(_label_embedders(ema), saved_dropout):
-            e.dropout_prob = p
         ema.save_pretrained(out / "transformer", safe_serialization=True)
         scheduler.save_pretrained(out / "scheduler")
 
