@@ -95,13 +95,13 @@ class QuantConfig:
         calibration: the default calibration run (``CalibrationSpec``).
         fmt: the quantizer grid, ``"int"`` or ``"fp8_e4m3"`` (W8A8-FP8: E4M3 per-channel weights and per-tensor
             per-group activations, scale = amax / 448; static methods only, 8-bit per channel).
-        weight_rounding: ``"nearest"`` or ``"gptq"`` (error-compensating rounding on the calibration inputs'
-            second moments; the codes are stored in the recipe).
+        weight_rounding: ``"gptq"`` (default: error-compensating rounding on the calibration inputs' second
+            moments, the codes stored in the recipe) or ``"nearest"``.
 
     Example::
 
         config = ditq.QuantConfig(method=ditq.HTGConfig(groups="auto"), w_bits=8, a_bits=8, w_block=0,
-                                  weight_clip="output",
+                                  weight_clip="output", weight_rounding="gptq",
                                   calibration=ditq.CalibrationSpec(steps=100, samples=16, cfg_scale=3.0, seed=0))
     """
 
@@ -113,7 +113,7 @@ class QuantConfig:
     weight_clip: WeightClip = "output"
     calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
     fmt: QuantFormat = "int"
-    weight_rounding: WeightRounding = "nearest"
+    weight_rounding: WeightRounding = "gptq"
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, MethodConfig) or type(self.method) not in METHODS.values():
@@ -150,7 +150,7 @@ class QuantConfig:
             "w_bits": self.w_bits, "a_bits": self.a_bits, "w_block": self.w_block, "weight_clip": self.weight_clip,
             "calibration": dataclasses.asdict(self.calibration),
             **({"fmt": self.fmt} if self.fmt != "int" else {}),  # integer configs keep their old dicts
-            **({"weight_rounding": self.weight_rounding} if self.weight_rounding != "nearest" else {}),
+            "weight_rounding": self.weight_rounding,
         }))
 
     @classmethod
@@ -166,7 +166,7 @@ class QuantConfig:
             return cls(method=method_config(str(method["name"]), **params), w_bits=body["w_bits"],
                        a_bits=body["a_bits"], w_block=body["w_block"], weight_clip=body["weight_clip"],
                        calibration=CalibrationSpec(**body["calibration"]), fmt=body.get("fmt", "int"),
-                       weight_rounding=body.get("weight_rounding", "nearest"))
+                       weight_rounding=body.get("weight_rounding", "nearest"))  # dicts from before: nearest
         except (KeyError, TypeError, AttributeError) as err:
             raise DitqError(f"malformed QuantConfig dict (bad or missing field {err}); "
                             "write it with QuantConfig.to_dict()") from err

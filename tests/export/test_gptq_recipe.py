@@ -3,6 +3,7 @@ ONNX QDQ export) computes with them; recipes without codes are read as round to 
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -112,15 +113,29 @@ def test_onnxruntime_qdq_matches_fake_quant_with_gptq_codes(case, gptq_recipes, 
             assert np.linalg.norm(out - nearest(x, t, y).numpy()) / np.linalg.norm(ref) > 5 * gap
 
 
-def test_a_recipe_without_codes_is_round_to_nearest(tiny_recipe_dir, tiny_recipe, tiny_model):
-    """Recipes written before GPTQ (no weight_rounding, no w_codes) load and round to nearest."""
-    assert "weight_rounding" not in json.loads((tiny_recipe_dir / RECIPE_JSON).read_text())
-    recipe = Recipe.load(tiny_recipe_dir)
+@torch.no_grad()
+def test_a_recipe_without_codes_is_round_to_nearest(gptq_recipes, tiny_model, tmp_path):
+    """Recipes written before GPTQ (no weight_rounding, no w_codes) load, and every consumer rounds to nearest."""
+    from safetensors.torch import load_file, save_file
+
+    from ditq.artifacts.recipe import SCALES
+
+    old = tmp_path / "old"
+    shutil.copytree(gptq_recipes["smoothquant-w8"].root, old)
+    body = json.loads((old / RECIPE_JSON).read_text())
+    del body["weight_rounding"], body["calibration"]["weight_rounding"]
+    (old / RECIPE_JSON).write_text(json.dumps(body))
+    save_file({k: v for k, v in load_file(str(old / SCALES)).items() if not k.endswith(".w_codes")}, str(old / SCALES))
+    recipe = Recipe.load(old)
     assert recipe.weight_rounding == "nearest"
-    lin = _linears(recipe)[0]
-    w = torch.randn(recipe.w_scale(lin).shape[0], recipe.smooth(recipe.sites[0].name).numel())
-    torch.testing.assert_close(recipe.weight_codes(lin, w), quantize_weight(w, recipe.w_scale(lin), 8),
-                               rtol=0, atol=0)
+    from ditq.runtime.backends.fake_quant import folded_transformer
+
+    folded = dict(folded_transformer(tiny_model, recipe, 0)[0].named_modules())
+    modules = dict(group_denoiser(tiny_model, recipe, 0).m.named_modules())
+    for lin in _linears(recipe):
+        w, scale = folded[lin].weight, recipe.w_scale(lin)
+        torch.testing.assert_close(modules[lin].weight, dequantize_weight(quantize_weight(w, scale, 8), scale),
+                                   rtol=0, atol=0)
 
 
 def test_check_refuses_codes_that_do_not_fit_the_recipe(gptq_recipes):

@@ -57,7 +57,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "weight MSE (default: output, or the preset's)")
     p.add_argument("--weight-rounding", choices=("nearest", "gptq"), default=None,
                    help="weight rounding: nearest, or gptq (error-compensating, on the calibration inputs; the codes "
-                        "are stored in the recipe) (default: nearest, or the preset's)")
+                        "are stored in the recipe) (default: gptq, or the preset's)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="a method option, e.g. --param population=20 for qdit (repeatable; values parsed as JSON)")
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
