@@ -29,7 +29,7 @@ import torch
 
 from ditq.artifacts import read_manifest, sha256_file, write_json, write_manifest
 from ditq.core.groups import TimestepGroups
-from ditq.core.quantizers import FORMATS, WEIGHT_ROUNDINGS, dequantize_weight, qrange, quantize_weight, rotate_weight
+from ditq.core.quantizers import FORMATS, WEIGHT_ROUNDINGS, qrange, quantize_weight, rotate_weight
 from ditq.errors import DitqError
 
 RECIPE_JSON = "recipe.json"
@@ -161,10 +161,6 @@ class Recipe:
         spec = self.linear_spec(linear)
         return quantize_weight(rotate_weight(weight, spec.rotation), self.w_scale(linear).float(), spec.w_bits,
                                spec.fmt)
-
-    def weight_dq(self, linear: str, weight: torch.Tensor) -> torch.Tensor:
-        """``weight_codes`` times the scales: the (rotated) float weight ``linear`` computes with [N, K]."""
-        return dequantize_weight(self.weight_codes(linear, weight), self.w_scale(linear).float())
 
     def linear_spec(self, linear: str) -> LinearSpec:
         return self.linear_specs.get(linear) or LinearSpec(w_bits=self.w_bits, a_bits=self.a_bits)

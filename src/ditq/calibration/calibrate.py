@@ -42,7 +42,7 @@ class CalibConfig:
     w_block: int = 0  # INT4/INT8 weight block along the input (0: per output channel)
     weight_clip: str = "output"  # clip search criterion (methods that search): "output" error or weight "mse"
     fmt: str = "int"  # "int" (w_bits/a_bits integer grids) or "fp8_e4m3" (W8A8-FP8, E4M3 grids, scale amax/448)
-    # "gptq" (default, measured: +1.3 dB W8A8, +2.3..5 dB W4A8 on the demo DiT): GPTQ error-compensating rounding
+    # "gptq" (default; docs/weight_rounding.md: +1.5 dB W8A8, +1.9..5.4 dB W4A8 on the demo DiT): GPTQ rounding
     # with H = E[x^T x] pooled over the groups' folded calibration inputs, codes stored in the recipe (same scales);
     # "nearest": consumers round W / w_scale
     weight_rounding: str = "gptq"
@@ -158,7 +158,8 @@ def calibrate(model: LoadedModel, method: MethodConfig, config: CalibConfig,
                                   input_factor=factor if clip_on_output else None, fmt=spec.fmt)
             tensors[f"{lin}.w_scale"] = scale
             if gptq:  # one solve per Linear: H pooled over every group's inputs, as the weights are shared
-                h = power if power is not None else factor.T @ factor  # type: ignore[union-attr]
+                assert inputs is not None
+                h = power if power is not None else input_moments(inputs, spec.rotation)
                 codes = gptq_codes(weight, scale, h, spec.w_bits, fmt=spec.fmt)
                 tensors[f"{lin}.w_codes"] = codes.to(torch.int8 if spec.fmt == "int" else torch.float16)
     grouping = sol.grouping
