@@ -40,6 +40,7 @@ ActivationBits = Literal[8]
 WeightBlock = Literal[0, 32, 64, 128]
 WeightClip = Literal["output", "mse"]
 QuantFormat = Literal["int", "fp8_e4m3"]
+WeightRounding = Literal["nearest", "gptq"]
 SchedulerName = Literal["ddpm", "ddim", "dpmsolver"]
 FORMAT_VERSION = 1
 
@@ -94,11 +95,13 @@ class QuantConfig:
         calibration: the default calibration run (``CalibrationSpec``).
         fmt: the quantizer grid, ``"int"`` or ``"fp8_e4m3"`` (W8A8-FP8: E4M3 per-channel weights and per-tensor
             per-group activations, scale = amax / 448; static methods only, 8-bit per channel).
+        weight_rounding: ``"gptq"`` (default: error-compensating rounding on the calibration inputs' second
+            moments, the codes stored in the recipe) or ``"nearest"``.
 
     Example::
 
         config = ditq.QuantConfig(method=ditq.HTGConfig(groups="auto"), w_bits=8, a_bits=8, w_block=0,
-                                  weight_clip="output",
+                                  weight_clip="output", weight_rounding="gptq",
                                   calibration=ditq.CalibrationSpec(steps=100, samples=16, cfg_scale=3.0, seed=0))
     """
 
@@ -110,13 +113,15 @@ class QuantConfig:
     weight_clip: WeightClip = "output"
     calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
     fmt: QuantFormat = "int"
+    weight_rounding: WeightRounding = "gptq"
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, MethodConfig) or type(self.method) not in METHODS.values():
             raise DitqError(f"QuantConfig.method must be a method config such as HTGConfig(), got "
                             f"{type(self.method).__name__}")
         for name, allowed in (("w_bits", WeightBits), ("a_bits", ActivationBits), ("w_block", WeightBlock),
-                              ("weight_clip", WeightClip), ("fmt", QuantFormat)):
+                              ("weight_clip", WeightClip), ("fmt", QuantFormat),
+                              ("weight_rounding", WeightRounding)):
             value = getattr(self, name)
             if isinstance(value, bool) or value not in get_args(allowed):
                 raise DitqError(f"QuantConfig.{name} must be one of {', '.join(map(str, get_args(allowed)))}, "
@@ -145,6 +150,7 @@ class QuantConfig:
             "w_bits": self.w_bits, "a_bits": self.a_bits, "w_block": self.w_block, "weight_clip": self.weight_clip,
             "calibration": dataclasses.asdict(self.calibration),
             **({"fmt": self.fmt} if self.fmt != "int" else {}),  # integer configs keep their old dicts
+            "weight_rounding": self.weight_rounding,
         }))
 
     @classmethod
@@ -159,7 +165,8 @@ class QuantConfig:
             params = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(method.get("params", {})).items()}
             return cls(method=method_config(str(method["name"]), **params), w_bits=body["w_bits"],
                        a_bits=body["a_bits"], w_block=body["w_block"], weight_clip=body["weight_clip"],
-                       calibration=CalibrationSpec(**body["calibration"]), fmt=body.get("fmt", "int"))
+                       calibration=CalibrationSpec(**body["calibration"]), fmt=body.get("fmt", "int"),
+                       weight_rounding=body.get("weight_rounding", "nearest"))  # dicts from before: nearest
         except (KeyError, TypeError, AttributeError) as err:
             raise DitqError(f"malformed QuantConfig dict (bad or missing field {err}); "
                             "write it with QuantConfig.to_dict()") from err
@@ -175,7 +182,8 @@ class QuantConfig:
                             f"timesteps; use CalibrationSpec(steps <= {num_train_timesteps})")
         return CalibConfig(steps=c.steps, samples=c.samples, cfg_scale=float(c.cfg_scale), seed=c.seed,
                            scheduler=c.scheduler, w_bits=self.w_bits, a_bits=self.a_bits, w_block=self.w_block,
-                           weight_clip=self.weight_clip, fmt=self.fmt, progress=progress)
+                           weight_clip=self.weight_clip, fmt=self.fmt, weight_rounding=self.weight_rounding,
+                           progress=progress)
 
 
 def own_calibration(method: MethodConfig) -> CalibrationSpec:

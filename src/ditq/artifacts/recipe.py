@@ -12,6 +12,10 @@ block-Hadamard ``rotation`` (block size, 0 = none; the weight is quantized after
 ``fmt``: the grid of weight and static activation, ``"int"`` (default; absent in recipes written before FP8) or
 ``"fp8_e4m3"`` (W8A8-FP8: E4M3 per-channel weights, per-tensor per-group activations, scale = amax / 448).
 ``"dynamic_activations": true`` marks a recipe with any dynamic site (not TensorRT-INT8-deployable).
+``"weight_rounding": "gptq"`` (absent = ``"nearest"``, every recipe before it): the weight codes are stored, one
+``{linear}.w_codes`` tensor [N, K] per quantized Linear (int8; float16 E4M3 values for FP8), in the rotated domain
+when the Linear rotates; without it every consumer rounds ``W / w_scale`` to nearest. ``Recipe.weight_codes`` is the
+one place that answers either way.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import torch
 
 from ditq.artifacts import read_manifest, sha256_file, write_json, write_manifest
 from ditq.core.groups import TimestepGroups
-from ditq.core.quantizers import FORMATS
+from ditq.core.quantizers import FORMATS, WEIGHT_ROUNDINGS, qrange, quantize_weight, rotate_weight
 from ditq.errors import DitqError
 
 RECIPE_JSON = "recipe.json"
@@ -119,6 +123,8 @@ class Recipe:
     # the scheduler config calibration ran with: its training schedule (models.schedule) defines the timestep
     # axis the groups live on; None only in recipes written before ditq recorded it
     scheduler_config: dict[str, Any] | None = None
+    # "nearest": consumers round W / w_scale; "gptq": the codes are stored ({linear}.w_codes), see weight_codes
+    weight_rounding: str = "nearest"
     # PixArt models calibrated in memory (the Python API): the caption table calibration ran on, saved as
     # captions.safetensors beside the scales so an export can rebuild the same model (its hash covers the table)
     captions: Any = field(default=None, compare=False, repr=False)
@@ -140,6 +146,21 @@ class Recipe:
 
     def w_scale(self, linear: str) -> torch.Tensor:
         return self.tensors[f"{linear}.w_scale"]
+
+    def weight_codes(self, linear: str, weight: torch.Tensor) -> torch.Tensor:
+        """The codes [N, K] (float tensor of integers, or E4M3 values) ``linear`` computes with, given its folded
+        float ``weight``: the stored ``{linear}.w_codes`` when calibration wrote them (GPTQ rounding), else
+        ``W / w_scale`` (after the Linear's rotation ``W @ R``) rounded to nearest. Every consumer (fake-quant,
+        torch-int8, the QDQ export) takes its weights from here."""
+        stored = self.tensors.get(f"{linear}.w_codes")
+        if stored is not None:
+            if tuple(stored.shape) != tuple(weight.shape):
+                raise DitqError(f"{linear}.w_codes has shape {list(stored.shape)} but the model's weight is "
+                                f"{list(weight.shape)}; re-run `ditq calibrate` on this model")
+            return stored.float()
+        spec = self.linear_spec(linear)
+        return quantize_weight(rotate_weight(weight, spec.rotation), self.w_scale(linear).float(), spec.w_bits,
+                               spec.fmt)
 
     def linear_spec(self, linear: str) -> LinearSpec:
         return self.linear_specs.get(linear) or LinearSpec(w_bits=self.w_bits, a_bits=self.a_bits)
@@ -176,6 +197,7 @@ class Recipe:
             "dynamic_activations": self.dynamic_activations,
             "linears": {lin: spec.body() for lin, spec in self.linear_specs.items()},
             "scheduler_config": self.scheduler_config,
+            **({"weight_rounding": self.weight_rounding} if self.weight_rounding != "nearest" else {}),
         }
 
     # -- persistence -----------------------------------------------------------------------------------------
@@ -248,6 +270,7 @@ class Recipe:
                 cost_curve=tuple(float(c) for c in body.get("cost_curve", [])),
                 linear_specs={lin: LinearSpec.from_body(spec) for lin, spec in body.get("linears", {}).items()},
                 scheduler_config=_scheduler_field(body.get("scheduler_config")),
+                weight_rounding=str(body.get("weight_rounding", "nearest")),
             )
         except (KeyError, TypeError, ValueError, IndexError) as err:
             raise DitqError(f"{root / RECIPE_JSON} is malformed (bad or missing field {err}); "
@@ -284,6 +307,15 @@ class Recipe:
         need = [f"{s.name}.smooth" for s in self.sites] + [f"{lin}.w_scale" for s in self.sites for lin in s.linears]
         need += [f"g{g.group_id}/{s.name}.shift" for g in self.groups for s in self.sites]
         need += [f"g{g.group_id}/{s.name}.act_scale" for g in self.groups for s in self.sites if self.site_is_static(s)]
+        if self.weight_rounding not in WEIGHT_ROUNDINGS:
+            raise DitqError(f"recipe weight_rounding {self.weight_rounding!r} is not one of "
+                            f"{', '.join(WEIGHT_ROUNDINGS)}; re-run `ditq calibrate`")
+        codes = [f"{lin}.w_codes" for s in self.sites for lin in s.linears]
+        if self.weight_rounding == "nearest" and (extra := [k for k in codes if k in self.tensors]):
+            raise DitqError(f"{SCALES} holds weight codes ({extra[0]}) but recipe.json says weight_rounding "
+                            "'nearest'; re-run `ditq calibrate`")
+        if self.weight_rounding != "nearest":
+            need += codes
         missing = [k for k in need if k not in self.tensors]
         if missing:
             raise DitqError(f"{SCALES} lacks {len(missing)} tensors the recipe names (first: {missing[0]}); "
@@ -304,9 +336,19 @@ class Recipe:
                                                                   != self._in_features(s)):
                     raise DitqError(f"{lin}.w_scale has shape {list(scale.shape)}, which does not fit a weight "
                                     f"block of {spec.w_block}; re-run `ditq calibrate`")
+                stored = self.tensors.get(f"{lin}.w_codes")
+                if stored is not None and (tuple(stored.shape) != (scale.shape[0], self._in_features(s))
+                                           or (spec.fmt == "int" and bool(_out_of_range(stored, spec.w_bits)))):
+                    raise DitqError(f"{lin}.w_codes (shape {list(stored.shape)}) are not {spec.w_bits}-bit codes of "
+                                    f"a [{scale.shape[0]}, {self._in_features(s)}] weight; re-run `ditq calibrate`")
 
     def _in_features(self, site: SiteSpec) -> int:
         return int(self.tensors[f"{site.name}.smooth"].numel())
+
+
+def _out_of_range(codes: torch.Tensor, bits: int) -> bool:
+    lo, hi = qrange(bits)
+    return bool(codes.numel()) and (int(codes.min()) < lo or int(codes.max()) > hi)
 
 
 def _scheduler_field(value: Any) -> dict[str, Any] | None:

@@ -55,6 +55,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-clip", choices=("output", "mse"), default=None,
                    help="weight clip search criterion of htg/ptq4dit/qdit/viditq: output error (H-weighted) or "
                         "weight MSE (default: output, or the preset's)")
+    p.add_argument("--weight-rounding", choices=("nearest", "gptq"), default=None,
+                   help="weight rounding: nearest, or gptq (error-compensating, on the calibration inputs; the codes "
+                        "are stored in the recipe) (default: gptq, or the preset's)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="a method option, e.g. --param population=20 for qdit (repeatable; values parsed as JSON)")
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
@@ -115,6 +118,7 @@ def quant_config(args: argparse.Namespace) -> Any:
                                   samples=args.samples if args.samples is not None else own.samples,
                                   cfg_scale=args.cfg, seed=args.seed, scheduler=args.scheduler)
     fields = {"w_bits": args.w_bits, "w_block": args.w_block, "weight_clip": args.weight_clip,
+              "weight_rounding": args.weight_rounding,
               "fmt": FORMATS[args.fmt] if args.fmt else None}
     start = base if base is not None else QuantConfig(method=method)
     return replace(start, method=method, calibration=calibration,
@@ -140,7 +144,9 @@ def run(args: argparse.Namespace) -> int:
     c = config.calibration
     fp8 = "-FP8" if config.fmt == "fp8_e4m3" else ""
     print(f"recipe: {out}  method={recipe.method}  W{config.w_bits}A{config.a_bits}{fp8}"
-          f"{f' block {config.w_block}' if config.w_block else ''}  groups={recipe.num_groups}  "
+          f"{f' block {config.w_block}' if config.w_block else ''}"
+          f"{f'  weights={recipe.weight_rounding}' if recipe.weight_rounding != 'nearest' else ''}"
+          f"  groups={recipe.num_groups}  "
           f"steps={c.steps}  samples={c.samples}  "
           f"intervals={[g.interval for g in recipe.groups]}  ({recipe.calibration['seconds']:.1f} s){dynamic}")
     return 0

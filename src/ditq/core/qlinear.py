@@ -6,14 +6,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ditq.core.quantizers import dynamic_fake_quant, fake_quant, fake_quant_weight, rotate_weight, rotation_matrix
+from ditq.core.quantizers import (
+    dequantize_weight,
+    dynamic_fake_quant,
+    fake_quant,
+    fake_quant_weight,
+    rotate_weight,
+    rotation_matrix,
+)
 
 
 class QLinear(nn.Module):
     """A Linear with an optional explicit pre-affine ``(x - shift) * scale`` and fake-quantized input/weight.
 
     ``rotation`` > 0: an online block-Hadamard ``x @ R`` with ``W @ R`` folded into the weight (exact in FP).
-    ``w_scale`` of shape [N] is per output channel, [N, K / block] per block. The input is quantized statically
+    ``w_scale`` of shape [N] is per output channel, [N, K / block] per block; ``w_codes`` [N, K] (in the rotated
+    domain) are the weight's codes when they were chosen elsewhere (GPTQ), else ``W / w_scale`` rounds to nearest.
+    The input is quantized statically
     with ``act_scale``, or at run time per token (``dynamic_group=0``) or per token and channel group
     (``dynamic_group`` > 0); ``None`` for both leaves it in float. ``fmt`` is the grid of weight and static
     input: ``"int"`` (``w_bits``/``a_bits``) or ``"fp8_e4m3"`` (E4M3, saturating at 448 as ONNX Q/DQ does).
@@ -21,12 +30,15 @@ class QLinear(nn.Module):
 
     def __init__(self, linear: nn.Linear, *, w_scale: torch.Tensor | None = None, act_scale: float | None = None,
                  pre: tuple[torch.Tensor, torch.Tensor] | None = None, w_bits: int = 8, a_bits: int = 8,
-                 dynamic_group: int | None = None, rotation: int = 0, fmt: str = "int") -> None:
+                 dynamic_group: int | None = None, rotation: int = 0, fmt: str = "int",
+                 w_codes: torch.Tensor | None = None) -> None:
         super().__init__()
         weight = linear.weight.detach()
         if rotation:
             weight = rotate_weight(weight, rotation).to(linear.weight.dtype)
-        if w_scale is not None:
+        if w_scale is not None and w_codes is not None:
+            weight = dequantize_weight(w_codes.to(weight.dtype), w_scale.to(weight.dtype))
+        elif w_scale is not None:
             weight = fake_quant_weight(weight, w_scale, w_bits, fmt)
         self.register_buffer("weight", weight)
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach())

@@ -179,6 +179,50 @@ def quantize_weight(weight: torch.Tensor, scale: torch.Tensor, bits: int = 8, fm
     return _per_scale(quantize, weight, scale, bits, fmt)
 
 
+def dequantize_weight(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``codes * scale`` for per-channel scales [N] or block scales [N, K / block]: the weight a Linear uses."""
+    return _per_scale(lambda c, s, _b, _f: c * s, codes, scale, 8)
+
+
+WEIGHT_ROUNDINGS = ("nearest", "gptq")
+
+
+def gptq_codes(weight: torch.Tensor, scale: torch.Tensor, h: torch.Tensor, bits: int = 8, *, fmt: str = "int",
+               damp: float = 0.01, act_order: bool = False, batch: int = 128) -> torch.Tensor:
+    """The codes of ``weight`` [N, K] with GPTQ's error feedback (Frantar et al. 2023) instead of round to nearest.
+
+    Columns are rounded one at a time (in input order, or by decreasing ``H`` diagonal with ``act_order``) onto the
+    fixed grid of ``scale`` (per channel [N] or per block [N, K / block], as ``quantize_weight``), and each column's
+    rounding error is spread over the columns not yet rounded through the upper Cholesky factor of ``H^-1``: this
+    minimises ``e H e^T`` per output row, the output error ``||(W - Wq) X^T||^2`` for ``H = X^T X``. ``H`` [K, K]
+    gets ``damp`` x its mean diagonal added (and 1 on dead inputs) so the factorisation exists. Returns a float
+    tensor of the codes (integers in ``qrange(bits)``, or E4M3 values for ``fmt="fp8_e4m3"``).
+    """
+    n, k = weight.shape
+    w = weight.double().clone()
+    s = scale.double()[:, None].expand(n, k) if scale.dim() == 1 else \
+        scale.double().repeat_interleave(k // scale.shape[1], dim=1)
+    hd = h.double().clone()
+    dead = hd.diagonal() <= 0
+    hd[dead, dead] = 1.0
+    hd.diagonal().add_(damp * float(hd.diagonal().mean()))
+    perm = torch.argsort(hd.diagonal(), descending=True) if act_order else torch.arange(k)
+    w, s, hd = w[:, perm], s[:, perm], hd[perm][:, perm]
+    u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(hd)), upper=True)
+    codes = torch.empty_like(w)
+    for j0 in range(0, k, batch):  # GPTQ's lazy batch updates: the rest of W is updated once per batch
+        j1 = min(j0 + batch, k)
+        err = torch.empty(n, j1 - j0, dtype=w.dtype)
+        for j in range(j0, j1):
+            q = to_grid(w[:, j] / s[:, j], bits, fmt)
+            codes[:, j] = q
+            e = (w[:, j] - q * s[:, j]) / u[j, j]
+            w[:, j + 1:j1] -= e[:, None] * u[j, j + 1:j1][None, :]
+            err[:, j - j0] = e
+        w[:, j1:] -= err @ u[j0:j1, j1:]
+    return codes[:, torch.argsort(perm)].float()
+
+
 def dynamic_fake_quant(x: torch.Tensor, bits: int = 8, group: int = 0) -> torch.Tensor:
     """Symmetric fake quantization with a scale per token (``group`` = 0) or per token and channel group.
 

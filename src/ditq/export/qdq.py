@@ -36,7 +36,7 @@ from onnx import helper, numpy_helper
 
 from ditq.artifacts.recipe import LinearSpec, Recipe
 from ditq.core.fold import PreAffine
-from ditq.core.quantizers import DYNAMIC_EPS, qrange, quantize, quantize_weight, rotate_weight, rotation_matrix
+from ditq.core.quantizers import DYNAMIC_EPS, qrange, rotation_matrix
 from ditq.core.sites import Site
 from ditq.errors import DitqError
 
@@ -177,7 +177,7 @@ def apply_group(
         graph.initializer.remove(old)
         qtype = _qdtype(spec)
         if spec.w_bits == 8 and w_scale.dim() == 1 and not spec.rotation:  # W8 (INT8 or FP8) per channel
-            q = quantize(w, w_scale[:, None], 8, spec.fmt).T.contiguous().numpy()
+            q = recipe.weight_codes(lin, w).T.contiguous().numpy()
             wname = f"{lin}.weight_{'fp8' if spec.fmt == 'fp8_e4m3' else 'int8'}"
             graph.initializer.extend([
                 numpy_helper.from_array(q.astype(qtype), wname),
@@ -188,7 +188,7 @@ def apply_group(
                                     [wname, f"{lin}.w_scale", f"{lin}.w_zero_point"],
                                     [f"{lin}.weight_dq"], name=f"{lin}.weight_dq", axis=1)
         else:
-            graph.initializer.extend(_block_weight(lin, rotate_weight(w, spec.rotation), w_scale, spec.w_bits, npf))
+            graph.initializer.extend(_block_weight(lin, recipe.weight_codes(lin, w), w_scale, spec.w_bits, npf))
             dq_w = helper.make_node("DequantizeLinear", [f"{lin}.weight_int{spec.w_bits}", f"{lin}.w_scale",
                                                          *[f"{lin}.w_zero_point"] * (spec.w_bits != 4)],
                                     [f"{lin}.weight_dq"],
@@ -262,14 +262,14 @@ def _qdtype(spec: LinearSpec) -> np.dtype:
     return np.dtype(ml_dtypes.float8_e4m3fn if spec.fmt == "fp8_e4m3" else np.int8)
 
 
-def _block_weight(lin: str, w: torch.Tensor, w_scale: torch.Tensor, bits: int, npf: np.dtype
+def _block_weight(lin: str, codes_t: torch.Tensor, w_scale: torch.Tensor, bits: int, npf: np.dtype
                   ) -> list[onnx.TensorProto]:
     """INT4/INT8 codes [K, N], block scales [K/B, N] and (INT8 only: INT4 omits it, symmetric) zero points for a
     DequantizeLinear(axis=0, block_size=B)."""
     import ml_dtypes
 
     scale = w_scale if w_scale.dim() == 2 else w_scale[:, None]  # per channel = one block spanning K
-    codes = quantize_weight(w, scale, bits).to(torch.int8).T.contiguous().numpy()
+    codes = codes_t.to(torch.int8).T.contiguous().numpy()
     qdtype = ml_dtypes.int4 if bits == 4 else np.int8
     return [
         numpy_helper.from_array(codes.astype(qdtype), f"{lin}.weight_int{bits}"),

@@ -53,6 +53,7 @@ def group_denoiser(model: LoadedModel, recipe: Recipe, group_id: int, *, quantiz
             q = QLinear(
                 modules[lin],  # type: ignore[arg-type]
                 w_scale=recipe.w_scale(lin) if quantize else None,
+                w_codes=recipe.weight_codes(lin, modules[lin].weight.detach()) if quantize else None,
                 act_scale=float(recipe.act_scale(site.name, group_id)) if quantize and not spec.dynamic else None,
                 pre=pre.get(site.name), w_bits=spec.w_bits, a_bits=spec.a_bits,
                 dynamic_group=spec.a_group if quantize and spec.dynamic else None, rotation=spec.rotation,

@@ -70,16 +70,16 @@ class Int8Linear(nn.Module):
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, w_scale: torch.Tensor, *,
                  act_scale: float | None, a_bits: int = 8, pre: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 rotation: int = 0, dtype: torch.dtype = torch.float32) -> None:
+                 rotation: int = 0, dtype: torch.dtype = torch.float32, codes: torch.Tensor | None = None) -> None:
         super().__init__()
         n, k = weight.shape
         if w_scale.shape != (n,):
             raise DitqError(f"torch-int8 needs per-output-channel weight scales [{n}], got {tuple(w_scale.shape)}")
         self.in_features, self.out_features, self.a_bits = k, n, a_bits
         self.qmin, self.qmax = qrange(a_bits)
-        if rotation:
-            weight = rotate_weight(weight, rotation)
-        self.register_buffer("weight_int8", quantize_weight(weight.float(), w_scale.float(), 8).to(torch.int8))
+        if codes is None:  # rounded to nearest here; a recipe's codes come from Recipe.weight_codes
+            codes = quantize_weight(rotate_weight(weight, rotation), w_scale.float(), 8)
+        self.register_buffer("weight_int8", codes.to(torch.int8))
         self.register_buffer("w_scale", w_scale.to(dtype))
         self.register_buffer("bias", torch.zeros(n, dtype=dtype) if bias is None else bias.detach().to(dtype))
         self.act_scale = None if act_scale is None else float(act_scale)
@@ -150,6 +150,7 @@ def int8_group_denoiser(model: LoadedModel, recipe: Recipe, group_id: int, *, dy
             spec = recipe.linear_spec(lin)
             static = not (dynamic or spec.dynamic)
             q = Int8Linear(linear.weight.detach(), linear.bias, recipe.w_scale(lin),
+                           codes=recipe.weight_codes(lin, linear.weight.detach()),
                            act_scale=float(recipe.act_scale(site.name, group_id)) if static else None,
                            a_bits=spec.a_bits, pre=pre.get(site.name), rotation=spec.rotation, dtype=dtype)
             parent, _, attr = lin.rpartition(".")
