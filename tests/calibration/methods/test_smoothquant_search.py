@@ -67,8 +67,8 @@ def test_alpha_search_picks_the_alpha_that_is_best_end_to_end(outlier_model):
 def test_only_the_search_runs_the_model_and_bad_options_are_one_line_errors():
     from ditq.calibration.methods import method_config
 
-    assert method_config("smoothquant", alpha="search").needs_model
-    assert not method_config("smoothquant").needs_model
+    assert method_config("smoothquant").needs_model and method_config("smoothquant").alpha == "search"
+    assert not method_config("smoothquant", alpha=0.8).needs_model
     with pytest.raises(DitqError, match="'search'"):
         method_config("smoothquant", alpha="best")
     with pytest.raises(DitqError, match="alphas"):
@@ -83,6 +83,6 @@ def test_search_without_probes_falls_back_to_the_default_alpha(tiny_model, caplo
         x = torch.randn(2, 1, 8, 8)
         transformer(x, torch.tensor([500, 500]), class_labels=torch.tensor([0, 1]))
 
-    recipe = calibrate(tiny_model, method_config("smoothquant", alpha="search"),
+    recipe = calibrate(tiny_model, method_config("smoothquant"),
                        CalibConfig(steps=2, samples=1, progress=False), forward_loop=loop)
     assert {s.alpha for s in recipe.sites} == {0.8} and "using alpha 0.8" in caplog.text

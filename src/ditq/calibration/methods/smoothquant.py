@@ -6,10 +6,11 @@ each quantized Linear): where a linear producer exists the scale folds into it (
 modulation, out-proj into to_v), elsewhere it is an explicit per-channel Mul (fc2 after GELU; PixArt's qkv and fc1,
 whose modulation comes from the shared adaLN-single; PixArt's cross-attention q and the caption-fed k/v).
 ``explicit=False`` keeps s = 1 on those (the old behaviour: on PixArt it left all but the out-projections
-unsmoothed, 3-4 dB behind Model Optimizer at the same alpha). alpha defaults to 0.8 (Model Optimizer's
-diffusion recipes; the paper's 0.5 measures worse on both testbeds, docs/quality_probe.md). ``alpha="search"``
-picks one alpha for the model from ``alphas`` by the model-output SQNR on the calibration probes with every site
-quantized (HTG's ``alpha_criterion="global"``, ``site_probe.SiteScorer``; len(alphas) model evaluations).
+unsmoothed, 3-4 dB behind Model Optimizer at the same alpha). ``alpha="search"`` (the default) picks one alpha
+for the model from ``alphas`` by the model-output SQNR on the calibration probes with every site quantized (HTG's
+``alpha_criterion="global"``, ``site_probe.SiteScorer``; len(alphas) model evaluations). Demo DiT, two
+calibration seeds (docs/quality_probe_baselines.md): vs a fixed 0.8 (Model Optimizer's diffusion alpha; the
+paper's 0.5 measures worse) it ties at W8A8 (-0.2 / +0.3 dB global / mean PSNR) and wins +3.0 / +3.5 dB at W4A8.
 Activation scales are per-tensor max (the paper's static calibration; ``act_clip_search`` switches on HTG's MSE
 clip search), weights per-channel max.
 """
@@ -45,7 +46,7 @@ def one_group(ctx: Context) -> Grouping:
 @register_method("smoothquant")
 @dataclass(frozen=True)
 class SmoothQuantConfig(MethodConfig):
-    alpha: float | str = 0.8  # or "search": the best of ``alphas`` by model-output SQNR, one alpha for the model
+    alpha: float | str = "search"  # the best of ``alphas`` by model-output SQNR, one alpha for the model; or fixed
     explicit: bool = True  # also smooth sites without a linear producer, with an explicit per-channel Mul
     act_clip_search: bool = False
     weight_clip_search: bool = False
