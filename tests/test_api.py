@@ -162,9 +162,9 @@ def test_pixart_pipeline_captions_come_from_the_prompts(cls_name, tmp_path):
 
 
 def test_smoothquant_preset_and_htg_default_are_at_full_strength():
-    """The baseline smooths every site at Model Optimizer's alpha (0.8); HTG scores its alphas end to end."""
+    """The baseline smooths every site with one alpha searched end to end; HTG scores its alphas end to end."""
     sq = ditq.W8A8_SMOOTHQUANT.method
-    assert (sq.alpha, sq.explicit) == (0.8, True) and sq == ditq.SmoothQuantConfig()
+    assert (sq.alpha, sq.explicit) == ("search", True) and sq == ditq.SmoothQuantConfig() and sq.needs_model
     assert ditq.W8A8_HTG.method.alpha_criterion == ditq.HTGConfig().alpha_criterion != "local"
 
 

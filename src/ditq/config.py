@@ -201,8 +201,8 @@ def _preset(method: MethodConfig, w_bits: int = 8, fmt: str = "int") -> QuantCon
 W8A8_HTG = _preset(HTGConfig(groups="auto"))
 #: HTG with INT4 per-output-channel weights (TensorRT builds INT4 weights as W4A16).
 W4A8_HTG = _preset(HTGConfig(groups="auto"), w_bits=4)
-#: SmoothQuant baseline at Model Optimizer's strength (alpha 0.8, every site smoothed, one group).
-W8A8_SMOOTHQUANT = _preset(SmoothQuantConfig(alpha=0.8, explicit=True))
+#: SmoothQuant baseline at full strength (one alpha searched by model-output SQNR, every site smoothed, one group).
+W8A8_SMOOTHQUANT = _preset(SmoothQuantConfig(alpha="search", explicit=True))
 #: PTQ4DiT salience balancing (one group; its paper's 25 steps x 32 samples).
 W8A8_PTQ4DIT = _preset(PTQ4DiTConfig())
 #: Q-DiT group-wise W4A8 with evolutionary group sizes (dynamic activations: ONNX Runtime / torch only).

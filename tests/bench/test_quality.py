@@ -3,6 +3,7 @@
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -131,3 +132,67 @@ def test_w4a16_cells_are_the_tensorrt_int4_form_next_to_w4a8(tmp_path):
     onnx_manifest = (tmp_path / "q" / "onnx" / "htg-W4A16" / "manifest.json").read_text()
     assert '"target": "tensorrt"' in onnx_manifest
     assert "W4A16: the W4A8 recipe exported as TensorRT builds INT4" in (tmp_path / "q" / "quality.md").read_text()
+
+
+def test_several_calibration_seeds_give_mean_and_spread_rows_and_a_paired_comparison(tmp_path, capsys):
+    from ditq.cli.main import main
+
+    out = tmp_path / "q"
+    assert main(["-q", "bench", "quality", "--quick", "--methods", "smoothquant,htg", "--bits", "W8A8",
+                 "--steps", "3", "--eval-samples", "4", "--no-plots", "--calib-seeds", "2", "3", "-o", str(out)]) == 0
+    body = json.loads((out / "quality.json").read_text())
+    assert body["calib_seeds"] == [2, 3]
+    cells = {(c["method"], c["calib_seed"]): c for c in body["cells"]}
+    assert set(cells) == {(m, s) for m in ("smoothquant", "htg") for s in (2, 3)}
+    assert set(body["recipes"]) == {f"{m}-W8A8-seed{s}" for m in ("smoothquant", "htg") for s in (2, 3)}
+    for c in cells.values():  # both PSNR forms: pooled MSE <= mean of per-image PSNR (Jensen)
+        assert len(c["psnr_per_image_db"]) == 4 and c["psnr_global_db"] <= c["psnr_db"] + 1e-9
+    htg2, htg3 = cells["htg", 2], cells["htg", 3]
+    assert htg2["sqnr_mean_db"] != htg3["sqnr_mean_db"]  # the seed reaches the calibration data
+    summary = {r["method"]: r for r in body["summary"]}
+    h = summary["htg"]
+    assert h["calib_seeds"] == [2, 3]
+    for k in ("psnr_global_db", "psnr_db", "sqnr_mean_db"):
+        lo, hi = sorted([htg2[k], htg3[k]])
+        assert h[k] == pytest.approx((lo + hi) / 2) and (h[f"{k}_min"], h[f"{k}_max"]) == (lo, hi)
+    md = (out / "quality.md").read_text()
+    assert f"| htg | W8A8 | 3 | 2 | {h['sqnr_mean_db']:.2f} ({h['sqnr_mean_db_min']:.2f}–" in md
+    rows = list(csv.DictReader(open(out / "quality.csv")))
+    assert [r["method"] for r in rows] == ["fp", "smoothquant", "htg"] and rows[2]["calib_seeds"] == "2 3"
+    (paired,) = body["paired"]
+    assert paired["method"] == "htg" and paired["peer"] == "smoothquant" and paired["images"] == 4
+    diff = np.mean(np.mean([htg2["psnr_per_image_db"], htg3["psnr_per_image_db"]], 0)
+                   - np.mean([cells["smoothquant", s]["psnr_per_image_db"] for s in (2, 3)], 0))
+    assert paired["psnr_db_diff"] == pytest.approx(diff)
+    lo, hi = paired["psnr_db_diff_ci95"]
+    assert lo <= paired["psnr_db_diff"] <= hi
+    assert "HTG minus the best one-scale static peer" in md and "| htg | W8A8 | 3 | smoothquant |" in md
+
+
+def test_paired_bootstrap_picks_the_best_one_scale_peer_and_brackets_a_known_gap():
+    from ditq.bench.quality_grid.seeds import global_psnr, paired_comparisons
+
+    rng = np.random.default_rng(1)
+    base = rng.uniform(30, 40, 200)
+
+    def row(method, shift, seed):
+        return {"method": method, "bits": "W8A8", "steps": 5, "calib_seed": seed,
+                "psnr_per_image_db": list(base + shift + rng.normal(0, 0.5, 200))}
+
+    rows = [row("htg", 2.0, 1), row("htg", 2.0, 2), row("smoothquant", 0.0, 1), row("smoothquant", 0.0, 2),
+            row("modelopt int8-smoothquant-a08", 1.0, 1), row("modelopt int8-smoothquant-a08", 1.0, 2),
+            row("ptq4dit", 5.0, 1)]  # not a one-scale peer: ignored although it is the best
+    (p,) = paired_comparisons(rows)
+    assert p["peer"] == "modelopt int8-smoothquant-a08" and p["htg_seeds"] == [1, 2]
+    assert p["psnr_db_diff"] == pytest.approx(1.0, abs=0.15)
+    lo, hi = p["psnr_db_diff_ci95"]
+    assert lo < 1.0 < hi and hi - lo < 0.3  # paired: the image-to-image spread (10 dB) cancels
+    assert global_psnr(np.array([20.0, 20.0])) == pytest.approx(20.0)
+    assert global_psnr(np.array([10.0, 30.0])) == pytest.approx(10 * np.log10(2 / (0.1 + 0.001)))
+    assert paired_comparisons(rows) == [p]  # fixed RNG seed: the same interval every run
+
+
+def test_calibration_seeds_must_differ_from_the_evaluation_noise():
+    assert QualityConfig().seeds == (1,) and QualityConfig(calib_seeds=(1, 2, 3)).seeds == (1, 2, 3)
+    with pytest.raises(DitqError, match="--calib-seeds"):
+        QualityConfig(calib_seeds=(0, 1))

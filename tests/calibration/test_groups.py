@@ -229,3 +229,36 @@ def test_segment_costs_speed():
     assert cost.shape == (100, 100) and isinstance(
         group_timesteps(range(100), sites, 4, num_train_timesteps=1000), Grouping
     )
+
+
+def test_moving_median_window_keeps_one_outlying_call_from_moving_a_boundary():
+    from ditq.calibration.groups import moving_median
+
+    ts = list(range(0, 1000, 25))
+    hi = np.ones((40, 4))
+    hi[20:] = 2.0  # two regimes: the boundary belongs between calibration timesteps 19 and 20
+    hi[5, 0] = 6.0  # one outlying call (e.g. a rare token in one calibration batch)
+    site = [SiteRange(hi, -hi, 1.0)]
+    assert group_timesteps(ts, site, 2, num_train_timesteps=1000).segments != ((0, 19), (20, 39))
+    for window in (3, 5):
+        assert group_timesteps(ts, site, 2, num_train_timesteps=1000, window=window).segments == ((0, 19), (20, 39))
+    ramp = np.arange(6.0)[:, None]
+    assert np.array_equal(moving_median(ramp, 3), ramp)  # a trend passes unchanged; only outliers go
+    assert moving_median(np.array([[0.0], [9.0], [0.0]]), 3).ravel().tolist() == [0.0, 0.0, 0.0]
+    with pytest.raises(DitqError, match="odd"):
+        group_timesteps(ts, site, 2, num_train_timesteps=1000, window=2)
+
+
+def test_htg_passes_its_group_window_to_the_grouping(monkeypatch):
+    import ditq.calibration.methods.htg as htg
+    from ditq.calibration.methods import method_config
+
+    seen = []
+    monkeypatch.setattr(htg, "group_timesteps", lambda *a, **kw: seen.append(kw["window"]) or (_ for _ in ()).throw(
+        RuntimeError("stop")))
+    with pytest.raises(RuntimeError, match="stop"):
+        method_config("htg", group_window=5).solve(type("Ctx", (), {"sites": [], "stats": {}, "timesteps": [0],
+                                                                     "num_train_timesteps": 1000, "a_bits": 8})())
+    assert seen == [5]
+    with pytest.raises(DitqError, match="odd"):
+        method_config("htg", group_window=4)

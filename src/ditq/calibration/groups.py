@@ -54,6 +54,16 @@ class Grouping:
         return self.timesteps[i : j + 1]
 
 
+def moving_median(rows: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving median over ``window`` (odd) neighbouring rows [T, C], the ends padded with their edge rows;
+    ``window`` 1: unchanged. A median, not a mean: one outlying call is dropped rather than spread to neighbours."""
+    if window <= 1 or rows.shape[0] < 2:
+        return rows
+    half = window // 2
+    padded = np.concatenate([np.repeat(rows[:1], half, 0), rows, np.repeat(rows[-1:], half, 0)])
+    return np.median(np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1, axis=0), axis=-1)
+
+
 def segment_costs(sites: Sequence[SiteRange], bits: int = 8) -> np.ndarray:
     """[T, T] matrix: cost of the segment i..j (inclusive) at [i, j]; inf below the diagonal."""
     if bits < 2:
@@ -173,8 +183,14 @@ def group_timesteps(
     bits: int = 8,
     max_groups: int = 8,
     method: Literal["dp", "greedy"] = "dp",
+    window: int = 1,
 ) -> Grouping:
-    """Group calibration timesteps (any order; `sites` rows in the same order) into contiguous groups."""
+    """Group calibration timesteps (any order; `sites` rows in the same order) into contiguous groups.
+
+    ``window`` > 1 (odd): the cost sees each timestep's channel range as the median of it and its neighbours' (a
+    centred moving median over ``window`` calibration timesteps), so one outlying call moves no boundary; the
+    shifts and scales still come from the exact ranges.
+    """
     ts = np.array([operator.index(t) for t in timesteps], dtype=np.int64)
     n = ts.size
     if n == 0:
@@ -193,6 +209,8 @@ def group_timesteps(
         n_groups = int(n_groups)
     if max_groups < 1:
         raise DitqError(f"max_groups must be >= 1, got {max_groups}.")
+    if window < 1 or window % 2 == 0:
+        raise DitqError(f"the grouping window must be an odd number >= 1 of calibration timesteps, got {window}.")
     if n_groups != "auto" and not 1 <= n_groups <= n:
         raise DitqError(
             f"cannot make {n_groups} groups from {n} calibration timesteps; "
@@ -212,7 +230,8 @@ def group_timesteps(
             raise DitqError(f"site {k}: signal power must be > 0, got {s.power}.")
         if np.any(lo > hi):
             raise DitqError(f"site {k}: ch_min exceeds ch_max somewhere; the range statistics are corrupt.")
-        sorted_sites.append(SiteRange(hi[order], lo[order], float(s.power)))
+        sorted_sites.append(SiteRange(moving_median(hi[order], window), moving_median(lo[order], window),
+                                      float(s.power)))
     cost = segment_costs(sorted_sites, bits)
     gmax = min(max_groups, n) if n_groups == "auto" else max(n_groups, min(max_groups, n))
     curve: list[float] = []

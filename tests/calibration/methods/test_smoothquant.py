@@ -6,9 +6,11 @@ from ditq.errors import DitqError
 
 
 def test_smoothquant_scales_follow_the_formula(calibrated):
-    recipe = calibrated("smoothquant")
+    recipe = calibrated("smoothquant", alpha=0.8)
     assert recipe.num_groups == 1 and recipe.params == {"alpha": 0.8, "explicit": True, "act_clip_search": False,
-                                                        "weight_clip_search": False}
+                                                        "weight_clip_search": False,
+                                                        "alphas": [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+                                                        "probe_timesteps": 6, "probe_batch": 8}
     for site in recipe.sites:  # every site smoothed, fc2 (no linear producer) included, as Model Optimizer does
         assert not recipe.shift(site.name, 0).any()
         s = recipe.smooth(site.name)
@@ -31,7 +33,8 @@ def test_smoothquant_smooths_every_pixart_site(pixart_model):
     from ditq.calibration.calibrate import CalibConfig, calibrate
     from ditq.calibration.methods import method_config
 
-    recipe = calibrate(pixart_model, method_config("smoothquant"), CalibConfig(steps=4, samples=2, progress=False))
+    recipe = calibrate(pixart_model, method_config("smoothquant", alpha=0.8),
+                       CalibConfig(steps=4, samples=2, progress=False))
     kinds = {site.name.split(".", 2)[-1] for site in recipe.sites}
     assert {"attn1.qkv", "attn2.to_q", "attn2.kv", "ff.net.0.proj", "ff.net.2"} <= kinds
     for site in recipe.sites:

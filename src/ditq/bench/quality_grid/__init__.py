@@ -10,6 +10,10 @@ backend (exact Q/DQ arithmetic); every cell also checks ONNX Runtime's exact-QDQ
 trajectory input per group, and one cell is evaluated end to end on ONNX Runtime as well.
 Peer rows: NVIDIA Model Optimizer (``nvidia-modelopt``, optional) quantizing the same Linear layers with its INT8
 max and SmoothQuant configs and INT4-weight (max, AWQ-lite) configs with INT8 activations, same data and metrics.
+``--calib-seeds 1 2 3``: every cell and peer row is calibrated (its own calibration data) and evaluated once per
+seed against the one FP reference; the table shows the mean and min-max over seeds of the global (pooled MSE) and
+mean (per-image) PSNR and of the step SQNR (per-seed values in ``quality.json``), and a paired line per bit width
+gives HTG minus the best one-scale static peer with a 95 % bootstrap interval over images (``seeds.py``).
 Writes ``quality.md``, ``quality.csv``, ``quality.json`` and plots (``samples_w4a8.png``; with matplotlib,
 ``sqnr_over_timesteps.png``).
 """

@@ -51,6 +51,7 @@ class QualityConfig:
     calib_steps: int | None = None  # None: each method's own (ptq4dit: 25), else 100
     calib_samples: int | None = None  # None: each method's own (ptq4dit: 32), else 16
     calib_seed: int = 1  # != seed: calibration never sees the evaluation noise
+    calib_seeds: tuple[int, ...] = ()  # calibrate (and evaluate) every cell once per seed; () = (calib_seed,)
     seed: int = 0
     cfg_scale: float = 3.0
     method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -70,8 +71,16 @@ class QualityConfig:
             raise DitqError("--methods, --bits and --steps must be non-empty (steps >= 1)")
         if self.eval_samples < 1 or self.sqnr_samples < 1:
             raise DitqError(f"--eval-samples must be >= 1, got {self.eval_samples}")
+        if self.seed in self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise DitqError(f"--calib-seeds must be distinct and differ from the evaluation seed {self.seed}, "
+                            f"got {list(self.seeds)}")
         if self.w4_block not in (0, 32, 64, 128):
             raise DitqError(f"--w-block must be 0, 32, 64 or 128, got {self.w4_block}")
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """The calibration seeds: every static/dynamic cell and peer row is calibrated once per seed."""
+        return tuple(self.calib_seeds) or (self.calib_seed,)
 
     def spec(self, steps: int) -> SamplingSpec:
         """The evaluation sampler at ``steps`` (the model's own scheduler, this config's CFG and seed)."""

@@ -24,6 +24,7 @@ from ditq.bench.quality_grid.config import (
 from ditq.bench.quality_grid.peers import peer_rows
 from ditq.bench.quality_grid.plots import write_plots
 from ditq.bench.quality_grid.report import cell_metrics, jsonable, write_results
+from ditq.bench.quality_grid.seeds import image_metrics, paired_comparisons, summarize
 from ditq.errors import DitqError
 
 log = logging.getLogger("ditq.bench.quality_grid")
@@ -125,17 +126,21 @@ def _run(root: Path, config: QualityConfig, say: Callable[[str], None]
     for method in config.methods:
         name, variant = parse_method(method)
         own = METHODS[name].calibration_defaults
-        calib = CalibConfig(steps=config.calib_steps or own.get("steps", CalibConfig.steps),
-                            samples=config.calib_samples or own.get("samples", CalibConfig.samples),
-                            cfg_scale=config.cfg_scale, seed=config.calib_seed, progress=False)
-        recipes: dict[tuple[int, str, int], Any] = {}  # W4A16 is the W4A8 recipe, exported weight-only: calibrate once
-        for bits in config.bits:
-            if (bits in FORMATS or bits in WEIGHT_ONLY) and not METHODS[name].supports_fp8:
-                say(f"{method}-{bits}: skipped ({name} quantizes activations dynamically; {bits} is static only)")
-                grid.skipped.append(f"{method}-{bits}")
-                continue
-            _run_cell(grid, method, bits, calib, say, recipes)
+        for seed in config.seeds:  # each seed: its own calibration data, recipe, export and evaluation
+            calib = CalibConfig(steps=config.calib_steps or own.get("steps", CalibConfig.steps),
+                                samples=config.calib_samples or own.get("samples", CalibConfig.samples),
+                                cfg_scale=config.cfg_scale, seed=seed, progress=False)
+            recipes: dict[tuple[int, str, int], Any] = {}  # W4A16 is the W4A8 recipe exported weight-only: once
+            for bits in config.bits:
+                if (bits in FORMATS or bits in WEIGHT_ONLY) and not METHODS[name].supports_fp8:
+                    if seed == config.seeds[0]:
+                        say(f"{method}-{bits}: skipped ({name} quantizes activations dynamically; {bits} is static "
+                            "only)")
+                        grid.skipped.append(f"{method}-{bits}")
+                    continue
+                _run_cell(grid, method, bits, calib, say, recipes)
     peers, peer_note = peer_rows(model, config, grid.refs, grid.specs, scorer, say)
+    multi = len(config.seeds) > 1
     return {
         "kind": "ditq.bench.quality", "config": jsonable(asdict(config)),
         "model": {"source": "tiny (seeded, saved in model/)" if config.model == TINY else model.source,
@@ -147,6 +152,8 @@ def _run(root: Path, config: QualityConfig, say: Callable[[str], None]
                      "sqnr_images": min(config.sqnr_samples, config.eval_samples)},
         "scorer_note": scorer_note, "fp": fp_rows, "cells": grid.cells, "recipes": grid.recipes,
         "agreement": grid.agreement, "peers": peers, "peer_note": peer_note, "skipped": grid.skipped,
+        "calib_seeds": list(config.seeds), "summary": summarize(grid.cells + peers) if multi else [],
+        "paired": paired_comparisons(grid.cells + peers),
         "seconds": round(time.perf_counter() - started, 1),
     }, grid.grid_rows
 
@@ -163,7 +170,8 @@ def _run_cell(grid: _Grid, method: str, bits: str, calib: Any, say: Callable[[st
 
     config, model = grid.config, grid.model
     name, variant = parse_method(method)
-    key = f"{method}-{bits}"
+    first = calib.seed == config.seeds[0]  # the seed whose cell gives the sample grid and the ORT agreement check
+    key = f"{method}-{bits}" + (f"-seed{calib.seed}" if len(config.seeds) > 1 else "")
     folder = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
     w_bits = BITS[bits]
     quantizer = (w_bits, FORMATS.get(bits, "int"), config.w4_block if w_bits == 4 else 0)
@@ -190,18 +198,21 @@ def _run_cell(grid: _Grid, method: str, bits: str, calib: Any, say: Callable[[st
         say(f"{key}: evaluating at {s} steps")
         q = evaluate(model, backend, grid.refs[s], grid.specs[s], grid.scorer, sqnr_rows=config.sqnr_samples)
         images = q.pop("images")
-        if bits == "W4A8" and s == top:
+        q.update(image_metrics(images, grid.refs[s].images))
+        if bits == "W4A8" and s == top and first:
             grid.grid_rows[method] = images[:20]
-        grid.cells.append({"method": method, "bits": bits, "steps": s, "backend": "torch", **cell_metrics(q),
+        grid.cells.append({"method": method, "bits": bits, "steps": s, "calib_seed": calib.seed, "backend": "torch",
+                           **cell_metrics(q),
                            "groups": recipe.num_groups, "dynamic": recipe.dynamic_activations,
                            "calibration_seconds": recipe.calibration["seconds"], "artifact_bytes": size,
                            "ort_vs_torch_sqnr_db": consistency})
-    if (method, bits) == tuple(config.agreement or ("htg", "W4A8")):
+    if (method, bits) == tuple(config.agreement or ("htg", "W4A8")) and first:
         s = min(config.steps)
         say(f"{key}: evaluating at {s} steps on ONNX Runtime (exact Q/DQ) as well")
         q = evaluate(model, ort, grid.refs[s], grid.specs[s], grid.scorer, sqnr_rows=config.sqnr_samples)
-        q.pop("images")
-        torch_cell = next(c for c in grid.cells if (c["method"], c["bits"], c["steps"]) == (method, bits, s))
+        q.update(image_metrics(q.pop("images"), grid.refs[s].images))
+        torch_cell = next(c for c in grid.cells if (c["method"], c["bits"], c["steps"], c["calib_seed"])
+                          == (method, bits, s, calib.seed))
         grid.agreement = {"method": method, "bits": bits, "steps": s, "onnxruntime": cell_metrics(q),
                           "torch": {k: torch_cell[k] for k in cell_metrics(q)}}
 

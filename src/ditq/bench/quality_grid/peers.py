@@ -13,6 +13,7 @@ import torch
 
 from ditq.bench.quality_grid.config import QualityConfig
 from ditq.bench.quality_grid.report import cell_metrics
+from ditq.bench.quality_grid.seeds import image_metrics
 
 # the held-out measurements found SmoothQuant at alpha 0.8 the strongest one-scale peer: both alphas are rows
 PEER_CONFIGS = ("int8-max", "int8-smoothquant", "int8-smoothquant-a08", "fp8-max", "w4a8-max", "w4a8-awq-lite")
@@ -62,20 +63,20 @@ def peer_rows(model: Any, config: QualityConfig, refs: dict[int, Any], specs: di
 
     linears = [lin for s in quant_sites(model.transformer) for lin in s.linears]
     calib = CalibConfig(steps=config.calib_steps or CalibConfig.steps,
-                        samples=config.calib_samples or CalibConfig.samples, seed=config.calib_seed)
-    # the calibration sampler: the model's own scheduler, the grid's CFG, the calibration seed
-    calib_spec = SamplingSpec(steps=calib.steps, cfg_scale=config.cfg_scale, seed=calib.seed)
+                        samples=config.calib_samples or CalibConfig.samples)
     rows = []
-    for kind in PEER_CONFIGS:
+    for kind, seed in ((k, seed) for k in PEER_CONFIGS for seed in config.seeds):
         bits = peer_bits(kind)
         if bits not in config.bits:
             continue
-        say(f"modelopt {kind}: calibrating")
+        # the calibration sampler: the model's own scheduler, the grid's CFG, this calibration seed (as ditq's cells)
+        calib_spec = SamplingSpec(steps=calib.steps, cfg_scale=config.cfg_scale, seed=seed)
+        say(f"modelopt {kind}: calibrating (seed {seed})")
         start = time.perf_counter()
         den = copy.deepcopy(model.denoiser())
 
-        def loop(m: torch.nn.Module) -> None:
-            run_sampler(model, m, torch.arange(calib.samples) % model.num_conditions, calib_spec)
+        def loop(m: torch.nn.Module, spec: SamplingSpec = calib_spec) -> None:
+            run_sampler(model, m, torch.arange(calib.samples) % model.num_conditions, spec)
 
         with torch.no_grad():
             den = mtq.quantize(den, modelopt_config(linears, kind, config.w4_block), loop)
@@ -83,10 +84,12 @@ def peer_rows(model: Any, config: QualityConfig, refs: dict[int, Any], specs: di
         for s in config.steps:
             say(f"modelopt {kind}: evaluating at {s} steps")
             q = evaluate(model, den, refs[s], specs[s], scorer, sqnr_rows=config.sqnr_samples)
-            q.pop("images")
-            rows.append({"method": f"modelopt {kind}", "bits": bits, "steps": s, "backend": "torch (modelopt)",
+            q.update(image_metrics(q.pop("images"), refs[s].images))
+            rows.append({"method": f"modelopt {kind}", "bits": bits, "steps": s, "calib_seed": seed,
+                         "backend": "torch (modelopt)",
                          **cell_metrics(q), "groups": 1, "dynamic": False, "calibration_seconds": seconds})
     import modelopt
 
     return rows, (f"Model Optimizer {modelopt.__version__} (`mtq.quantize`, fake quantization in torch, same Linear "
-                  f"layers, calibration data {calib.steps} steps x {calib.samples} samples)")
+                  f"layers, calibration data {calib.steps} steps x {calib.samples} samples, seed(s) "
+                  f"{', '.join(map(str, config.seeds))})")

@@ -30,11 +30,13 @@ def write_plots(result: dict[str, Any], out: Path, grid_rows: dict[str, torch.Te
     bits_list = result["config"]["bits"]
     fig, axes = plt.subplots(1, len(bits_list), figsize=(6.5 * len(bits_list), 4.2), squeeze=False)
     for ax, bits in zip(axes[0], bits_list):
+        seeds = result.get("calib_seeds") or [None]  # several calibration seeds: the first seed's curves
         for r in result["cells"] + result["peers"]:
-            if r["bits"] == bits and r["steps"] == steps:
+            if r["bits"] == bits and r["steps"] == steps and r.get("calib_seed", seeds[0]) == seeds[0]:
                 ax.plot(r["timesteps"], r["sqnr_per_step_db"], label=r["method"],
                         linestyle="--" if r["method"].startswith("modelopt") else "-")
-        htg = result["recipes"].get(f"htg-{bits}")  # the default htg row's groups
+        htg = (result["recipes"].get(f"htg-{bits}")  # the default htg row's groups
+               or result["recipes"].get(f"htg-{bits}-seed{seeds[0]}"))
         for lo, _hi in (htg["groups"][1:] if htg else []):
             ax.axvline(lo - 0.5, color="grey", linewidth=0.8, linestyle=":")
         ax.set_title(f"{bits}, {steps} steps" + (" (dotted: HTG group boundaries)" if htg else ""))

@@ -9,15 +9,20 @@ from pathlib import Path
 from typing import Any
 
 from ditq.bench.quality_grid.config import BITS, FORMATS, METHOD_ORDER
+from ditq.bench.quality_grid.seeds import SEED_METRICS
 
 BIT_ORDER = {b: i for i, b in enumerate(BITS)}  # W8A8, then W8A8-FP8 beside it, then W4A8
 
-COLUMNS = ("method", "bits", "steps", "groups", "sqnr_mean_db", "sqnr_min_db", "psnr_db", "class_accuracy",
-           "frechet_distance", "calibration_seconds", "artifact_bytes", "ort_vs_torch_sqnr_db", "dynamic", "backend")
+COLUMNS = ("method", "bits", "steps", "groups", "sqnr_mean_db", "sqnr_min_db", "psnr_global_db", "psnr_db",
+           "class_accuracy", "frechet_distance", "calibration_seconds", "artifact_bytes", "ort_vs_torch_sqnr_db",
+           "dynamic", "backend", "calib_seed")
+# with several calibration seeds the rows are the means over seeds, and these columns add their spread
+SEED_COLUMNS = ("calib_seeds", *(f"{k}_{end}" for k in SEED_METRICS for end in ("min", "max")))
 
 
 def cell_metrics(q: dict[str, Any]) -> dict[str, Any]:
-    keys = ("sqnr_mean_db", "sqnr_min_db", "psnr_db", "class_accuracy", "frechet_distance")
+    keys = ("sqnr_mean_db", "sqnr_min_db", "psnr_global_db", "psnr_db", "psnr_per_image_db", "class_accuracy",
+            "frechet_distance")
     out = {k: q[k] for k in keys if k in q}
     out["sqnr_per_step_db"] = q["sqnr_per_step_db"]
     out["timesteps"] = q["timesteps"]
@@ -29,10 +34,11 @@ def jsonable(body: Any) -> Any:
 
 
 def all_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """FP floor rows first, then every cell and peer row, ordered by bits, steps and method."""
+    """FP floor rows first, then every cell and peer row (with several calibration seeds: their mean-and-spread
+    rows, ``result["summary"]``), ordered by bits, steps and method."""
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
     rows = [{**r, "backend": "torch"} for r in result["fp"]]
-    rows += sorted(result["cells"] + result["peers"],
+    rows += sorted(result.get("summary") or result["cells"] + result["peers"],
                    key=lambda r: (BIT_ORDER.get(r["bits"], 9), -r["steps"], order.get(r["method"].split(":")[0], 99),
                                   r["method"]))
     return rows
@@ -46,8 +52,19 @@ def _fmt(v: Any, digits: int = 2) -> str:
     return str(v)
 
 
+def _spread(r: dict[str, Any], key: str) -> str:
+    """``mean (min–max)`` of a metric over calibration seeds, or the one value."""
+    if f"{key}_min" not in r or len(r.get("calib_seeds", ())) < 2:
+        return _fmt(r.get(key))
+    return f"{_fmt(r.get(key))} ({_fmt(r[key + '_min'])}–{_fmt(r[key + '_max'])})"
+
+
 def format_markdown(result: dict[str, Any]) -> str:
     cfg, m, smp = result["config"], result["model"], result["sampling"]
+    seeds = result.get("calib_seeds") or [cfg["calib_seed"]]
+    seed_note = (f"Every quantized row is the mean over calibration seeds {', '.join(map(str, seeds))} (each "
+                 "calibrated and evaluated separately), min–max in parentheses; per-seed values in quality.json "
+                 "`cells` / `peers`." if len(seeds) > 1 else f"Calibration seed {seeds[0]}.")
     w4 = "per output channel" if not cfg["w4_block"] else f"in blocks of {cfg['w4_block']}"
     lines = [
         "# ditq bench quality", "",
@@ -57,19 +74,34 @@ def format_markdown(result: dict[str, Any]) -> str:
         "FP8 E4M3 per-channel weights and per-tensor per-group E4M3 activations (static methods only); W4A8: INT4 "
         f"weights {w4} (Q-DiT: its "
         "own searched groups); activations INT8 (static per tensor for minmax/smoothquant/ptq4dit/htg, dynamic for "
-        "qdit/viditq). Quality on the torch fake-quant backend (exact Q/DQ arithmetic).", "",
-        "| method | bits | steps | groups | mean step SQNR (dB) | min step SQNR (dB) | PSNR vs FP (dB) | class acc. "
-        "| Fréchet dist. | calib. (s) | artifact (MB) | ORT vs torch (dB) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "qdit/viditq). Quality on the torch fake-quant backend (exact Q/DQ arithmetic). PSNR vs FP: global pools "
+        f"the MSE over all images, mean averages the per-image PSNR. {seed_note}", "",
+        "| method | bits | steps | groups | mean step SQNR (dB) | min step SQNR (dB) | PSNR global (dB) "
+        "| PSNR mean (dB) | class acc. | Fréchet dist. | calib. (s) | artifact (MB) | ORT vs torch (dB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in all_rows(result):
         name = "FP32 (floor)" if r["method"] == "fp" else r["method"] + (" (dyn.)" if r.get("dynamic") else "")
         size = r.get("artifact_bytes")
         lines.append(
-            f"| {name} | {r['bits']} | {r['steps']} | {_fmt(r.get('groups'))} | {_fmt(r.get('sqnr_mean_db'))} | "
-            f"{_fmt(r.get('sqnr_min_db'))} | {_fmt(r.get('psnr_db'))} | {_fmt(r.get('class_accuracy'), 3)} | "
+            f"| {name} | {r['bits']} | {r['steps']} | {_fmt(r.get('groups'))} | {_spread(r, 'sqnr_mean_db')} | "
+            f"{_fmt(r.get('sqnr_min_db'))} | {_spread(r, 'psnr_global_db')} | {_spread(r, 'psnr_db')} | "
+            f"{_fmt(r.get('class_accuracy'), 3)} | "
             f"{_fmt(r.get('frechet_distance'), 3)} | {_fmt(r.get('calibration_seconds'), 1)} | "
             f"{_fmt(size / 2**20 if size else None, 3)} | {_fmt(r.get('ort_vs_torch_sqnr_db'), 1)} |")
+    paired = result.get("paired") or []
+    if paired:
+        lines += ["", "HTG minus the best one-scale static peer (ditq smoothquant or a Model Optimizer row, the "
+                  "highest mean global PSNR), paired over images (same noise; each image's PSNR averaged over "
+                  f"the calibration seeds), 95 % bootstrap interval ({paired[0]['bootstrap']['resamples']} "
+                  f"resamples, rng seed {paired[0]['bootstrap']['rng_seed']}):", "",
+                  "| HTG | bits | steps | vs peer | Δ PSNR global (dB) [95 % CI] | Δ PSNR mean (dB) [95 % CI] |",
+                  "|---|---|---|---|---|---|"]
+        for p in paired:
+            g, mn = p["psnr_global_db_diff_ci95"], p["psnr_db_diff_ci95"]
+            lines.append(f"| {p['method']} | {p['bits']} | {p['steps']} | {p['peer']} | "
+                         f"{p['psnr_global_db_diff']:+.2f} [{g[0]:+.2f}, {g[1]:+.2f}] | "
+                         f"{p['psnr_db_diff']:+.2f} [{mn[0]:+.2f}, {mn[1]:+.2f}] |")
     notes = ["", "Notes:", "",
              "- `ORT vs torch`: the SQNR between ONNX Runtime's exact-QDQ graphs and the torch fake-quant backend "
              "(worst group, one FP-trajectory input each). Both compute the same Q/DQ arithmetic; what remains is "
@@ -126,7 +158,9 @@ def write_results(result: dict[str, Any], out: Path) -> None:
     write_json(out / "quality.json", jsonable(result))
     (out / "quality.md").write_text(format_markdown(result))
     with open(out / "quality.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+        columns = COLUMNS + (SEED_COLUMNS if result.get("summary") else ())
+        w = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         w.writeheader()
         for r in all_rows(result):
-            w.writerow({k: r.get(k, "") for k in COLUMNS})
+            w.writerow({k: " ".join(map(str, r[k])) if isinstance(r.get(k), list) else r.get(k, "")
+                        for k in columns})

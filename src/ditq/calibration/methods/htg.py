@@ -44,6 +44,7 @@ class HTGConfig(MethodConfig):
     groups: int | str = "auto"  # an int, or "auto" (knee of the optimal-cost curve)
     max_groups: int = 8
     grouping: str = "dp"  # "dp" (exact) or "greedy" (agglomerative merge)
+    group_window: int = 1  # odd: the grouping cost sees per-timestep channel ranges as a moving median over this many
     alphas: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
     act_clip_search: bool = True
     explicit_shift: bool = True  # shift/scale sites without a linear producer (fc2) with an explicit Sub/Mul
@@ -60,6 +61,9 @@ class HTGConfig(MethodConfig):
             raise DitqError(f"grouping must be 'dp' or 'greedy', got {self.grouping!r}")
         if any(not 0.0 < a < 1.0 for a in self.alphas):
             raise DitqError(f"alphas must lie in (0, 1), got {self.alphas}")
+        if self.group_window < 1 or self.group_window % 2 == 0:
+            raise DitqError(f"group_window must be an odd number >= 1 of calibration timesteps, got "
+                            f"{self.group_window}")
         if self.alpha_criterion not in ("global", "output", "local"):
             raise DitqError(f"alpha_criterion must be 'global', 'output' or 'local', got {self.alpha_criterion!r}")
         if self.probe_timesteps < 1 or self.probe_batch < 1:
@@ -73,6 +77,7 @@ class HTGConfig(MethodConfig):
             ctx.timesteps, ranges, self.groups if self.groups == "auto" else int(self.groups),
             num_train_timesteps=ctx.num_train_timesteps, bits=ctx.a_bits,
             max_groups=min(self.max_groups, len(ctx.timesteps)), method=self.grouping,  # type: ignore[arg-type]
+            window=self.group_window,
         )
         scorer = None
         if self.alpha_criterion != "local":

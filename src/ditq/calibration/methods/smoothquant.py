@@ -6,14 +6,18 @@ each quantized Linear): where a linear producer exists the scale folds into it (
 modulation, out-proj into to_v), elsewhere it is an explicit per-channel Mul (fc2 after GELU; PixArt's qkv and fc1,
 whose modulation comes from the shared adaLN-single; PixArt's cross-attention q and the caption-fed k/v).
 ``explicit=False`` keeps s = 1 on those (the old behaviour: on PixArt it left all but the out-projections
-unsmoothed, 3-4 dB behind Model Optimizer at the same alpha). alpha defaults to 0.8 (Model Optimizer's
-diffusion recipes; the paper's 0.5 measures worse on both testbeds, docs/quality_probe.md). Activation scales
-are per-tensor max (the paper's static calibration; ``act_clip_search`` switches on HTG's MSE clip search),
-weights per-channel max.
+unsmoothed, 3-4 dB behind Model Optimizer at the same alpha). ``alpha="search"`` (the default) picks one alpha
+for the model from ``alphas`` by the model-output SQNR on the calibration probes with every site quantized (HTG's
+``alpha_criterion="global"``, ``site_probe.SiteScorer``; len(alphas) model evaluations). Demo DiT, two
+calibration seeds (docs/quality_probe_baselines.md): vs a fixed 0.8 (Model Optimizer's diffusion alpha; the
+paper's 0.5 measures worse) it ties at W8A8 (-0.2 / +0.3 dB global / mean PSNR) and wins +3.0 / +3.5 dB at W4A8.
+Activation scales are per-tensor max (the paper's static calibration; ``act_clip_search`` switches on HTG's MSE
+clip search), weights per-channel max.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +26,8 @@ from ditq.calibration.groups import Grouping, SiteRange, group_timesteps
 from ditq.calibration.methods.base import Context, MethodConfig, Solution, act_scales_for, register_method
 from ditq.core.sites import Site
 from ditq.errors import DitqError
+
+log = logging.getLogger(__name__)
 
 
 def smoothing_scale(a: torch.Tensor, w: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -40,25 +46,60 @@ def one_group(ctx: Context) -> Grouping:
 @register_method("smoothquant")
 @dataclass(frozen=True)
 class SmoothQuantConfig(MethodConfig):
-    alpha: float = 0.8
+    alpha: float | str = "search"  # the best of ``alphas`` by model-output SQNR, one alpha for the model; or fixed
     explicit: bool = True  # also smooth sites without a linear producer, with an explicit per-channel Mul
     act_clip_search: bool = False
     weight_clip_search: bool = False
+    alphas: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # the grid of alpha="search"
+    probe_timesteps: int = 6  # alpha="search": calibration calls scored (spread over the trajectory) ...
+    probe_batch: int = 8  # ... and rows of each
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.alpha < 1.0:
-            raise DitqError(f"smoothquant alpha must lie in (0, 1), got {self.alpha}")
+        if self.alpha != "search" and (isinstance(self.alpha, str) or not 0.0 < self.alpha < 1.0):
+            raise DitqError(f"smoothquant alpha must lie in (0, 1) or be 'search', got {self.alpha!r}")
+        if not self.alphas or any(not 0.0 < a < 1.0 for a in self.alphas):
+            raise DitqError(f"smoothquant alphas must be non-empty and lie in (0, 1), got {self.alphas}")
+        if self.probe_timesteps < 1 or self.probe_batch < 1:
+            raise DitqError(f"probe_timesteps and probe_batch must be >= 1, got {self.probe_timesteps}, "
+                            f"{self.probe_batch}")
+
+    @property
+    def needs_model(self) -> bool:  # type: ignore[override]
+        """Only the alpha search runs the model (on the recorded calibration probes)."""
+        return self.alpha == "search"
 
     def solve(self, ctx: Context) -> Solution:
         grouping = one_group(ctx)
-        shifts, smooth, scales = {}, {}, {}
-        alphas: dict[str, float | None] = {}
+        info: dict = {}
+        if self.alpha != "search":
+            alpha = float(self.alpha)
+        elif ctx.transformer is None or not ctx.probes:
+            alpha = 0.8
+            log.warning("smoothquant: no recorded model calls to score alphas on (a custom forward loop that does "
+                        "not pass timestep= by keyword?); using alpha 0.8")
+        else:
+            from ditq.calibration.methods.site_probe import SiteScorer
+
+            scorer = SiteScorer(ctx, grouping, n_timesteps=self.probe_timesteps, batch=self.probe_batch)
+            scores = {al: scorer.score_all({name: sol[:3] for name, sol in self._solve(ctx, grouping, al).items()})
+                      for al in self.alphas}
+            alpha = max(scores, key=scores.__getitem__)
+            info = {"alpha_search": {"output_sqnr_db": {str(a): round(v, 3) for a, v in scores.items()},
+                                     "alpha": alpha}}
+        chosen = self._solve(ctx, grouping, alpha)
+        return Solution(grouping, {n: c[0] for n, c in chosen.items()}, {n: c[1] for n, c in chosen.items()},
+                        {n: c[2] for n, c in chosen.items()}, {n: c[3] for n, c in chosen.items()},
+                        weight_clip_search=self.weight_clip_search, info=info)
+
+    def _solve(self, ctx: Context, grouping: Grouping, alpha: float
+               ) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, float | None]]:
+        """Per site at ``alpha``: (shift [1, C], smoothing scale [C], activation scales [1], alpha or None)."""
+        out = {}
         for site in ctx.sites:
-            shifts[site.name], smooth[site.name], alphas[site.name] = site_smoothing(
-                ctx, site, self.alpha, smooth_explicit=self.explicit)
-            scales[site.name], _ = act_scales_for(ctx, site, grouping, shifts[site.name], smooth[site.name],
-                                                  search=self.act_clip_search)
-        return Solution(grouping, shifts, smooth, scales, alphas, weight_clip_search=self.weight_clip_search)
+            shift, smooth, site_alpha = site_smoothing(ctx, site, alpha, smooth_explicit=self.explicit)
+            scales, _ = act_scales_for(ctx, site, grouping, shift, smooth, search=self.act_clip_search)
+            out[site.name] = (shift, smooth, scales, site_alpha)
+        return out
 
 
 def site_smoothing(ctx: Context, site: Site, alpha: float, *, smooth_explicit: bool
