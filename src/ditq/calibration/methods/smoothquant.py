@@ -14,12 +14,20 @@ weights per-channel max.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from ditq.calibration.groups import Grouping, SiteRange, group_timesteps
-from ditq.calibration.methods.base import Context, MethodConfig, Solution, act_scales_for, register_method
+from ditq.calibration.methods.base import (
+    Context,
+    MethodConfig,
+    Solution,
+    act_scales_for,
+    check_rotation,
+    register_method,
+    site_rotations,
+)
 from ditq.core.sites import Site
 from ditq.errors import DitqError
 
@@ -44,21 +52,29 @@ class SmoothQuantConfig(MethodConfig):
     explicit: bool = True  # also smooth sites without a linear producer, with an explicit per-channel Mul
     act_clip_search: bool = False
     weight_clip_search: bool = False
+    rotation: int = 0  # online block-Hadamard size before each (static) quantizer, as HTG's option (0: none)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha < 1.0:
             raise DitqError(f"smoothquant alpha must lie in (0, 1), got {self.alpha}")
+        check_rotation("smoothquant", self.rotation)
 
     def solve(self, ctx: Context) -> Solution:
         grouping = one_group(ctx)
+        blocks = site_rotations(ctx, self.rotation)
         shifts, smooth, scales = {}, {}, {}
         alphas: dict[str, float | None] = {}
+        specs = {}
         for site in ctx.sites:
             shifts[site.name], smooth[site.name], alphas[site.name] = site_smoothing(
                 ctx, site, self.alpha, smooth_explicit=self.explicit)
             scales[site.name], _ = act_scales_for(ctx, site, grouping, shifts[site.name], smooth[site.name],
-                                                  search=self.act_clip_search)
-        return Solution(grouping, shifts, smooth, scales, alphas, weight_clip_search=self.weight_clip_search)
+                                                  search=self.act_clip_search, rotation=blocks[site.name])
+            if blocks[site.name]:
+                specs.update({lin: replace(ctx.default_spec(site), rotation=blocks[site.name])
+                              for lin in site.linears})
+        return Solution(grouping, shifts, smooth, scales, alphas, weight_clip_search=self.weight_clip_search,
+                        linear_specs=specs)
 
 
 def site_smoothing(ctx: Context, site: Site, alpha: float, *, smooth_explicit: bool
