@@ -18,7 +18,8 @@ Recipe specs beyond W8A8 static (``LinearSpec``):
 - weight-only Linears (``weight_only``; INT4 for TensorRT, which has no INT4 x INT8 GEMM: W4A16): the weight DQ
   and the pre-affine, no activation Q/DQ.
 - rotation: ``MatMul(x, R)`` with the constant block-Hadamard R before the quantizers, one per site (its Linears
-  share it, each with its own Q/DQ pair); an explicit pre-affine folds in as ``MatMul(x - shift, diag(inv) R)``.
+  share it, each with its own Q/DQ pair); one block: ``MatMul(x - shift, diag(inv) R)`` (the pre-affine's scale
+  folded in), several: Reshape to rows of the block, ``MatMul(H_block)``, Reshape back (k x block work, not k x k).
   The weight is ``W @ R``, per output channel for W8 (TensorRT has no INT8 blocks). The FP MatMul feeding a Q is
   TensorRT's ordinary explicit-quantization pattern (static scales), so the graph stays TensorRT-buildable.
 - dynamic activations: a fake-quant in float ops, exact vs torch's ``dynamic_fake_quant``:
@@ -264,26 +265,42 @@ def apply_group(
     return model
 
 
+DENSE_ROTATION_BLOCKS = 1  # a block-diagonal R with more blocks runs as Reshape -> MatMul(H_block) -> Reshape
+
+
 def _rotation_chain(site: str, x: str, out: str, block: int, k: int, pre: tuple[torch.Tensor, torch.Tensor] | None,
                     npf: np.dtype, existing: set[str]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """``out = ((x - shift) * inv) @ R`` as ``MatMul(Sub(x, shift), diag(inv) R)``: the pre-affine's scale folds
-    into the constant rotation (one FP MatMul per site, no Mul); without a pre-affine, the shared Hadamard R."""
+    """``out = ((x - shift) * inv) @ R``. One Hadamard block (``k == block``): ``MatMul(Sub(x, shift), diag(inv) R)``,
+    the pre-affine's scale folded into the constant (no Mul). Several blocks: ``x`` reshaped to rows of ``block``
+    times the one ``block x block`` Hadamard and back (k x block multiply-adds per token, not k x k), after the
+    pre-affine's Sub and Mul."""
     nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = []
-    r = rotation_matrix(k, block)
-    if pre is None:
-        rot = f"hadamard_{k}_{block}"
-        if rot not in existing:
-            inits.append(numpy_helper.from_array(r.numpy().astype(npf), rot))
-    else:
+    dense = k // block <= DENSE_ROTATION_BLOCKS
+    r = rotation_matrix(k if dense else block, block)
+    if pre is not None:
         shift, inv = pre
-        rot = f"{out}.matrix"
-        inits.append(numpy_helper.from_array((inv.double()[:, None] * r).numpy().astype(npf), rot))
         if shift.any():
             inits.append(numpy_helper.from_array(shift.numpy().astype(npf), f"{out}.pre_shift"))
             nodes.append(helper.make_node("Sub", [x, f"{out}.pre_shift"], [f"{out}.shifted"], name=f"{out}.pre_sub"))
             x = f"{out}.shifted"
-    nodes.append(helper.make_node("MatMul", [x, rot], [out], name=f"{out}.rotate"))
+        if dense:
+            r = inv.double()[:, None] * r
+        else:
+            inits.append(numpy_helper.from_array(inv.numpy().astype(npf), f"{out}.pre_scale"))
+            nodes.append(helper.make_node("Mul", [x, f"{out}.pre_scale"], [f"{out}.scaled"], name=f"{out}.pre_mul"))
+            x = f"{out}.scaled"
+    rot = f"{out}.matrix" if dense and pre is not None else f"hadamard_{r.shape[0]}_{block}"
+    if rot not in existing:
+        inits.append(numpy_helper.from_array(r.numpy().astype(npf), rot))
+    if dense:
+        nodes.append(helper.make_node("MatMul", [x, rot], [out], name=f"{out}.rotate"))
+        return nodes, inits
+    inits.append(numpy_helper.from_array(np.array([-1, block], np.int64), f"{out}.block_shape"))
+    nodes += [helper.make_node("Shape", [x], [f"{out}.shape"], name=f"{out}.shape"),
+              helper.make_node("Reshape", [x, f"{out}.block_shape"], [f"{out}.blocks"], name=f"{out}.to_blocks"),
+              helper.make_node("MatMul", [f"{out}.blocks", rot], [f"{out}.blocks_rotated"], name=f"{out}.rotate"),
+              helper.make_node("Reshape", [f"{out}.blocks_rotated", f"{out}.shape"], [out], name=f"{out}.from_blocks")]
     return nodes, inits
 
 

@@ -76,7 +76,8 @@ def test_htg_static_rotation_exports_lint_clean_for_every_target_and_matches_fak
     graph = onnx.load(str(art.path(0)), load_external_data=False).graph
     rotations = [n for n in graph.node if n.name.endswith(".rotate")]
     assert len(rotations) == len(rec.sites)  # one FP MatMul per site, shared by its Linears (qkv: three)
-    assert not [n for n in graph.node if n.name.endswith(".pre_mul")]  # explicit smoothing folds into diag(s^-1) R
+    dims = {t.name: tuple(t.dims) for t in graph.initializer}
+    assert {dims[n.input[1]] for n in rotations} == {(BLOCK, BLOCK)}  # fc2 (128 channels): 4 blocks, reshaped
     lins = {lin for s in rec.sites for lin in s.linears}
     assert len([n for n in graph.node if n.op_type == "QuantizeLinear"]) == len(lins)
 

@@ -8,7 +8,7 @@ from ditq.errors import DitqError
 def test_smoothquant_scales_follow_the_formula(calibrated):
     recipe = calibrated("smoothquant")
     assert recipe.num_groups == 1 and recipe.params == {"alpha": 0.8, "explicit": True, "act_clip_search": False,
-                                                        "weight_clip_search": False}
+                                                        "weight_clip_search": False, "rotation": 0}
     for site in recipe.sites:  # every site smoothed, fc2 (no linear producer) included, as Model Optimizer does
         assert not recipe.shift(site.name, 0).any()
         s = recipe.smooth(site.name)
