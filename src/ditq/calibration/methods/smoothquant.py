@@ -9,7 +9,8 @@ whose modulation comes from the shared adaLN-single; PixArt's cross-attention q 
 unsmoothed, 3-4 dB behind Model Optimizer at the same alpha). alpha defaults to 0.8 (Model Optimizer's
 diffusion recipes; the paper's 0.5 measures worse on both testbeds, docs/quality_probe.md). Activation scales
 are per-tensor max (the paper's static calibration; ``act_clip_search`` switches on HTG's MSE clip search),
-weights per-channel max.
+weights per-channel max. ``rotation`` (block size, 0 off): HTG's static block-Hadamard rotation before each
+quantizer (scales of the rotated input; the rotated amax comes from the reservoir rows, not the channel stats).
 """
 
 from __future__ import annotations
