@@ -184,7 +184,8 @@ def apply_group(
         graph.initializer.remove(old)
         qtype = _qdtype(spec)
         if spec.w_bits == 8 and w_scale.dim() == 1:  # W8 (INT8 or FP8) per channel (TensorRT: no INT8 blocks)
-            q = quantize(rotate_weight(w, spec.rotation), w_scale[:, None], 8, spec.fmt).T.contiguous().numpy()
+            wr = rotate_weight(w, spec.rotation) if spec.rotation else w
+            q = quantize(wr, w_scale[:, None], 8, spec.fmt).T.contiguous().numpy()
             wname = f"{lin}.weight_{'fp8' if spec.fmt == 'fp8_e4m3' else 'int8'}"
             graph.initializer.extend([
                 numpy_helper.from_array(q.astype(qtype), wname),
