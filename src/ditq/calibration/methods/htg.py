@@ -19,9 +19,9 @@ all see the rotated tensors. A site whose channel count the block does not divid
 that does (1: unrotated; logged). ``rotation_choice`` also tries every site unrotated under the same criterion.
 Export: one FP ``MatMul`` per site (Reshape to rows of the block, ``MatMul(H_block)``, Reshape back) before each
 Linear's own Q/DQ pair. Measured (demo DiT, 25 steps, 24 images, calibration 25 x 8, seed 1, global criterion;
-docs/static_rotation.md): W8A8 45.81/46.67 -> 48.17/48.38 with ``rotation=64`` (+2.4 dB global), but W4A8
-32.29/32.84 -> 30.61/31.63; ONNX Runtime CPU latency +2-13 % (one thread, batch 16). One seed and a loss at
-W4A8: the default stays 0; ``--param rotation=64`` is the W8A8 option.
+docs/static_rotation.md): W8A8 46.06/46.90 -> 47.99/48.28 with ``rotation=64`` (mean of seeds 1-2), but W4A8
+32.29/32.84 -> 30.61/31.63 (seed 1); ONNX Runtime CPU latency +2-13 % (one thread, batch 16). A loss at W4A8:
+the default stays 0; ``--param rotation=64`` is the W8A8 option.
 """
 
 from __future__ import annotations
