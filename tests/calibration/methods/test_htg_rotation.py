@@ -132,3 +132,11 @@ def test_torch_int8_runs_a_static_rotated_recipe_like_fake_quant(calibrated, tin
         y = {"class_labels": torch.arange(4)}
         ref, out = group_denoiser(tiny_model, rec, g.group_id)(x, t, y), backend(x, t, y)
         assert float(10 * torch.log10(ref.square().sum() / (ref - out).square().sum().clamp_min(1e-30))) > 40
+
+
+def test_rotation_without_smoothing_global_criterion(calibrated, tiny_model):
+    """Rotation in place of smoothing (``alphas=()``): the global criterion used to fail on its empty key list."""
+    rec = calibrated("htg", rotation=BLOCK, alphas=(), alpha_criterion="global")
+    assert all(site.alpha is None and torch.equal(rec.smooth(site.name), torch.ones_like(rec.smooth(site.name)))
+               for site in rec.sites)
+    assert_fold_exact(tiny_model, rec)

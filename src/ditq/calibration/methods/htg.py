@@ -111,7 +111,8 @@ class HTGConfig(MethodConfig):
                       for site in ctx.sites for name, opts in [(site.name, options[site.name])]}
         else:  # "global": one (shift on/off, alpha, rotation on/off) for the model, by the output SQNR, all quantized
             rots = [True, False] if self.rotation and self.rotation_choice else [bool(self.rotation)]
-            keys = [(sh, al, r) for sh in ([True, False] if self.shift_choice else [True]) for al in self.alphas
+            alphas = self.alphas or (None,)  # no alphas: rotation (or nothing) in place of smoothing
+            keys = [(sh, al, r) for sh in ([True, False] if self.shift_choice else [True]) for al in alphas
                     for r in rots]
             score = {}
             for key in keys:
