@@ -17,7 +17,11 @@ Recipe specs beyond W8A8 static (``LinearSpec``):
   INT8 weights in blocks (Q-DiT) use the same block layout with an INT8 initializer.
 - weight-only Linears (``weight_only``; INT4 for TensorRT, which has no INT4 x INT8 GEMM: W4A16): the weight DQ
   and the pre-affine, no activation Q/DQ.
-- rotation: ``MatMul(x, R)`` with the constant block-Hadamard R before the quantizer; the weight is ``W @ R``.
+- rotation: ``MatMul(x, R)`` with the constant block-Hadamard R before the quantizers, one per site (its Linears
+  share it, each with its own Q/DQ pair); one block: ``MatMul(x - shift, diag(inv) R)`` (the pre-affine's scale
+  folded in), several: Reshape to rows of the block, ``MatMul(H_block)``, Reshape back (k x block work, not k x k).
+  The weight is ``W @ R``, per output channel for W8 (TensorRT has no INT8 blocks). The FP MatMul feeding a Q is
+  TensorRT's ordinary explicit-quantization pattern (static scales), so the graph stays TensorRT-buildable.
 - dynamic activations: a fake-quant in float ops, exact vs torch's ``dynamic_fake_quant``:
   ``s = Max(ReduceMax(Abs(x), -1) / qmax, eps); Mul(Clip(Round(x / s), qmin, qmax), s)``, per token, or per token
   and channel group after a Reshape to [-1, K/g, g] (and back). No Q/DQ with runtime scales: TensorRT needs constant
@@ -158,7 +162,10 @@ def apply_group(
 
     # 2) weights of quantized Linears (exported transposed): folded value, INT8 + DQ when quantizing
     nodes = {n.name: n for n in graph.node}
+    position = {n.name: i for i, n in enumerate(graph.node)}
     new_nodes: dict[str, list[onnx.NodeProto]] = {}
+    shared_nodes: dict[str, list[onnx.NodeProto]] = {}  # a site's rotation, before the first MatMul reading it
+    rotated: dict[tuple[str, str, int], str] = {}
     for lin in sorted(quantized):
         gs = gemms[lin]
         w = folded[f"{lin}.weight"].detach()
@@ -176,7 +183,7 @@ def apply_group(
         w_scale = recipe.w_scale(lin)
         graph.initializer.remove(old)
         qtype = _qdtype(spec)
-        if spec.w_bits == 8 and w_scale.dim() == 1 and not spec.rotation:  # W8 (INT8 or FP8) per channel
+        if spec.w_bits == 8 and w_scale.dim() == 1:  # W8 (INT8 or FP8) per channel (TensorRT: no INT8 blocks)
             q = recipe.weight_codes(lin, w).T.contiguous().numpy()
             wname = f"{lin}.weight_{'fp8' if spec.fmt == 'fp8_e4m3' else 'int8'}"
             graph.initializer.extend([
@@ -198,7 +205,18 @@ def apply_group(
         site = next(s for s in sites if lin in s.linears)
         x = node.input[0]
         chain: list[onnx.NodeProto] = []
-        if site.name in pre:  # (x - shift) * inv; the Sub only when there is a shift ("table" sites have none)
+        if spec.rotation:  # one rotated input per site, shared by its Linears (each keeps its own Q/DQ pair)
+            key = (site.name, x, spec.rotation)
+            if key not in rotated:
+                anchor = min((gemms[other].node for other in site.linears), key=position.__getitem__)
+                n = sum(other[0] == site.name for other in rotated)
+                rotated[key] = f"{site.name}.rotated" + (f"_{n}" if n else "")
+                nodes_, inits_ = _rotation_chain(site.name, x, rotated[key], spec.rotation, w.shape[1],
+                                                 pre.get(site.name), npf, {t.name for t in graph.initializer})
+                graph.initializer.extend(inits_)
+                shared_nodes.setdefault(anchor, []).extend(nodes_)
+            x = rotated[key]
+        elif site.name in pre:  # (x - shift) * inv; the Sub only when there is a shift ("table" sites have none)
             shift, inv = pre[site.name]
             graph.initializer.append(numpy_helper.from_array(inv.numpy().astype(npf), f"{lin}.pre_scale"))
             if shift.any():
@@ -208,14 +226,6 @@ def apply_group(
                 x = f"{lin}.shifted"
             chain.append(helper.make_node("Mul", [x, f"{lin}.pre_scale"], [f"{lin}.scaled"], name=f"{lin}.pre_mul"))
             x = f"{lin}.scaled"
-        if spec.rotation:
-            k = w.shape[1]
-            rot = f"hadamard_{k}_{spec.rotation}"
-            if rot not in {t.name for t in graph.initializer}:
-                graph.initializer.append(numpy_helper.from_array(rotation_matrix(k, spec.rotation).numpy()
-                                                                 .astype(npf), rot))
-            chain.append(helper.make_node("MatMul", [x, rot], [f"{lin}.rotated"], name=f"{lin}.rotate"))
-            x = f"{lin}.rotated"
         if lin in weight_only:
             node.input[0] = x
             new_nodes[gs.node] = [*chain, dq_w]
@@ -248,11 +258,50 @@ def apply_group(
     # keep the node list topologically sorted: each inserted chain goes right before its MatMul
     ordered: list[onnx.NodeProto] = []
     for node in graph.node:
-        ordered += new_nodes.get(node.name, [])
+        ordered += shared_nodes.get(node.name, []) + new_nodes.get(node.name, [])
         ordered.append(node)
     del graph.node[:]
     graph.node.extend(ordered)
     return model
+
+
+DENSE_ROTATION_BLOCKS = 1  # a block-diagonal R with more blocks runs as Reshape -> MatMul(H_block) -> Reshape
+
+
+def _rotation_chain(site: str, x: str, out: str, block: int, k: int, pre: tuple[torch.Tensor, torch.Tensor] | None,
+                    npf: np.dtype, existing: set[str]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """``out = ((x - shift) * inv) @ R``. One Hadamard block (``k == block``): ``MatMul(Sub(x, shift), diag(inv) R)``,
+    the pre-affine's scale folded into the constant (no Mul). Several blocks: ``x`` reshaped to rows of ``block``
+    times the one ``block x block`` Hadamard and back (k x block multiply-adds per token, not k x k), after the
+    pre-affine's Sub and Mul."""
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+    dense = k // block <= DENSE_ROTATION_BLOCKS
+    r = rotation_matrix(k if dense else block, block)
+    if pre is not None:
+        shift, inv = pre
+        if shift.any():
+            inits.append(numpy_helper.from_array(shift.numpy().astype(npf), f"{out}.pre_shift"))
+            nodes.append(helper.make_node("Sub", [x, f"{out}.pre_shift"], [f"{out}.shifted"], name=f"{out}.pre_sub"))
+            x = f"{out}.shifted"
+        if dense:
+            r = inv.double()[:, None] * r
+        else:
+            inits.append(numpy_helper.from_array(inv.numpy().astype(npf), f"{out}.pre_scale"))
+            nodes.append(helper.make_node("Mul", [x, f"{out}.pre_scale"], [f"{out}.scaled"], name=f"{out}.pre_mul"))
+            x = f"{out}.scaled"
+    rot = f"{out}.matrix" if dense and pre is not None else f"hadamard_{r.shape[0]}_{block}"
+    if rot not in existing:
+        inits.append(numpy_helper.from_array(r.numpy().astype(npf), rot))
+    if dense:
+        nodes.append(helper.make_node("MatMul", [x, rot], [out], name=f"{out}.rotate"))
+        return nodes, inits
+    inits.append(numpy_helper.from_array(np.array([-1, block], np.int64), f"{out}.block_shape"))
+    nodes += [helper.make_node("Shape", [x], [f"{out}.shape"], name=f"{out}.shape"),
+              helper.make_node("Reshape", [x, f"{out}.block_shape"], [f"{out}.blocks"], name=f"{out}.to_blocks"),
+              helper.make_node("MatMul", [f"{out}.blocks", rot], [f"{out}.blocks_rotated"], name=f"{out}.rotate"),
+              helper.make_node("Reshape", [f"{out}.blocks_rotated", f"{out}.shape"], [out], name=f"{out}.from_blocks")]
+    return nodes, inits
 
 
 def _qdtype(spec: LinearSpec) -> np.dtype:

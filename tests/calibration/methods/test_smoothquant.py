@@ -10,7 +10,7 @@ def test_smoothquant_scales_follow_the_formula(calibrated):
     assert recipe.num_groups == 1 and recipe.params == {"alpha": 0.8, "explicit": True, "act_clip_search": False,
                                                         "weight_clip_search": False,
                                                         "alphas": [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
-                                                        "probe_timesteps": 6, "probe_batch": 8}
+                                                        "probe_timesteps": 6, "probe_batch": 8, "rotation": 0}
     for site in recipe.sites:  # every site smoothed, fc2 (no linear producer) included, as Model Optimizer does
         assert not recipe.shift(site.name, 0).any()
         s = recipe.smooth(site.name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -13,9 +14,11 @@ from ditq.artifacts.recipe import LinearSpec
 from ditq.calibration.groups import Grouping
 from ditq.calibration.stats import SiteStats
 from ditq.core.metrics import noise_ratio, ratio_db
-from ditq.core.quantizers import block_for, rotation_matrix, scale_from_amax, search_act_scale
+from ditq.core.quantizers import block_for, largest_pow2_divisor, rotation_matrix, scale_from_amax, search_act_scale
 from ditq.core.sites import Site
 from ditq.errors import DitqError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -120,21 +123,30 @@ def pooled_range(st: SiteStats, rows: list[int]) -> tuple[torch.Tensor, torch.Te
 
 
 def act_scales_for(ctx: Context, site: Site, grouping: Grouping, shifts: torch.Tensor, smooth: torch.Tensor,
-                   *, search: bool, absolute: bool = False) -> tuple[torch.Tensor, float]:
+                   *, search: bool, absolute: bool = False, rotation: int = 0) -> tuple[torch.Tensor, float]:
     """Per-group activation scales of ``(x - z_g) / s``: exact amax from the stats, clip searched on the reservoir.
 
+    ``rotation`` > 0: of ``((x - z_g) / s) @ R`` (block-Hadamard R, the weights ``W diag(s) R``); the per-channel
+    stats do not bound a rotated tensor, so its amax is the reservoir's (the clip search only lowers it).
     Returns the scales [G] and the summed relative output error over groups (for comparing candidate ``s``).
     """
     st = ctx.stats[site.name]
-    weights = [w * smooth for w in ctx.weights[site.name]]
+    rot = rotation_matrix(smooth.numel(), rotation).float() if rotation else None
+    weights = [w * smooth if rot is None else (w * smooth) @ rot for w in ctx.weights[site.name]]
     w_block = ctx.default_spec(site).w_block
     scales, total = [], 0.0
     for g in range(len(grouping.segments)):
         rows = ctx.rows_of(grouping, g)
-        hi, lo = pooled_range(st, rows)
-        amax = float(torch.maximum(hi - shifts[g], shifts[g] - lo).div(smooth).amax())
+        x = None
+        if rot is None:
+            hi, lo = pooled_range(st, rows)
+            amax = float(torch.maximum(hi - shifts[g], shifts[g] - lo).div(smooth).amax())
+        else:
+            x = ((st.reservoir[rows].reshape(-1, st.reservoir.shape[-1]) - shifts[g]) / smooth).float() @ rot
+            amax = float(x.abs().amax())
         if search:
-            x = (st.reservoir[rows].reshape(-1, st.reservoir.shape[-1]) - shifts[g]) / smooth
+            if x is None:
+                x = (st.reservoir[rows].reshape(-1, st.reservoir.shape[-1]) - shifts[g]) / smooth
             scale, err = search_act_scale(x, weights, amax, a_bits=ctx.a_bits, w_bits=ctx.w_bits, w_block=w_block,
                                           fmt=ctx.fmt, absolute=absolute)
             total += err
@@ -142,6 +154,28 @@ def act_scales_for(ctx: Context, site: Site, grouping: Grouping, shifts: torch.T
             scale = float(scale_from_amax(amax, ctx.a_bits, ctx.fmt))
         scales.append(scale)
     return torch.tensor(scales, dtype=torch.float32), total
+
+
+def check_rotation(method: str, rotation: int) -> None:
+    if rotation < 0 or rotation & (rotation - 1) or rotation == 1:
+        raise DitqError(f"{method} rotation must be 0 (off) or a power of two >= 2 (e.g. 64), got {rotation}")
+
+
+def site_rotations(ctx: Context, rotation: int) -> dict[str, int]:
+    """Per site, the block-Hadamard size to rotate its input with: ``rotation``, or the largest power of two
+    dividing the site's channel count when that is smaller (logged); 0 when that is 1 (odd: skipped, logged)."""
+    if rotation and ctx.fmt != "int":
+        raise DitqError(f"rotation is for integer grids; got --format {ctx.fmt}: drop rotation or use --format int")
+    out = {}
+    for site in ctx.sites:
+        k = ctx.stats[site.name].ch_max.shape[1]
+        block = min(rotation, largest_pow2_divisor(k)) if rotation else 0
+        if rotation and block < rotation:
+            log.info("%s: %d channels: rotation block %d%s", site.name, k, block,
+                     "" if block > 1 else " (no rotation)")
+        out[site.name] = block if block > 1 else 0
+    return out
+
 
 
 class ProbeEvaluator:

@@ -10,24 +10,39 @@ Per site, the candidates are alpha in ``alphas`` (or no smoothing), each with th
 Demo DiT, mean of three calibration seeds, final-image PSNR global/mean (docs/quality_probe.md): W8A8 output
 46.2/47.1, global 46.3/47.3, local 45.6/46.8; W4A8 output 32.0/33.3, global 31.6/32.7 (local 31.4/32.6, one
 seed). The local error weighs every output channel alike and ignores what the rest of the network does with it.
+
+``rotation`` (block size, a power of two; 0 off): static rotation, a TensorRT-static form of ViDiT-Q's online
+Hadamard. After the folded shift and smoothing, each quantized input is rotated online by a block-diagonal Hadamard
+R, ``((x - z_g) / s) @ R``, before one static per-tensor scale (weights quantized as ``W diag(s) R``, exact in float:
+R is orthogonal). The activation scales and their clip search, the candidates' scores and the weight clip search
+all see the rotated tensors. A site whose channel count the block does not divide takes the largest power of two
+that does (1: unrotated; logged). ``rotation_choice`` also tries every site unrotated under the same criterion.
+Export: one FP ``MatMul`` per site (Reshape to rows of the block, ``MatMul(H_block)``, Reshape back) before each
+Linear's own Q/DQ pair. Measured (demo DiT, 25 steps, 24 images, calibration 25 x 8, seed 1, global criterion;
+docs/static_rotation.md): W8A8 46.06/46.90 -> 47.99/48.28 with ``rotation=64`` (mean of seeds 1-2), but W4A8
+32.29/32.84 -> 30.61/31.63 (seed 1); ONNX Runtime CPU latency +2-13 % (one thread, batch 16). A loss at W4A8:
+the default stays 0; ``--param rotation=64`` is the W8A8 option.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import torch
 
+from ditq.artifacts.recipe import LinearSpec
 from ditq.calibration.groups import Grouping, SiteRange, group_timesteps
 from ditq.calibration.methods.base import (
     Context,
     MethodConfig,
     Solution,
     act_scales_for,
+    check_rotation,
     pooled_range,
     register_method,
+    site_rotations,
 )
 from ditq.calibration.methods.smoothquant import smoothing_scale
 from ditq.core.sites import Site
@@ -53,6 +68,8 @@ class HTGConfig(MethodConfig):
     shift_choice: bool = True  # also try each site without its mid-range shift (same criterion)
     probe_timesteps: int = 6  # calibration calls the criterion runs (spread over the trajectory)
     probe_batch: int = 8  # rows of each
+    rotation: int = 0  # online block-Hadamard size before each static quantizer (0: none); see the module docstring
+    rotation_choice: bool = False  # also try each site unrotated (same criterion as alpha)
 
     def __post_init__(self) -> None:
         if self.groups != "auto" and not (isinstance(self.groups, int) and self.groups >= 1):
@@ -69,8 +86,10 @@ class HTGConfig(MethodConfig):
         if self.probe_timesteps < 1 or self.probe_batch < 1:
             raise DitqError(f"probe_timesteps and probe_batch must be >= 1, got {self.probe_timesteps}, "
                             f"{self.probe_batch}")
+        check_rotation("htg", self.rotation)
 
     def solve(self, ctx: Context) -> Solution:
+        blocks = site_rotations(ctx, self.rotation)
         ranges = [SiteRange(ctx.stats[s.name].ch_max.numpy(), ctx.stats[s.name].ch_min.numpy(),
                             max(ctx.stats[s.name].power, 1e-12)) for s in ctx.sites]
         grouping = group_timesteps(
@@ -88,32 +107,46 @@ class HTGConfig(MethodConfig):
                 from ditq.calibration.methods.site_probe import SiteScorer
 
                 scorer = SiteScorer(ctx, grouping, n_timesteps=self.probe_timesteps, batch=self.probe_batch)
-        # per site: (shifted, alpha) -> (shifts [G, C], smooth [C], act scales [G], local error)
-        options = {site.name: self._candidates(ctx, site, grouping) for site in ctx.sites}
+        # per site: (shifted, alpha, rotation) -> (shifts [G, C], smooth [C], act scales [G], local error)
+        options = {site.name: self._candidates(ctx, site, grouping, blocks[site.name]) for site in ctx.sites}
         if scorer is None:
             chosen = {name: min(opts, key=lambda k: opts[k][3]) for name, opts in options.items()}
         elif self.alpha_criterion == "output":
-            chosen = {name: max(opts, key=lambda k: scorer.score(site, *opts[k][:3]))
+            chosen = {name: max(opts, key=lambda k: scorer.score(site, *opts[k][:3], rotation=k[2]))
                       for site in ctx.sites for name, opts in [(site.name, options[site.name])]}
-        else:  # "global": one (shift on/off, alpha) for the whole model, by the output SQNR with every site quantized
-            keys = [(sh, al) for sh in ([True, False] if self.shift_choice else [True]) for al in self.alphas]
-            score = {key: scorer.score_all({name: opts[_nearest(opts, key)][:3] for name, opts in options.items()})
-                     for key in keys}
+        else:  # "global": one (shift on/off, alpha, rotation on/off) for the model, by the output SQNR, all quantized
+            rots = [True, False] if self.rotation and self.rotation_choice else [bool(self.rotation)]
+            alphas = self.alphas or (None,)  # no alphas: rotation (or nothing) in place of smoothing
+            keys = [(sh, al, r) for sh in ([True, False] if self.shift_choice else [True]) for al in alphas
+                    for r in rots]
+            score = {}
+            for key in keys:
+                picks = {name: _nearest(opts, key, blocks[name]) for name, opts in options.items()}
+                score[key] = scorer.score_all({name: options[name][k][:3] for name, k in picks.items()},
+                                              {name: k[2] for name, k in picks.items()})
             best = max(score, key=score.__getitem__)
-            chosen = {name: _nearest(opts, best) for name, opts in options.items()}
+            chosen = {name: _nearest(opts, best, blocks[name]) for name, opts in options.items()}
         shifts, smooth, scales, alphas = {}, {}, {}, {}
-        for name, key in chosen.items():
+        specs: dict[str, LinearSpec] = {}
+        for site in ctx.sites:
+            name, key = site.name, chosen[site.name]
             shifts[name], smooth[name], scales[name], _ = options[name][key]
             alphas[name] = key[1]
+            if key[2]:
+                base = ctx.default_spec(site)
+                specs.update({lin: replace(base, rotation=key[2]) for lin in site.linears})
         info: dict = {"alpha_criterion": "local" if scorer is None else self.alpha_criterion}
         if self.shift_choice:
             info["unshifted_sites"] = [name for name, key in chosen.items() if not key[0]]
-        return Solution(grouping, shifts, smooth, scales, alphas, info=info)
+        if self.rotation:
+            info["rotated_sites"] = {name: key[2] for name, key in chosen.items() if key[2]}
+        return Solution(grouping, shifts, smooth, scales, alphas, info=info, linear_specs=specs)
 
-    def _candidates(self, ctx: Context, site: Site, grouping: Grouping
-                    ) -> dict[tuple[bool, float | None], tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]]:
-        """Every (shifted, alpha) candidate of ``site`` (alpha None: no smoothing) with its activation scales and
-        local error; without ``shift_choice`` (or a zero mid-range) only the shifted ones."""
+    def _candidates(self, ctx: Context, site: Site, grouping: Grouping, block: int = 0
+                    ) -> dict[tuple[bool, float | None, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]]:
+        """Every (shifted, alpha, rotation) candidate of ``site`` (alpha None: no smoothing; rotation ``block`` or
+        0, both with ``rotation_choice``) with its activation scales and local error; without ``shift_choice`` (or
+        a zero mid-range) only the shifted ones."""
         st = ctx.stats[site.name]
         n_groups = len(grouping.segments)
         bounds = [pooled_range(st, ctx.rows_of(grouping, g)) for g in range(n_groups)]
@@ -133,17 +166,20 @@ class HTGConfig(MethodConfig):
             if smoothable:
                 candidates += [(al, smoothing_scale(a, w, al)) for al in self.alphas]
             for alpha, s in candidates:
-                sc, err = act_scales_for(ctx, site, grouping, z, s, search=True, absolute=fp8)
-                if not self.act_clip_search:
-                    sc, _ = act_scales_for(ctx, site, grouping, z, s, search=False)
-                out[(shifted, alpha)] = (z, s, sc, err)
+                for rot in ([0, block] if block and self.rotation_choice else [block]):
+                    sc, err = act_scales_for(ctx, site, grouping, z, s, search=True, absolute=fp8, rotation=rot)
+                    if not self.act_clip_search:
+                        sc, _ = act_scales_for(ctx, site, grouping, z, s, search=False, rotation=rot)
+                    out[(shifted, alpha, rot)] = (z, s, sc, err)
         return out
 
 
-def _nearest(options: dict[tuple[bool, float | None], Any], key: tuple[bool, float | None]
-             ) -> tuple[bool, float | None]:
-    """``key`` if the site has it, else its fallback: no smoothing (unsmoothable sites), shifted (no shift choice)."""
-    for k in (key, (key[0], None), (True, key[1]), (True, None)):
-        if k in options:
-            return k
+def _nearest(options: dict[tuple[bool, float | None, int], Any], key: tuple[bool, float | None, bool | int],
+             block: int) -> tuple[bool, float | None, int]:
+    """``key`` (its rotation on/off as the site's ``block`` or 0) if the site has it, else its fallback: no
+    smoothing (unsmoothable sites), shifted (no shift choice), unrotated (sites whose block is 0)."""
+    for rot in (block if key[2] else 0, 0):
+        for k in ((key[0], key[1], rot), (key[0], None, rot), (True, key[1], rot), (True, None, rot)):
+            if k in options:
+                return k
     raise AssertionError(f"no candidate for {key}")

@@ -15,19 +15,21 @@ from torch import nn
 from ditq.calibration.groups import Grouping
 from ditq.calibration.methods.base import Context, ProbeEvaluator
 from ditq.core.metrics import ratio_db
-from ditq.core.quantizers import fake_quant, fake_quant_weight, weight_scales
+from ditq.core.quantizers import fake_quant, fake_quant_weight, rotation_matrix, weight_scales
 from ditq.core.sites import Site
 
 
 class GroupedSiteLinear(nn.Module):
     """``Q_w(W diag(s)) Q_a((x - z_g) / s) + b + W z_g``: a Linear of a site as the folded recipe computes it in
-    group ``group`` (the fold is exact in float, so only the quantizers differ from the original Linear)."""
+    group ``group`` (the fold is exact in float, so only the quantizers differ from the original Linear).
+    ``rotation`` > 0: ``Q_w(W diag(s) R) Q_a(((x - z_g) / s) R)`` with the block-Hadamard R (exact in float too)."""
 
     def __init__(self, linear: nn.Linear, shifts: torch.Tensor, smooth: torch.Tensor, act_scales: torch.Tensor,
-                 *, w_bits: int, a_bits: int, w_block: int, fmt: str = "int") -> None:
+                 *, w_bits: int, a_bits: int, w_block: int, fmt: str = "int", rotation: int = 0) -> None:
         super().__init__()
         w = linear.weight.detach().float()
-        ws = w * smooth
+        self.rotation = rotation_matrix(w.shape[1], rotation).float() if rotation else None
+        ws = w * smooth if self.rotation is None else (w * smooth) @ self.rotation
         scale = weight_scales(ws, w_bits, search=False, block=w_block, fmt=fmt)
         self.weight = fake_quant_weight(ws, scale, w_bits, fmt)
         b = torch.zeros(w.shape[0]) if linear.bias is None else linear.bias.detach().float()
@@ -38,7 +40,10 @@ class GroupedSiteLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = self.group
-        xq = fake_quant((x - self.shifts[g]) / self.smooth, float(self.act_scales[g]), self.a_bits, self.fmt)
+        x = (x - self.shifts[g]) / self.smooth
+        if self.rotation is not None:
+            x = x @ self.rotation
+        xq = fake_quant(x, float(self.act_scales[g]), self.a_bits, self.fmt)
         return F.linear(xq, self.weight, self.biases[g])
 
 
@@ -51,11 +56,14 @@ class SiteScorer:
         self.evaluator = ProbeEvaluator(ctx, n_timesteps=n_timesteps, batch=batch)
         self.probe_groups = [grouping.group_of(t) for t in self.evaluator.timesteps]
 
-    def score(self, site: Site, shifts: torch.Tensor, smooth: torch.Tensor, act_scales: torch.Tensor) -> float:
-        return self.score_all({site.name: (shifts, smooth, act_scales)})
+    def score(self, site: Site, shifts: torch.Tensor, smooth: torch.Tensor, act_scales: torch.Tensor,
+              rotation: int = 0) -> float:
+        return self.score_all({site.name: (shifts, smooth, act_scales)}, {site.name: rotation})
 
-    def score_all(self, choices: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> float:
-        """The same with every site in ``choices`` (name -> shifts [G, C], smooth [C], act scales [G]) quantized."""
+    def score_all(self, choices: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+                  rotations: dict[str, int] | None = None) -> float:
+        """The same with every site in ``choices`` (name -> shifts [G, C], smooth [C], act scales [G]) quantized,
+        rotated online by ``rotations`` (name -> block-Hadamard size; missing or 0: none)."""
         repl: dict[str, GroupedSiteLinear] = {}
         for site in self.ctx.sites:
             if site.name not in choices:
@@ -65,7 +73,8 @@ class SiteScorer:
             for lin in site.linears:
                 repl[lin] = GroupedSiteLinear(self.evaluator.modules[lin], shifts, smooth,  # type: ignore[arg-type]
                                               act_scales, w_bits=spec.w_bits, a_bits=spec.a_bits,
-                                              w_block=spec.w_block, fmt=spec.fmt)
+                                              w_block=spec.w_block, fmt=spec.fmt,
+                                              rotation=(rotations or {}).get(site.name, 0))
 
         def point(i: int) -> None:
             for m in repl.values():

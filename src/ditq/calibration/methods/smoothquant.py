@@ -12,18 +12,28 @@ for the model from ``alphas`` by the model-output SQNR on the calibration probes
 calibration seeds (docs/quality_probe_baselines.md): vs a fixed 0.8 (Model Optimizer's diffusion alpha; the
 paper's 0.5 measures worse) it ties at W8A8 (-0.2 / +0.3 dB global / mean PSNR) and wins +3.0 / +3.5 dB at W4A8.
 Activation scales are per-tensor max (the paper's static calibration; ``act_clip_search`` switches on HTG's MSE
-clip search), weights per-channel max.
+clip search), weights per-channel max. ``rotation`` (block size, 0 off): HTG's
+static block-Hadamard rotation before each quantizer (scales of the rotated input; the rotated amax comes from
+the reservoir rows, not the channel stats).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from ditq.calibration.groups import Grouping, SiteRange, group_timesteps
-from ditq.calibration.methods.base import Context, MethodConfig, Solution, act_scales_for, register_method
+from ditq.calibration.methods.base import (
+    Context,
+    MethodConfig,
+    Solution,
+    act_scales_for,
+    check_rotation,
+    register_method,
+    site_rotations,
+)
 from ditq.core.sites import Site
 from ditq.errors import DitqError
 
@@ -53,6 +63,7 @@ class SmoothQuantConfig(MethodConfig):
     alphas: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # the grid of alpha="search"
     probe_timesteps: int = 6  # alpha="search": calibration calls scored (spread over the trajectory) ...
     probe_batch: int = 8  # ... and rows of each
+    rotation: int = 0  # online block-Hadamard size before each (static) quantizer, as HTG's option (0: none)
 
     def __post_init__(self) -> None:
         if self.alpha != "search" and (isinstance(self.alpha, str) or not 0.0 < self.alpha < 1.0):
@@ -62,6 +73,7 @@ class SmoothQuantConfig(MethodConfig):
         if self.probe_timesteps < 1 or self.probe_batch < 1:
             raise DitqError(f"probe_timesteps and probe_batch must be >= 1, got {self.probe_timesteps}, "
                             f"{self.probe_batch}")
+        check_rotation("smoothquant", self.rotation)
 
     @property
     def needs_model(self) -> bool:  # type: ignore[override]
@@ -70,6 +82,7 @@ class SmoothQuantConfig(MethodConfig):
 
     def solve(self, ctx: Context) -> Solution:
         grouping = one_group(ctx)
+        blocks = site_rotations(ctx, self.rotation)
         info: dict = {}
         if self.alpha != "search":
             alpha = float(self.alpha)
@@ -81,23 +94,27 @@ class SmoothQuantConfig(MethodConfig):
             from ditq.calibration.methods.site_probe import SiteScorer
 
             scorer = SiteScorer(ctx, grouping, n_timesteps=self.probe_timesteps, batch=self.probe_batch)
-            scores = {al: scorer.score_all({name: sol[:3] for name, sol in self._solve(ctx, grouping, al).items()})
+            scores = {al: scorer.score_all({n: c[:3] for n, c in self._solve(ctx, grouping, al, blocks).items()},
+                                           blocks)
                       for al in self.alphas}
             alpha = max(scores, key=scores.__getitem__)
             info = {"alpha_search": {"output_sqnr_db": {str(a): round(v, 3) for a, v in scores.items()},
                                      "alpha": alpha}}
-        chosen = self._solve(ctx, grouping, alpha)
+        chosen = self._solve(ctx, grouping, alpha, blocks)
+        specs = {lin: replace(ctx.default_spec(site), rotation=blocks[site.name])
+                 for site in ctx.sites if blocks[site.name] for lin in site.linears}
         return Solution(grouping, {n: c[0] for n, c in chosen.items()}, {n: c[1] for n, c in chosen.items()},
                         {n: c[2] for n, c in chosen.items()}, {n: c[3] for n, c in chosen.items()},
-                        weight_clip_search=self.weight_clip_search, info=info)
+                        weight_clip_search=self.weight_clip_search, linear_specs=specs, info=info)
 
-    def _solve(self, ctx: Context, grouping: Grouping, alpha: float
+    def _solve(self, ctx: Context, grouping: Grouping, alpha: float, blocks: dict[str, int]
                ) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, float | None]]:
         """Per site at ``alpha``: (shift [1, C], smoothing scale [C], activation scales [1], alpha or None)."""
         out = {}
         for site in ctx.sites:
             shift, smooth, site_alpha = site_smoothing(ctx, site, alpha, smooth_explicit=self.explicit)
-            scales, _ = act_scales_for(ctx, site, grouping, shift, smooth, search=self.act_clip_search)
+            scales, _ = act_scales_for(ctx, site, grouping, shift, smooth, search=self.act_clip_search,
+                                       rotation=blocks[site.name])
             out[site.name] = (shift, smooth, scales, site_alpha)
         return out
 
