@@ -98,7 +98,7 @@ def add_quality_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="'demo' (default) or a local DiT or PixArt directory")
     p.add_argument("--methods", default=None, help="comma-separated (default: minmax,smoothquant,ptq4dit,htg,qdit,"
                                                    "viditq)")
-    p.add_argument("--bits", default=None, help="comma-separated: W8A8, W8A8-FP8, W4A8 (default: all three; "
+    p.add_argument("--bits", default=None, help="comma-separated: W8A8, W8A8-FP8, W4A8, W4A16 (default: all four; "
                                                 "--quick: W8A8,W4A8; FP8 skips the dynamic methods qdit/viditq)")
     p.add_argument("--steps", type=positive_ints, default=None,
                    help="comma-separated sampler step counts (default: 100,50,25)")
