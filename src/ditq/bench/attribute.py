@@ -24,7 +24,7 @@ import logging
 import math
 import shlex
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ditq.core.metrics import noise_ratio, ratio_db
+from ditq.core.sites import swapped_modules
 from ditq.errors import DitqError
 
 log = logging.getLogger(__name__)
@@ -189,19 +190,8 @@ class _GroupModel:
             self.act[lin] = a = copy.deepcopy(q)  # input quantized, weights float (the folded, rotated FP weight)
             a.weight = self.modules[lin].weight
 
-    @contextlib.contextmanager
-    def swapped(self, replacements: Mapping[str, nn.Module]) -> Iterator[None]:
-        originals = {}
-        for name, module in replacements.items():
-            parent, _, attr = name.rpartition(".")
-            originals[name] = getattr(self.modules[parent], attr)
-            setattr(self.modules[parent], attr, module)
-        try:
-            yield
-        finally:
-            for name, module in originals.items():
-                parent, _, attr = name.rpartition(".")
-                setattr(self.modules[parent], attr, module)
+    def swapped(self, replacements: Mapping[str, nn.Module]) -> contextlib.AbstractContextManager[None]:
+        return swapped_modules(self.modules, replacements)
 
     def noise(self, inp: tuple[torch.Tensor, torch.Tensor, Any], ref: torch.Tensor,
               replacements: Mapping[str, nn.Module], view: Callable[[torch.Tensor], torch.Tensor]) -> float:
@@ -376,19 +366,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def quantizer_io(q: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """What a ``QLinear``'s input quantizer sees and returns for input ``x``: ``(x', Q(x'))`` with ``x'`` after the
-    explicit pre-affine and rotation (``QLinear.forward`` up to its GEMM; a test pins the two together)."""
-    from ditq.core.quantizers import dynamic_fake_quant, fake_quant
-
-    if q.pre is not None:
-        x = (x - q.pre[0]) * q.pre[1]
-    if q.rotation is not None:
-        x = x @ q.rotation
-    if q.act_scale is not None:
-        return x, fake_quant(x, q.act_scale, q.a_bits, q.fmt)
-    if q.dynamic_group is not None:
-        return x, dynamic_fake_quant(x, q.a_bits, q.dynamic_group)
-    return x, x
+    """What a ``QLinear``'s input quantizer sees and returns for input ``x``: ``QLinear.quantizer_io``."""
+    return q.quantizer_io(x)  # type: ignore[operator]
 
 
 def top_share(energy: torch.Tensor, fraction: float = TOP_FRACTION) -> tuple[float, int]:

@@ -49,13 +49,18 @@ class QLinear(nn.Module):
         self.dynamic_group = dynamic_group
         self.pre = pre
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def quantizer_io(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x', Q(x'))``: the input quantizer's input (``x`` after the pre-affine and rotation) and its output
+        (``x'`` itself when the input stays float)."""
         if self.pre is not None:
             x = (x - self.pre[0]) * self.pre[1]
         if self.rotation is not None:
             x = x @ self.rotation
         if self.act_scale is not None:
-            x = fake_quant(x, self.act_scale, self.a_bits, self.fmt)
-        elif self.dynamic_group is not None:
-            x = dynamic_fake_quant(x, self.a_bits, self.dynamic_group)
-        return F.linear(x, self.weight, self.bias)
+            return x, fake_quant(x, self.act_scale, self.a_bits, self.fmt)
+        if self.dynamic_group is not None:
+            return x, dynamic_fake_quant(x, self.a_bits, self.dynamic_group)
+        return x, x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.quantizer_io(x)[1], self.weight, self.bias)

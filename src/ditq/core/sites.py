@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,3 +71,20 @@ class Denoiser(nn.Module):
         if len(args) == 3 and isinstance(args[2], Mapping) and not kwargs:
             return self.predict(*args)
         return super().__call__(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def swapped_modules(modules: Mapping[str, nn.Module], replacements: Mapping[str, nn.Module]) -> Iterator[None]:
+    """Inside the block, each dotted name of ``replacements`` points at its module in the tree whose
+    ``named_modules()`` are ``modules``; the originals are put back on exit (an exception too)."""
+    originals = {}
+    for name, module in replacements.items():
+        parent, _, attr = name.rpartition(".")
+        originals[name] = getattr(modules[parent], attr)
+        setattr(modules[parent], attr, module)
+    try:
+        yield
+    finally:
+        for name, module in originals.items():
+            parent, _, attr = name.rpartition(".")
+            setattr(modules[parent], attr, module)

@@ -15,7 +15,7 @@ from ditq.calibration.groups import Grouping
 from ditq.calibration.stats import SiteStats
 from ditq.core.metrics import noise_ratio, ratio_db
 from ditq.core.quantizers import block_for, largest_pow2_divisor, rotation_matrix, scale_from_amax, search_act_scale
-from ditq.core.sites import Site
+from ditq.core.sites import Site, swapped_modules
 from ditq.errors import DitqError
 
 log = logging.getLogger(__name__)
@@ -232,12 +232,7 @@ class ProbeEvaluator:
 
         ``on_probe(i)`` runs before probe ``i`` (e.g. to point grouped replacements at that probe's group).
         """
-        originals = {}
-        for name, module in replacements.items():
-            parent, _, attr = name.rpartition(".")
-            originals[name] = getattr(self.modules[parent], attr)
-            setattr(self.modules[parent], attr, module)
-        try:
+        with swapped_modules(self.modules, replacements):
             ratios = []
             for i, (inp, ref) in enumerate(zip(self.inputs, self.reference)):
                 if on_probe is not None:
@@ -245,10 +240,6 @@ class ProbeEvaluator:
                 out = self.model.predict(*inp)
                 ratios.append(noise_ratio(out, ref))
             return ratios
-        finally:
-            for name, module in originals.items():
-                parent, _, attr = name.rpartition(".")
-                setattr(self.modules[parent], attr, module)
 
     def sqnr_db(self, replacements: Mapping[str, nn.Module]) -> float:
         """Mean over probes of the output SQNR in dB."""
