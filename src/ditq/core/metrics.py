@@ -43,7 +43,11 @@ def cosine_np(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.clip(np.dot(a, b) / (na * nb), -1.0, 1.0))  # clip keeps NaN
 
 
+def image_mse(images: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Per-image MSE [n] (float64) in [0, 1] pixel range (images in [-1, 1], clamped), floored at 1e-12."""
+    return ((images.clamp(-1, 1) - ref.clamp(-1, 1)) / 2).square().flatten(1).mean(1).double().clamp_min(1e-12)
+
+
 def psnr_db(images: torch.Tensor, ref: torch.Tensor) -> float:
     """Mean over images of the PSNR in [0, 1] pixel range (images in [-1, 1])."""
-    mse = ((images.clamp(-1, 1) - ref.clamp(-1, 1)) / 2).square().flatten(1).mean(1).double()
-    return float((10 * torch.log10(1.0 / mse.clamp_min(1e-12))).mean())
+    return float((10 * torch.log10(1.0 / image_mse(images, ref))).mean())

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ditq.core.metrics import image_mse
+
 # the metrics whose mean and spread over calibration seeds the table shows
 SEED_METRICS = ("psnr_global_db", "psnr_db", "sqnr_mean_db", "sqnr_min_db", "class_accuracy", "frechet_distance")
 BOOTSTRAP_RESAMPLES = 2000
@@ -22,7 +24,7 @@ BOOTSTRAP_SEED = 0
 
 def image_metrics(images: torch.Tensor, ref: torch.Tensor) -> dict[str, Any]:
     """Per-image PSNR (dB, [0, 1] pixel range from [-1, 1] images) and the PSNR of the MSE pooled over images."""
-    mse = ((images.clamp(-1, 1) - ref.clamp(-1, 1)) / 2).square().flatten(1).mean(1).double().clamp_min(1e-12)
+    mse = image_mse(images, ref)
     return {"psnr_global_db": float(10 * torch.log10(1.0 / mse.mean())),
             "psnr_per_image_db": [round(float(v), 4) for v in 10 * torch.log10(1.0 / mse)]}
 
