@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--format", dest="fmt", default="int", choices=("int", "fp8_e4m3"))
     p.add_argument("--weight-rounding", default=None, choices=("nearest", "gptq"), help="default: ditq's")
     p.add_argument("--cfg", type=float, default=3.0)
+    p.add_argument("--bias-correction", choices=("on", "off"), default=None, help="default: ditq's")
     p.add_argument("--json", default=None, help="append one JSON line per entry here")
     args = p.parse_args(argv)
 
@@ -57,14 +58,16 @@ def main(argv: list[str] | None = None) -> int:
                            CalibConfig(steps=args.calib_steps, samples=args.calib_samples, cfg_scale=args.cfg,
                                        seed=int(seed or args.calib_seed), w_bits=args.w_bits, w_block=args.w_block,
                                        fmt=args.fmt, progress=False,
-                                       **({"weight_rounding": args.weight_rounding} if args.weight_rounding else {})))
+                                       **({"weight_rounding": args.weight_rounding} if args.weight_rounding else {}),
+                                       **({"bias_correction": args.bias_correction == "on"}
+                                          if args.bias_correction else {})))
         calib_s = time.perf_counter() - t0
         q = evaluate(model, torch_backend(model, recipe), ref, spec, None, sqnr_rows=8)
         mse = ((q["images"].clamp(-1, 1) - ref.images.clamp(-1, 1)) / 2).square().double().mean()
         global_db = float(10 * torch.log10(1.0 / mse.clamp_min(1e-12)))  # pooled over all images
         row = {"model": args.model, "entry": entry, "calib_seed": int(seed or args.calib_seed),
                "w_bits": args.w_bits, "w_block": args.w_block, "fmt": args.fmt,
-               "weight_rounding": recipe.weight_rounding,
+               "weight_rounding": recipe.weight_rounding, "bias_correction": recipe.bias_correction,
                "psnr_global_db": round(global_db, 2),
                "psnr_mean_db": round(float(q["psnr_db"]), 2), "sqnr_mean_db": round(q["sqnr_mean_db"], 2),
                "sqnr_min_db": round(q["sqnr_min_db"], 2), "groups": recipe.num_groups,

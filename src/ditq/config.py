@@ -97,11 +97,13 @@ class QuantConfig:
             per-group activations, scale = amax / 448; static methods only, 8-bit per channel).
         weight_rounding: ``"gptq"`` (default: error-compensating rounding on the calibration inputs' second
             moments, the codes stored in the recipe) or ``"nearest"``.
+        bias_correction: per-group bias correction of the static Linears (default on: minus each Linear's mean
+            output error on the group's calibration inputs, folded into that group's biases; free at run time).
 
     Example::
 
         config = ditq.QuantConfig(method=ditq.HTGConfig(groups="auto"), w_bits=8, a_bits=8, w_block=0,
-                                  weight_clip="output", weight_rounding="gptq",
+                                  weight_clip="output", weight_rounding="gptq", bias_correction=True,
                                   calibration=ditq.CalibrationSpec(steps=100, samples=16, cfg_scale=3.0, seed=0))
     """
 
@@ -114,6 +116,7 @@ class QuantConfig:
     calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
     fmt: QuantFormat = "int"
     weight_rounding: WeightRounding = "gptq"
+    bias_correction: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, MethodConfig) or type(self.method) not in METHODS.values():
@@ -130,6 +133,8 @@ class QuantConfig:
             raise DitqError(f"FP8 (fmt={self.fmt!r}, --format fp8) needs w_bits=8, w_block=0 and a static method "
                             f"(htg, smoothquant, ptq4dit, minmax), got W{self.w_bits} block {self.w_block} "
                             f"{self.method.name}; use fmt='int' (--format int) for those")
+        if not isinstance(self.bias_correction, bool):
+            raise DitqError(f"QuantConfig.bias_correction must be True or False, got {self.bias_correction!r}")
         if not isinstance(self.calibration, CalibrationSpec):
             raise DitqError(f"QuantConfig.calibration must be a CalibrationSpec, got {type(self.calibration).__name__}")
 
@@ -151,6 +156,7 @@ class QuantConfig:
             "calibration": dataclasses.asdict(self.calibration),
             **({"fmt": self.fmt} if self.fmt != "int" else {}),  # integer configs keep their old dicts
             "weight_rounding": self.weight_rounding,
+            "bias_correction": self.bias_correction,
         }))
 
     @classmethod
@@ -166,7 +172,9 @@ class QuantConfig:
             return cls(method=method_config(str(method["name"]), **params), w_bits=body["w_bits"],
                        a_bits=body["a_bits"], w_block=body["w_block"], weight_clip=body["weight_clip"],
                        calibration=CalibrationSpec(**body["calibration"]), fmt=body.get("fmt", "int"),
-                       weight_rounding=body.get("weight_rounding", "nearest"))  # dicts from before: nearest
+                       # dicts from before these fields: nearest rounding, no bias correction
+                       weight_rounding=body.get("weight_rounding", "nearest"),
+                       bias_correction=body.get("bias_correction", False))
         except (KeyError, TypeError, AttributeError) as err:
             raise DitqError(f"malformed QuantConfig dict (bad or missing field {err}); "
                             "write it with QuantConfig.to_dict()") from err
@@ -183,7 +191,7 @@ class QuantConfig:
         return CalibConfig(steps=c.steps, samples=c.samples, cfg_scale=float(c.cfg_scale), seed=c.seed,
                            scheduler=c.scheduler, w_bits=self.w_bits, a_bits=self.a_bits, w_block=self.w_block,
                            weight_clip=self.weight_clip, fmt=self.fmt, weight_rounding=self.weight_rounding,
-                           progress=progress)
+                           bias_correction=self.bias_correction, progress=progress)
 
 
 def own_calibration(method: MethodConfig) -> CalibrationSpec:

@@ -16,11 +16,16 @@ block-Hadamard ``rotation`` (block size, 0 = none; the weight is quantized after
 ``{linear}.w_codes`` tensor [N, K] per quantized Linear (int8; float16 E4M3 values for FP8), in the rotated domain
 when the Linear rotates; without it every consumer rounds ``W / w_scale`` to nearest. ``Recipe.weight_codes`` is the
 one place that answers either way.
+``"bias_correction": true`` (absent = false, every recipe before it): ``g{group}/{linear}.bias_correction`` [N] per
+group and static quantized Linear, added to the folded bias of that group (``Recipe.fold``): minus the mean output
+error of the quantized Linear on the group's calibration inputs. It costs nothing at run time (each group's graph
+has its own biases already: the shift folds into them).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -125,6 +130,8 @@ class Recipe:
     scheduler_config: dict[str, Any] | None = None
     # "nearest": consumers round W / w_scale; "gptq": the codes are stored ({linear}.w_codes), see weight_codes
     weight_rounding: str = "nearest"
+    # per-group bias correction of the static Linears (g{g}/{lin}.bias_correction): absent in older recipes
+    bias_correction: bool = False
     # PixArt models calibrated in memory (the Python API): the caption table calibration ran on, saved as
     # captions.safetensors beside the scales so an export can rebuild the same model (its hash covers the table)
     captions: Any = field(default=None, compare=False, repr=False)
@@ -162,6 +169,26 @@ class Recipe:
         return quantize_weight(rotate_weight(weight, spec.rotation), self.w_scale(linear).float(), spec.w_bits,
                                spec.fmt)
 
+    def bias_corrections(self, group_id: int) -> dict[str, torch.Tensor]:
+        """Linear name -> the bias correction [N] of group ``group_id`` (empty without bias correction)."""
+        if not self.bias_correction:
+            return {}
+        prefix, suffix = f"g{group_id}/", ".bias_correction"
+        return {k[len(prefix):-len(suffix)]: v for k, v in self.tensors.items()
+                if k.startswith(prefix) and k.endswith(suffix)}
+
+    def fold(self, state: dict[str, torch.Tensor], sites: Any, group_id: int, *, corrected: bool = True,
+             uncorrected: Collection[str] = ()) -> tuple[dict[str, torch.Tensor], Any]:
+        """``state`` with group ``group_id`` folded in: its shifts, the smoothing scales and (``corrected``) its
+        bias corrections, except those of the Linears in ``uncorrected`` (``core.fold.fold_state``). Returns the
+        folded state and the explicit pre-affines. Every consumer of a recipe (fake-quant, torch-int8, the ONNX
+        export) folds through here; without quantizers (``corrected=False``) the fold is exact."""
+        from ditq.core.fold import fold_state
+
+        corrections = {k: v for k, v in self.bias_corrections(group_id).items() if k not in uncorrected}
+        return fold_state(state, sites, {s.name: self.shift(s.name, group_id) for s in sites},
+                          {s.name: self.smooth(s.name) for s in sites}, corrections if corrected else None)
+
     def linear_spec(self, linear: str) -> LinearSpec:
         return self.linear_specs.get(linear) or LinearSpec(w_bits=self.w_bits, a_bits=self.a_bits)
 
@@ -198,6 +225,7 @@ class Recipe:
             "linears": {lin: spec.body() for lin, spec in self.linear_specs.items()},
             "scheduler_config": self.scheduler_config,
             **({"weight_rounding": self.weight_rounding} if self.weight_rounding != "nearest" else {}),
+            **({"bias_correction": True} if self.bias_correction else {}),
         }
 
     # -- persistence -----------------------------------------------------------------------------------------
@@ -271,6 +299,7 @@ class Recipe:
                 linear_specs={lin: LinearSpec.from_body(spec) for lin, spec in body.get("linears", {}).items()},
                 scheduler_config=_scheduler_field(body.get("scheduler_config")),
                 weight_rounding=str(body.get("weight_rounding", "nearest")),
+                bias_correction=bool(body.get("bias_correction", False)),
             )
         except (KeyError, TypeError, ValueError, IndexError) as err:
             raise DitqError(f"{root / RECIPE_JSON} is malformed (bad or missing field {err}); "
@@ -316,6 +345,13 @@ class Recipe:
                             "'nearest'; re-run `ditq calibrate`")
         if self.weight_rounding != "nearest":
             need += codes
+        corrections = [f"g{g.group_id}/{lin}.bias_correction" for g in self.groups for s in self.sites
+                       for lin in s.linears if not self.linear_spec(lin).dynamic]
+        if not self.bias_correction and (extra := [k for k in self.tensors if k.endswith(".bias_correction")]):
+            raise DitqError(f"{SCALES} holds bias corrections ({extra[0]}) but recipe.json does not say "
+                            "bias_correction; re-run `ditq calibrate`")
+        if self.bias_correction:
+            need += corrections
         missing = [k for k in need if k not in self.tensors]
         if missing:
             raise DitqError(f"{SCALES} lacks {len(missing)} tensors the recipe names (first: {missing[0]}); "
@@ -341,6 +377,11 @@ class Recipe:
                                            or (spec.fmt == "int" and bool(_out_of_range(stored, spec.w_bits)))):
                     raise DitqError(f"{lin}.w_codes (shape {list(stored.shape)}) are not {spec.w_bits}-bit codes of "
                                     f"a [{scale.shape[0]}, {self._in_features(s)}] weight; re-run `ditq calibrate`")
+                for g in self.groups:
+                    corr = self.tensors.get(f"g{g.group_id}/{lin}.bias_correction")
+                    if corr is not None and tuple(corr.shape) != (scale.shape[0],):
+                        raise DitqError(f"g{g.group_id}/{lin}.bias_correction has shape {list(corr.shape)}, not "
+                                        f"[{scale.shape[0]}] (one per output); re-run `ditq calibrate`")
 
     def _in_features(self, site: SiteSpec) -> int:
         return int(self.tensors[f"{site.name}.smooth"].numel())

@@ -185,10 +185,12 @@ class _GroupModel:
         for lin in linears:
             q = quantized[lin]
             self.full[lin] = q
+            # the weight-only and input-only copies keep the uncorrected bias: a recipe's bias correction
+            # compensates both quantizers together
             self.weight[lin] = w = copy.deepcopy(q)  # weights quantized, input float
-            w.act_scale, w.dynamic_group = None, None
+            w.act_scale, w.dynamic_group, w.bias = None, None, self.modules[lin].bias
             self.act[lin] = a = copy.deepcopy(q)  # input quantized, weights float (the folded, rotated FP weight)
-            a.weight = self.modules[lin].weight
+            a.weight, a.bias = self.modules[lin].weight, self.modules[lin].bias
 
     def swapped(self, replacements: Mapping[str, nn.Module]) -> contextlib.AbstractContextManager[None]:
         return swapped_modules(self.modules, replacements)

@@ -14,12 +14,23 @@ from tqdm.auto import tqdm
 
 from ditq.artifacts.recipe import GroupSpec, LinearSpec, Recipe, SiteSpec
 from ditq.calibration.methods import MethodConfig
-from ditq.calibration.methods.base import Context, folded_inputs, input_factor, input_moments
+from ditq.calibration.methods.base import Context, Solution, folded_inputs, input_factor, input_moments
 from ditq.calibration.stats import ActivationCollector
 from ditq.core.cond import Cond
 from ditq.core.fold import fold_state
-from ditq.core.quantizers import FORMATS, WEIGHT_ROUNDINGS, gptq_codes, rotate_weight, weight_scales
+from ditq.core.quantizers import (
+    FORMATS,
+    WEIGHT_ROUNDINGS,
+    dequantize_weight,
+    fake_quant,
+    fake_quant_weight,
+    gptq_codes,
+    rotate_weight,
+    rotation_matrix,
+    weight_scales,
+)
 from ditq.core.sampler import make_scheduler, sample
+from ditq.core.sites import Site
 from ditq.errors import DitqError
 from ditq.models.loading import LoadedModel, make_denoiser, quant_sites
 
@@ -46,6 +57,9 @@ class CalibConfig:
     # with H = E[x^T x] pooled over the groups' folded calibration inputs, codes stored in the recipe (same scales);
     # "nearest": consumers round W / w_scale
     weight_rounding: str = "gptq"
+    # per-group bias correction of every static Linear: minus its mean output error on the group's calibration
+    # inputs, added to that group's (already per-group) bias; free at run time (docs/bias_correction.md)
+    bias_correction: bool = True
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -133,6 +147,9 @@ def calibrate(model: LoadedModel, method: MethodConfig, config: CalibConfig,
     folded, _ = fold_state(state, sites, {s.name: sol.shifts[s.name][0] for s in sites}, sol.smooth)
     specs = {lin: sol.linear_specs.get(lin) or ctx.default_spec(s) for s in sites for lin in s.linears}
     tensors: dict[str, torch.Tensor] = {}
+    correct = config.bias_correction and all(f"{lin}.bias" in state for s in sites for lin in s.linears)
+    if config.bias_correction and not correct:
+        log.warning("some quantized Linears have no bias: no bias correction")
     for site in sites:
         tensors[f"{site.name}.smooth"] = sol.smooth[site.name].float()
         static = any(not specs[lin].dynamic for lin in site.linears)
@@ -162,6 +179,12 @@ def calibrate(model: LoadedModel, method: MethodConfig, config: CalibConfig,
                 h = power if power is not None else input_moments(inputs, spec.rotation)
                 codes = gptq_codes(weight, scale, h, spec.w_bits, fmt=spec.fmt)
                 tensors[f"{lin}.w_codes"] = codes.to(torch.int8 if spec.fmt == "int" else torch.float16)
+            if correct and not spec.dynamic:
+                qweight = (dequantize_weight(tensors[f"{lin}.w_codes"].float(), scale) if gptq
+                           else fake_quant_weight(weight, scale, spec.w_bits, spec.fmt))
+                for g in range(len(sol.grouping.segments)):
+                    tensors[f"g{g}/{lin}.bias_correction"] = bias_correction(
+                        ctx, site, sol, g, weight, qweight, float(sol.act_scales[site.name][g]), spec)
     grouping = sol.grouping
     recipe = Recipe(
         method=method.name, params=_as_json(method.params()), model_source=model.source, model_sha256=model.sha256,
@@ -179,10 +202,27 @@ def calibrate(model: LoadedModel, method: MethodConfig, config: CalibConfig,
                                                                                     config.a_bits)},
         scheduler_config=_as_json(dict(model.scheduler_config)),
         weight_rounding=config.weight_rounding,
+        bias_correction=correct and any(k.endswith(".bias_correction") for k in tensors),
     )
     recipe.check()
     log.info("calibrated %s: %d groups in %.1f s", method.name, recipe.num_groups, recipe.calibration["seconds"])
     return recipe
+
+
+def bias_correction(ctx: Context, site: Site, sol: Solution, group_id: int, weight: torch.Tensor, qweight: torch.Tensor,
+                    act_scale: float, spec: LinearSpec) -> torch.Tensor:
+    """Minus the mean output error [N] of one static Linear of ``site`` in group ``group_id``: over the group's
+    calibration rows x, ``mean(Q(x') Wq^T - x' W^T)`` with ``x' = ((x - z_g) / s) R`` its folded (rotated) input,
+    ``W`` its folded (rotated) float weight and ``Wq`` the weight it computes with. Added to the group's bias, it
+    removes the part of the quantization error that is the same for every token (clipping and rounding biases
+    that a per-tensor scale leaves), at no run-time cost."""
+    st = ctx.stats[site.name]
+    x = st.reservoir[ctx.rows_of(sol.grouping, group_id)].reshape(-1, st.reservoir.shape[-1]).float()
+    x = (x - sol.shifts[site.name][group_id].float()) / sol.smooth[site.name].float()
+    if spec.rotation:
+        x = x @ rotation_matrix(x.shape[1], spec.rotation).float()
+    err = fake_quant(x, act_scale, spec.a_bits, spec.fmt) @ qweight.float().T - x @ weight.float().T
+    return -err.mean(0).float()
 
 
 def _as_json(body: dict[str, Any]) -> dict[str, Any]:

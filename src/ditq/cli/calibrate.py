@@ -58,6 +58,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-rounding", choices=("nearest", "gptq"), default=None,
                    help="weight rounding: nearest, or gptq (error-compensating, on the calibration inputs; the codes "
                         "are stored in the recipe) (default: gptq, or the preset's)")
+    p.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=None,
+                   help="per-group bias correction of the static Linears: their mean output error on the calibration "
+                        "inputs, folded into each group's biases (default: on, or the preset's)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="a method option, e.g. --param population=20 for qdit (repeatable; values parsed as JSON)")
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
@@ -118,7 +121,7 @@ def quant_config(args: argparse.Namespace) -> Any:
                                   samples=args.samples if args.samples is not None else own.samples,
                                   cfg_scale=args.cfg, seed=args.seed, scheduler=args.scheduler)
     fields = {"w_bits": args.w_bits, "w_block": args.w_block, "weight_clip": args.weight_clip,
-              "weight_rounding": args.weight_rounding,
+              "weight_rounding": args.weight_rounding, "bias_correction": args.bias_correction,
               "fmt": FORMATS[args.fmt] if args.fmt else None}
     start = base if base is not None else QuantConfig(method=method)
     return replace(start, method=method, calibration=calibration,
@@ -146,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"recipe: {out}  method={recipe.method}  W{config.w_bits}A{config.a_bits}{fp8}"
           f"{f' block {config.w_block}' if config.w_block else ''}"
           f"{f'  weights={recipe.weight_rounding}' if recipe.weight_rounding != 'nearest' else ''}"
+          f"{'  bias-corrected' if recipe.bias_correction else ''}"
           f"  groups={recipe.num_groups}  "
           f"steps={c.steps}  samples={c.samples}  "
           f"intervals={[g.interval for g in recipe.groups]}  ({recipe.calibration['seconds']:.1f} s){dynamic}")

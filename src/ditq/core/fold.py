@@ -7,6 +7,7 @@ Every step below is a function-preserving rewrite of the current state dict, so 
 - "table" producer:     PixArt's ``scale_shift_table`` shift row - z; a scale s != 1 stays an explicit ``x * (1/s)``
                         (zero-shift pre-affine): the time-dependent part comes from a Linear all blocks share
 - "explicit":           an explicit ``(x - z) * (1/s)`` before the quantizer, returned as a pre-affine.
+- ``biases``:            per-Linear additions to the bias (a recipe's per-group bias correction), b' = b + c.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ def fold_state(
     sites: Sequence[Site],
     shifts: Mapping[str, torch.Tensor],
     smooth: Mapping[str, torch.Tensor],
+    biases: Mapping[str, torch.Tensor] | None = None,
 ) -> tuple[dict[str, torch.Tensor], PreAffine]:
-    """Fold one group's shifts and the shared smoothing scales into a copy of ``state``.
+    """Fold one group's shifts and the shared smoothing scales into a copy of ``state``, and add ``biases``
+    (Linear name -> [N], e.g. the group's bias correction) to those Linears' biases.
 
     Returns the folded state dict and the explicit pre-affines of sites whose shift or scale does not fold away.
     Arithmetic is in float64; changed matrices are stored back in their own dtype after each step and vectors
@@ -73,6 +76,8 @@ def fold_state(
             pre[site.name] = (z.float(), (1 / s).float())
         else:
             raise ValueError(f"unknown fold kind {site.fold!r}")
+    for lin, c in (biases or {}).items():
+        sd[f"{lin}.bias"] = sd[f"{lin}.bias"] + c.to(torch.float64)
     return {**state, **{k: v.to(state[k].dtype) for k, v in touched.items()}}, pre
 
 

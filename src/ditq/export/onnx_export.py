@@ -29,7 +29,7 @@ from ditq.artifacts.onnx import OnnxArtifact, OnnxGroup
 from ditq.artifacts.outputs import check_output, staging_dir
 from ditq.artifacts.recipe import Recipe
 from ditq.core.cond import cat_cond
-from ditq.core.fold import fold_state, foldable_params
+from ditq.core.fold import foldable_params
 from ditq.errors import CheckFailed, DitqError
 from ditq.export.qdq import SCOPE_KEY, apply_group, find_gemms, find_params
 from ditq.models.loading import LoadedModel, check_recipe_model, quant_sites
@@ -269,14 +269,14 @@ def export_onnx(model: LoadedModel, recipe: Recipe, out: Path, *, recipe_dir: Pa
         reference = copy.deepcopy(reference)
     gemms = find_gemms(reference, {lin for s in sites for lin in s.linears})
     params = find_params(reference, foldable_params(sites), state)
-    smooth = {s.name: recipe.smooth(s.name) for s in sites}
     names = input_names(model)
     with staging_dir(out, kind=OnnxArtifact.KIND, force=force, inputs=inputs) as tmp:
         data = SharedData(tmp / DATA_FILE)
         try:  # the reference first: its weights go to weights.bin and the graph becomes small
             data.save(reference, tmp / "reference.onnx")
             for g in tqdm(range(recipe.num_groups), desc="export", disable=not progress, leave=False):
-                folded, pre = fold_state(state, sites, {s.name: recipe.shift(s.name, g) for s in sites}, smooth)
+                # weight-only Linears quantize no activation: their bias corrections stay out
+                folded, pre = recipe.fold(state, sites, g, uncorrected=weight_only)
                 changed = {k for k, v in folded.items() if v is not state[k] and not torch.equal(v, state[k])}
                 graph = apply_group(reference, gemms, sites, recipe, g, folded, pre, changed, params, weight_only)
                 del folded

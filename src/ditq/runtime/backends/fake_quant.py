@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ditq.artifacts.recipe import Recipe
-from ditq.core.fold import PreAffine, fold_state
+from ditq.core.fold import PreAffine
 from ditq.core.qlinear import QLinear
 from ditq.core.sites import Denoiser, Site
 from ditq.errors import DitqError
@@ -26,13 +26,13 @@ from ditq.runtime.backends.base import GroupedBackend, read_manifest_kind
 NAME = "fake-quant"
 
 
-def folded_transformer(model: LoadedModel, recipe: Recipe, group_id: int) -> tuple[nn.Module, PreAffine, list[Site]]:
+def folded_transformer(model: LoadedModel, recipe: Recipe, group_id: int, *, corrected: bool = True
+                       ) -> tuple[nn.Module, PreAffine, list[Site]]:
     """A copy of the transformer with group ``group_id``'s shifts and the recipe's smoothing folded in (exact),
-    the explicit pre-affines still to apply, and the quantized sites."""
+    the explicit pre-affines still to apply, and the quantized sites. ``corrected``: with the group's bias
+    corrections (they compensate the quantizers' mean error; without quantizers the fold alone is exact)."""
     sites = quant_sites(model.transformer)
-    folded, pre = fold_state(model.transformer.state_dict(), sites,
-                             {s.name: recipe.shift(s.name, group_id) for s in sites},
-                             {s.name: recipe.smooth(s.name) for s in sites})
+    folded, pre = recipe.fold(model.transformer.state_dict(), sites, group_id, corrected=corrected)
     transformer = copy.deepcopy(model.transformer)
     transformer.load_state_dict(folded)
     return transformer, pre, sites
@@ -44,7 +44,7 @@ def group_denoiser(model: LoadedModel, recipe: Recipe, group_id: int, *, quantiz
     Each Linear follows its recipe spec (weight bits and blocks, static or dynamic activations, rotation); with
     ``quantize=False`` only the exact re-parameterisations remain (folding and rotations).
     """
-    transformer, pre, sites = folded_transformer(model, recipe, group_id)
+    transformer, pre, sites = folded_transformer(model, recipe, group_id, corrected=quantize)
     modules = dict(transformer.named_modules())
     for site in sites:
         for lin in site.linears:

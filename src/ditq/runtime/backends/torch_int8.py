@@ -140,7 +140,8 @@ def int8_group_denoiser(model: LoadedModel, recipe: Recipe, group_id: int, *, dy
     ``dynamic=True`` quantizes every input per token at run time instead of with the recipe's static scales.
     """
     check_recipe_model(model, recipe)
-    transformer, pre, sites = folded_transformer(model, recipe, group_id)
+    # per-token run-time scales (dynamic=True) are not what the static bias corrections compensate
+    transformer, pre, sites = folded_transformer(model, recipe, group_id, corrected=not dynamic)
     modules = dict(transformer.named_modules())
     for site in sites:
         for lin in site.linears:
