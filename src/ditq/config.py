@@ -97,13 +97,14 @@ class QuantConfig:
             per-group activations, scale = amax / 448; static methods only, 8-bit per channel).
         weight_rounding: ``"gptq"`` (default: error-compensating rounding on the calibration inputs' second
             moments, the codes stored in the recipe) or ``"nearest"``.
-        bias_correction: per-group bias correction of the static Linears (default on: minus each Linear's mean
-            output error on the group's calibration inputs, folded into that group's biases; free at run time).
+        bias_correction: per-group bias correction of the static Linears: minus each Linear's mean output error on
+            the group's calibration inputs, folded into that group's biases (free at run time; default off: on top
+            of GPTQ rounding it measured within the seed noise, docs/bias_correction.md).
 
     Example::
 
         config = ditq.QuantConfig(method=ditq.HTGConfig(groups="auto"), w_bits=8, a_bits=8, w_block=0,
-                                  weight_clip="output", weight_rounding="gptq", bias_correction=True,
+                                  weight_clip="output", weight_rounding="gptq", bias_correction=False,
                                   calibration=ditq.CalibrationSpec(steps=100, samples=16, cfg_scale=3.0, seed=0))
     """
 
@@ -116,7 +117,7 @@ class QuantConfig:
     calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
     fmt: QuantFormat = "int"
     weight_rounding: WeightRounding = "gptq"
-    bias_correction: bool = True
+    bias_correction: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, MethodConfig) or type(self.method) not in METHODS.values():

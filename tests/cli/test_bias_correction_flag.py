@@ -25,10 +25,10 @@ def test_quant_config_carries_bias_correction():
     from ditq.config import W8A8_HTG, QuantConfig
     from ditq.errors import DitqError
 
-    assert W8A8_HTG.bias_correction and W8A8_HTG.calib_config().bias_correction
-    off = QuantConfig(bias_correction=False)
-    assert QuantConfig.from_dict(off.to_dict()) == off and not off.calib_config().bias_correction
-    old = W8A8_HTG.to_dict()
+    assert not W8A8_HTG.bias_correction and not W8A8_HTG.calib_config().bias_correction
+    on = QuantConfig(bias_correction=True)
+    assert QuantConfig.from_dict(on.to_dict()) == on and on.calib_config().bias_correction
+    old = on.to_dict()
     old.pop("bias_correction")  # a dict written before the option
     assert QuantConfig.from_dict(old).bias_correction is False
     with pytest.raises(DitqError, match="bias_correction"):

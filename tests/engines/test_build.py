@@ -47,8 +47,16 @@ def test_bad_batch_range_is_a_usage_error(capsys, tiny_onnx, tmp_path):
         BuildConfig(opt_level=7)
 
 
-def test_dynamic_activations_are_refused(capsys, tiny_onnx, tmp_path, fake_trt):
-    art = _copy_onnx(tiny_onnx, tmp_path, method="qdit", dynamic_activations=True)
+@pytest.mark.parametrize("fields", [
+    {"float_quantized_activations": True},  # Q-DiT: per token and channel group, float ops
+    {"float_quantized_activations": None},  # a dynamic set exported before per-token Q/DQ (no such field)
+])
+def test_float_quantized_activations_are_refused(capsys, tiny_onnx, tmp_path, fake_trt, fields):
+    art = _copy_onnx(tiny_onnx, tmp_path, method="qdit", dynamic_activations=True, **fields)
+    if fields["float_quantized_activations"] is None:
+        body = json.loads((art.root / "manifest.json").read_text())
+        del body["recipe"]["float_quantized_activations"]
+        (art.root / "manifest.json").write_text(json.dumps(body))
     code = main(["build", str(art.root), "-o", str(tmp_path / "engines")])
     err = _one_line_error(capsys, code)
     assert "dynamically" in err and "static" in err and "qdit" in err

@@ -21,8 +21,8 @@ def recipes(tiny_model, tmp_path_factory):
     out = {}
     for case, name, params, fields in (("on", "htg", {"groups": 2}, {"bias_correction": True}),
                                        ("off", "htg", {"groups": 2}, {"bias_correction": False}),
-                                       ("fp8", "minmax", {}, {"fmt": "fp8_e4m3"}),
-                                       ("viditq", "viditq", {}, {})):
+                                       ("fp8", "minmax", {}, {"fmt": "fp8_e4m3", "bias_correction": True}),
+                                       ("viditq", "viditq", {}, {"bias_correction": True})):
         recipe = calibrate(tiny_model, method_config(name, **params),
                            CalibConfig(progress=False, **CALIB, **fields))
         recipe.save(tmp_path_factory.mktemp("bc") / case)

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -389,12 +389,18 @@ def set_target(artifact: OnnxArtifact) -> str:
 
 def lint_onnx_set(artifact: OnnxArtifact, target: str | None = None) -> dict[str, list[Violation]]:
     """Lint every graph of an exported ONNX set for `target` (default: :func:`set_target`), keyed by file name.
-    A set with dynamically quantized activations has weight-only DQs on purpose (the input is fake-quantized by
-    float ops), so gemm-both-inputs is dropped."""
+    A set whose activations are quantized by float ops at run time (per token and channel group; any dynamic set
+    exported before per-token Q/DQ) has weight-only DQs on purpose, so gemm-both-inputs is dropped for it."""
     results = lint_dir(artifact.root, target or set_target(artifact))
-    if artifact.recipe.get("dynamic_activations"):
+    if float_quantized_activations(artifact.recipe):
         results = {f: [v for v in vs if v.rule != "gemm-both-inputs"] for f, vs in results.items()}
     return results
+
+
+def float_quantized_activations(recipe: dict[str, Any]) -> bool:
+    """Whether an ONNX set's recipe summary says some activation is quantized by float ops (no Q/DQ); sets
+    exported before the per-token Q/DQ form say only ``dynamic_activations``, which then means yes."""
+    return bool(recipe.get("float_quantized_activations", recipe.get("dynamic_activations", False)))
 
 
 def format_violations(results: dict[str, list[Violation]]) -> str:

@@ -202,6 +202,16 @@ class Recipe:
         """Whether any Linear quantizes its input at run time (then TensorRT INT8 cannot build the graphs)."""
         return any(self.linear_spec(lin).dynamic for s in self.sites for lin in s.linears)
 
+    @property
+    def float_quantized_linears(self) -> tuple[str, ...]:
+        """Linears whose input is quantized at run time with scales that vary along the GEMM's reduction axis (per
+        token and channel group, Q-DiT): the export spells them as float ops, which TensorRT cannot make INT8.
+        Per-token scales (ViDiT-Q) are not among them: they export as constant-scale Q/DQ around a run-time
+        rescale of the GEMM's rows (``export.qdq``), TensorRT's explicit-quantization form."""
+        return tuple(lin for s in self.sites for lin in s.linears
+                     if self.linear_spec(lin).dynamic and (self.linear_spec(lin).act != "dynamic_token"
+                                                           or self.linear_spec(lin).fmt != "int"))
+
     def site_is_static(self, site: SiteSpec) -> bool:
         return any(not self.linear_spec(lin).dynamic for lin in site.linears)
 

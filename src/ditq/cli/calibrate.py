@@ -60,7 +60,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "are stored in the recipe) (default: gptq, or the preset's)")
     p.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=None,
                    help="per-group bias correction of the static Linears: their mean output error on the calibration "
-                        "inputs, folded into each group's biases (default: on, or the preset's)")
+                        "inputs, folded into each group's biases (default: off, or the preset's)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="a method option, e.g. --param population=20 for qdit (repeatable; values parsed as JSON)")
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
@@ -143,7 +143,9 @@ def run(args: argparse.Namespace) -> int:
                              f"timesteps; use --steps <= {model.num_train_timesteps}")
         recipe = calibrate(model, config, progress=not args.quiet)
         recipe.write(tmp)
-    dynamic = "  dynamic activations (ONNX Runtime / torch only)" if recipe.dynamic_activations else ""
+    dynamic = ("  dynamic activations (ONNX Runtime / torch only)" if recipe.float_quantized_linears else
+               "  dynamic activations (per token: run-time rescale around constant Q/DQ)" if recipe.dynamic_activations
+               else "")
     c = config.calibration
     fp8 = "-FP8" if config.fmt == "fp8_e4m3" else ""
     print(f"recipe: {out}  method={recipe.method}  W{config.w_bits}A{config.a_bits}{fp8}"

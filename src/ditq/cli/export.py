@@ -54,10 +54,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"single graph: {art.single_graph['file']} (the groups' shifts and scale ratios in "
               f"{art.single_graph['feeds']}); --backend onnxruntime runs it, `ditq build` still builds one engine "
               "per group")
-    if recipe.dynamic_activations:
-        print(f"note: method {recipe.method!r} quantizes activations dynamically (at run time): this ONNX set runs "
-              "on ONNX Runtime and the torch backend but cannot become TensorRT INT8 engines (`ditq build` refuses "
-              "it; TensorRT needs static activation scales). Lint below skips the expected gemm-both-inputs rule.")
+    if recipe.float_quantized_linears:
+        print(f"note: method {recipe.method!r} quantizes activations per token and channel group at run time (float "
+              "ops): this ONNX set runs on ONNX Runtime and the torch backend but cannot become TensorRT INT8 engines "
+              "(`ditq build` refuses it; TensorRT needs constant Q/DQ scales). Lint below skips the expected "
+              "gemm-both-inputs rule.")
+    elif recipe.dynamic_activations:
+        print(f"note: method {recipe.method!r} quantizes activations per token at run time: each GEMM input is "
+              "divided by its token's scale (ReduceMax in the graph), quantized with a constant-scale Q/DQ, and the "
+              "GEMM's rows are multiplied back. That is TensorRT's explicit-quantization form (lint-clean), but no "
+              "TensorRT engine of it has been built or timed by ditq's authors.")
     if art.weight_only:
         print(f"note: {len(art.weight_only)} INT4 Linear(s) exported weight-only (W4A16) for TensorRT, which has no "
               "INT4 x INT8 GEMM; validate's torch reference follows.")

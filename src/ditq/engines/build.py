@@ -98,19 +98,22 @@ def memory_report(art: EngineArtifact, onnx: OnnxArtifact) -> str:
 
 def check_deployable(onnx: OnnxArtifact, trt_version: str | None = None) -> None:
     """Refuse, in one line, an ONNX set that TensorRT ``trt_version`` (None: the newest ditq knows, the static check
-    without TensorRT) cannot build as wanted: dynamic activation quantization; a quantized recipe whose graphs carry
-    no Q/DQ; an FP32 set (strongly typed, it gives INT8 GEMMs with FP32 everywhere else, and TensorRT 11 has no FP16
-    flag to change that); W4A8 (no INT4 x INT8 GEMM); anything else that version's lint rules refuse (INT8 blocks)."""
+    without TensorRT) cannot build as wanted: activations quantized by float ops at run time (per token and channel
+    group); a quantized recipe whose graphs carry no Q/DQ; an FP32 set (strongly typed, it gives INT8 GEMMs with
+    FP32 everywhere else, and TensorRT 11 has no FP16 flag to change that); W4A8 (no INT4 x INT8 GEMM); anything
+    else that version's lint rules refuse (INT8 blocks). Per-token activations (constant-scale Q/DQ around a
+    run-time row rescale) pass."""
     import onnx as onnx_lib
 
-    from ditq.artifacts.lint import lint_onnx_set, tensorrt_target
+    from ditq.artifacts.lint import float_quantized_activations, lint_onnx_set, tensorrt_target
 
     target = tensorrt_target(trt_version)
     method = onnx.recipe.get("method")
-    if onnx.recipe.get("dynamic_activations"):
-        raise DitqError(f"the ONNX set {onnx.root} quantizes activations dynamically (method {method!r}); "
-                        "TensorRT INT8 needs static activation scales: export a static method (htg, minmax) "
-                        "for TensorRT, or run this set with --backend onnxruntime")
+    if float_quantized_activations(onnx.recipe):
+        raise DitqError(f"the ONNX set {onnx.root} quantizes activations dynamically with float ops (method "
+                        f"{method!r}); TensorRT INT8 needs constant Q/DQ scales: export a static method (htg, "
+                        "minmax) or a per-token one (viditq) with this ditq, or run this set with --backend "
+                        "onnxruntime")
     quantized = min(int(onnx.recipe.get("w_bits", 32)), int(onnx.recipe.get("a_bits", 32))) <= 8
     for group in onnx.groups:
         ops = {n.op_type for n in onnx_lib.load(str(onnx.path(group.group_id)), load_external_data=False).graph.node}

@@ -81,9 +81,10 @@ def weight_only_linears(recipe: Recipe, target: str) -> frozenset[str]:
     if target != "tensorrt":
         return frozenset()
     specs = {lin: recipe.linear_spec(lin) for site in recipe.sites for lin in site.linears}
-    if recipe.dynamic_activations:
-        raise DitqError(f"method {recipe.method!r} quantizes activations dynamically, which TensorRT cannot build "
-                        "(it needs static scales); export it without --target tensorrt for ONNX Runtime")
+    if floating := recipe.float_quantized_linears:
+        raise DitqError(f"method {recipe.method!r} quantizes activations per token and channel group at run time "
+                        f"({floating[0]}), which has no TensorRT INT8 form (constant Q/DQ scales); export it "
+                        "without --target tensorrt for ONNX Runtime")
     if blocked := sorted(lin for lin, s in specs.items() if s.w_bits == 8 and s.w_block):
         raise DitqError(f"INT8 weights in blocks ({blocked[0]}, --w-block) have no TensorRT form (block "
                         "quantization is INT4/FP8/FP4 only); re-calibrate INT8 per channel or with --w-bits 4")
@@ -312,6 +313,8 @@ def export_onnx(model: LoadedModel, recipe: Recipe, out: Path, *, recipe_dir: Pa
                     "method": recipe.method,
                     "w_bits": recipe.w_bits, "a_bits": recipe.a_bits,
                     "dynamic_activations": recipe.dynamic_activations,
+                    # run-time activation quantizers exported as float ops (not Q/DQ): no TensorRT INT8 form
+                    "float_quantized_activations": bool(recipe.float_quantized_linears),
                     "weight_formats": sorted({("FP8E4M3" if s.fmt == "fp8_e4m3" else f"INT{s.w_bits}")
                                               + (f"/block{s.w_block}" if s.w_block else "/channel")
                                               for s in (recipe.linear_spec(lin) for site in recipe.sites

@@ -22,10 +22,15 @@ Recipe specs beyond W8A8 static (``LinearSpec``):
   folded in), several: Reshape to rows of the block, ``MatMul(H_block)``, Reshape back (k x block work, not k x k).
   The weight is ``W @ R``, per output channel for W8 (TensorRT has no INT8 blocks). The FP MatMul feeding a Q is
   TensorRT's ordinary explicit-quantization pattern (static scales), so the graph stays TensorRT-buildable.
-- dynamic activations: a fake-quant in float ops, exact vs torch's ``dynamic_fake_quant``:
+- per-token dynamic activations (ViDiT-Q), INT8 grid: TensorRT's explicit form with constant scales,
+  ``Q(x / s)``/``DQ`` with scale 1 into the INT8 GEMM and its output times ``s`` (``_token_scaled_qdq``), where
+  ``s = max(amax_token / qmax, eps)`` is computed at run time by float ops.
+- other dynamic activations (per token and channel group, Q-DiT): a fake-quant in float ops, exact vs torch's
+  ``dynamic_fake_quant``:
   ``s = Max(ReduceMax(Abs(x), -1) / qmax, eps); Mul(Clip(Round(x / s), qmin, qmax), s)``, per token, or per token
   and channel group after a Reshape to [-1, K/g, g] (and back). No Q/DQ with runtime scales: TensorRT needs constant
-  scales, so these graphs run on ONNX Runtime (and the torch backend), not as TensorRT INT8 engines.
+  scales, and a scale that varies along K is no row factor of the GEMM, so these graphs run on ONNX Runtime (and
+  the torch backend), not as TensorRT INT8 engines.
 """
 
 from __future__ import annotations
@@ -164,6 +169,7 @@ def apply_group(
     nodes = {n.name: n for n in graph.node}
     position = {n.name: i for i, n in enumerate(graph.node)}
     new_nodes: dict[str, list[onnx.NodeProto]] = {}
+    after_nodes: dict[str, list[onnx.NodeProto]] = {}  # per-token rescales of a MatMul's output
     shared_nodes: dict[str, list[onnx.NodeProto]] = {}  # a site's rotation, before the first MatMul reading it
     rotated: dict[tuple[str, str, int], str] = {}
     for lin in sorted(quantized):
@@ -230,6 +236,12 @@ def apply_group(
             node.input[0] = x
             new_nodes[gs.node] = [*chain, dq_w]
             continue
+        if spec.act == "dynamic_token" and spec.fmt == "int":  # constant-scale Q/DQ around a per-token rescale
+            pre_nodes, post_nodes, dyn_inits = _token_scaled_qdq(lin, x, node, spec, npf, qtype)
+            graph.initializer.extend(dyn_inits)
+            new_nodes[gs.node] = [*chain, *pre_nodes, dq_w]
+            after_nodes[gs.node] = post_nodes
+            continue
         if spec.dynamic:
             dyn_nodes, dyn_inits = _dynamic_fake_quant(lin, x, spec, w.shape[1], npf)
             graph.initializer.extend(dyn_inits)
@@ -260,6 +272,7 @@ def apply_group(
     for node in graph.node:
         ordered += shared_nodes.get(node.name, []) + new_nodes.get(node.name, [])
         ordered.append(node)
+        ordered += after_nodes.get(node.name, [])
     del graph.node[:]
     graph.node.extend(ordered)
     return model
@@ -326,6 +339,40 @@ def _block_weight(lin: str, codes_t: torch.Tensor, w_scale: torch.Tensor, bits: 
         *([] if bits == 4 else [numpy_helper.from_array(np.zeros(tuple(scale.T.shape), qdtype),
                                                         f"{lin}.w_zero_point")]),
     ]
+
+
+def _token_scaled_qdq(lin: str, x: str, node: onnx.NodeProto, spec: LinearSpec, npf: np.dtype, qtype: np.dtype
+                      ) -> tuple[list[onnx.NodeProto], list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Per-token activation quantization in TensorRT's explicit-quantization form (constant Q/DQ scales).
+
+    ``s = Max(ReduceMax(Abs(x), -1) / qmax, eps)`` per token; ``Q(x / s)`` and its DQ with the constant scale 1
+    feed the GEMM (an INT8 x INT8 GEMM with the weight's DQ); the GEMM output is multiplied by ``s`` before the
+    bias. Exact: the per-token scale is a row factor, ``(round(x / s) s) W = (round(x / s) W) s``, so this equals
+    ``dynamic_fake_quant`` up to float rounding order. ``a_bits`` < 8 (ViDiT-Q's mixed precision) uses the same
+    INT8 Q/DQ: ``x / s`` is already within +-qmax. Rewires ``node`` (the MatMul) to write its raw output to
+    ``{lin}.token_gemm``; returns (nodes before the MatMul, the rescale after it, initializers)."""
+    _, qmax = qrange(spec.a_bits)
+    p = f"{lin}.tok"
+    inits = [numpy_helper.from_array(np.array(v, npf), f"{p}_{n}") for n, v in (("qmax", qmax), ("eps", DYNAMIC_EPS),
+                                                                                 ("unit", 1.0))]
+    inits += [numpy_helper.from_array(np.array([-1], np.int64), f"{p}_axes"),
+              numpy_helper.from_array(np.array(0, qtype), f"{p}_zero_point")]
+    before = [
+        helper.make_node("Abs", [x], [f"{p}_abs"], name=f"{p}_abs"),
+        helper.make_node("ReduceMax", [f"{p}_abs", f"{p}_axes"], [f"{p}_amax"], name=f"{p}_amax", keepdims=1),
+        helper.make_node("Div", [f"{p}_amax", f"{p}_qmax"], [f"{p}_raw_scale"], name=f"{p}_raw_scale"),
+        helper.make_node("Max", [f"{p}_raw_scale", f"{p}_eps"], [f"{p}_scale"], name=f"{p}_scale"),
+        helper.make_node("Div", [x, f"{p}_scale"], [f"{p}_normed"], name=f"{p}_normed"),
+        helper.make_node("QuantizeLinear", [f"{p}_normed", f"{p}_unit", f"{p}_zero_point"], [f"{lin}.input_q"],
+                         name=f"{lin}.input_q"),
+        helper.make_node("DequantizeLinear", [f"{lin}.input_q", f"{p}_unit", f"{p}_zero_point"],
+                         [f"{lin}.input_dq"], name=f"{lin}.input_dq"),
+    ]
+    node.input[0] = f"{lin}.input_dq"
+    out = node.output[0]
+    node.output[0] = f"{lin}.token_gemm"
+    after = [helper.make_node("Mul", [f"{lin}.token_gemm", f"{p}_scale"], [out], name=f"{p}_rescale")]
+    return before, after, inits
 
 
 def _dynamic_fake_quant(lin: str, x: str, spec: LinearSpec, k: int, npf: np.dtype

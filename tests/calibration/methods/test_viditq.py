@@ -48,3 +48,55 @@ def test_viditq_fold_round_trip_and_export(calibrated, tiny_model, tiny_referenc
     art = export_and_compare(tiny_model, w4, tiny_reference, tmp_path / "w4")
     n4 = sum(len(s.linears) for s in w4.sites if w4.linear_spec(s.linears[0]).w_bits == 4)
     assert 0 < len(int4_weight_dqs(art)) == n4
+
+
+def test_viditq_per_token_exports_in_tensorrt_form(calibrated, tiny_model, tmp_path):
+    """Per-token activations: a constant-scale (1) Q/DQ on ``x / s`` into a GEMM with DQs on both inputs, its
+    output times ``s``; the FP16 TensorRT set is lint-clean for every TensorRT version and passes check_deployable."""
+    import onnx
+
+    from ditq.artifacts.lint import TARGETS, lint_onnx_set
+    from ditq.engines.build import check_deployable
+    from ditq.export.onnx_export import export_onnx
+
+    w8 = calibrated("viditq")
+    assert w8.dynamic_activations and w8.float_quantized_linears == ()
+    w8.save(tmp_path / "recipe")
+    art = export_onnx(tiny_model, w8, tmp_path / "onnx", recipe_dir=tmp_path / "recipe", progress=False,
+                      precision="fp16", target="tensorrt")
+    assert art.recipe["float_quantized_activations"] is False
+    for target in (t for t in TARGETS if t.startswith("tensorrt")):
+        assert not any(lint_onnx_set(art, target).values()), target
+    check_deployable(art)
+    graph = onnx.load(str(art.path(0)), load_external_data=False).graph
+    consts = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer
+              if t.data_location != onnx.TensorProto.EXTERNAL}
+    producer = {o: n for n in graph.node for o in n.output}
+    linears = [lin for s in w8.sites for lin in s.linears]
+    for lin in linears:
+        q = next(n for n in graph.node if n.name == f"{lin}.input_q")
+        assert float(consts[q.input[1]]) == 1.0 and producer[q.input[0]].op_type == "Div"
+        mm = next(n for n in graph.node if n.op_type == "MatMul" and n.input[0] == f"{lin}.input_dq")
+        assert producer[mm.input[1]].op_type == "DequantizeLinear"
+        rescale = next(n for n in graph.node if mm.output[0] in n.input)
+        assert rescale.op_type == "Mul" and producer[rescale.input[1]].name == f"{lin}.tok_scale"
+    assert not any(n.op_type in ("Round", "Clip") for n in graph.node)  # no float fake-quant left
+
+
+def test_channel_group_activations_stay_float_ops_and_are_refused_for_tensorrt(calibrated):
+    """A scale that varies along K is no row factor of the GEMM: such Linears (Q-DiT's narrower groups) keep the
+    float form, and a TensorRT export refuses them."""
+    from dataclasses import replace
+
+    import pytest
+
+    from ditq.errors import DitqError
+    from ditq.export.onnx_export import weight_only_linears
+
+    base = calibrated("viditq")
+    lin = base.sites[0].linears[0]
+    grouped = replace(base, linear_specs={**base.linear_specs,
+                                          lin: replace(base.linear_spec(lin), act="dynamic_group", a_group=16)})
+    assert grouped.float_quantized_linears == (lin,)
+    with pytest.raises(DitqError, match="channel group"):
+        weight_only_linears(grouped, "tensorrt")
