@@ -23,8 +23,9 @@ Recipe specs beyond W8A8 static (``LinearSpec``):
   The weight is ``W @ R``, per output channel for W8 (TensorRT has no INT8 blocks). The FP MatMul feeding a Q is
   TensorRT's ordinary explicit-quantization pattern (static scales), so the graph stays TensorRT-buildable.
 - per-token dynamic activations (ViDiT-Q), INT8 grid: TensorRT's explicit form with constant scales,
-  ``Q(x / s)``/``DQ`` with scale 1 into the INT8 GEMM and its output times ``s`` (``_token_scaled_qdq``), where
-  ``s = max(amax_token / qmax, eps)`` is computed at run time by float ops.
+  ``Q(x / s)``/``DQ`` with scale 1 into the INT8 GEMM and its output times ``s``, where
+  ``s = max(amax_token / qmax, eps)`` is computed at run time by float ops (``_token_quantizer``: one per input
+  tensor, shared by the site's Linears that read it, e.g. q/k/v).
 - other dynamic activations (per token and channel group, Q-DiT): a fake-quant in float ops, exact vs torch's
   ``dynamic_fake_quant``:
   ``s = Max(ReduceMax(Abs(x), -1) / qmax, eps); Mul(Clip(Round(x / s), qmin, qmax), s)``, per token, or per token
@@ -170,6 +171,7 @@ def apply_group(
     position = {n.name: i for i, n in enumerate(graph.node)}
     new_nodes: dict[str, list[onnx.NodeProto]] = {}
     after_nodes: dict[str, list[onnx.NodeProto]] = {}  # per-token rescales of a MatMul's output
+    token_quantized: dict[tuple[str, str, int], str] = {}  # (site, input, bits) -> its per-token quantizer's prefix
     shared_nodes: dict[str, list[onnx.NodeProto]] = {}  # a site's rotation, before the first MatMul reading it
     rotated: dict[tuple[str, str, int], str] = {}
     for lin in sorted(quantized):
@@ -237,10 +239,27 @@ def apply_group(
             new_nodes[gs.node] = [*chain, dq_w]
             continue
         if spec.act == "dynamic_token" and spec.fmt == "int":  # constant-scale Q/DQ around a per-token rescale
-            pre_nodes, post_nodes, dyn_inits = _token_scaled_qdq(lin, x, node, spec, npf, qtype)
-            graph.initializer.extend(dyn_inits)
-            new_nodes[gs.node] = [*chain, *pre_nodes, dq_w]
-            after_nodes[gs.node] = post_nodes
+            key = (site.name, x, spec.a_bits)  # the site's Linears reading one tensor share its quantizer
+            if key not in token_quantized:
+                if chain:  # a per-Linear pre-affine: the quantizer follows it, before this MatMul
+                    prefix, where = f"{lin}.tok", new_nodes.setdefault(gs.node, [])
+                    where += chain
+                else:
+                    anchor = min((gemms[other].node for other in site.linears), key=position.__getitem__)
+                    n = sum(other[0] == site.name for other in token_quantized)
+                    prefix, where = f"{site.name}.tok" + (f"_{n}" if n else ""), shared_nodes.setdefault(anchor, [])
+                q_nodes, q_inits = _token_quantizer(prefix, x, spec.a_bits, npf, qtype)
+                graph.initializer.extend(q_inits)
+                where += q_nodes
+                token_quantized[key] = prefix
+                chain = []
+            prefix = token_quantized[key]
+            node.input[0] = f"{prefix}_dq"
+            out = node.output[0]
+            node.output[0] = f"{lin}.token_gemm"
+            new_nodes.setdefault(gs.node, []).extend([*chain, dq_w])
+            after_nodes[gs.node] = [helper.make_node("Mul", [f"{lin}.token_gemm", f"{prefix}_scale"], [out],
+                                                     name=f"{lin}.token_rescale")]
             continue
         if spec.dynamic:
             dyn_nodes, dyn_inits = _dynamic_fake_quant(lin, x, spec, w.shape[1], npf)
@@ -341,38 +360,31 @@ def _block_weight(lin: str, codes_t: torch.Tensor, w_scale: torch.Tensor, bits: 
     ]
 
 
-def _token_scaled_qdq(lin: str, x: str, node: onnx.NodeProto, spec: LinearSpec, npf: np.dtype, qtype: np.dtype
-                      ) -> tuple[list[onnx.NodeProto], list[onnx.NodeProto], list[onnx.TensorProto]]:
+def _token_quantizer(prefix: str, x: str, a_bits: int, npf: np.dtype, qtype: np.dtype
+                     ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """Per-token activation quantization in TensorRT's explicit-quantization form (constant Q/DQ scales).
 
-    ``s = Max(ReduceMax(Abs(x), -1) / qmax, eps)`` per token; ``Q(x / s)`` and its DQ with the constant scale 1
-    feed the GEMM (an INT8 x INT8 GEMM with the weight's DQ); the GEMM output is multiplied by ``s`` before the
-    bias. Exact: the per-token scale is a row factor, ``(round(x / s) s) W = (round(x / s) W) s``, so this equals
-    ``dynamic_fake_quant`` up to float rounding order. ``a_bits`` < 8 (ViDiT-Q's mixed precision) uses the same
-    INT8 Q/DQ: ``x / s`` is already within +-qmax. Rewires ``node`` (the MatMul) to write its raw output to
-    ``{lin}.token_gemm``; returns (nodes before the MatMul, the rescale after it, initializers)."""
-    _, qmax = qrange(spec.a_bits)
-    p = f"{lin}.tok"
+    ``{prefix}_scale = Max(ReduceMax(Abs(x), -1) / qmax, eps)`` per token, and ``{prefix}_dq = DQ(Q(x / s))`` with the
+    constant scale 1: an INT8 GEMM input. Each GEMM reading it multiplies its output by ``{prefix}_scale`` before
+    the bias (``{lin}.token_rescale``). Exact: the per-token scale is a row factor, ``(round(x / s) s) W =
+    (round(x / s) W) s``, so this equals ``dynamic_fake_quant`` up to float rounding order. ``a_bits`` < 8 (ViDiT-Q's
+    mixed precision) uses the same INT8 Q/DQ: ``x / s`` is already within +-qmax."""
+    _, qmax = qrange(a_bits)
+    p = prefix
     inits = [numpy_helper.from_array(np.array(v, npf), f"{p}_{n}") for n, v in (("qmax", qmax), ("eps", DYNAMIC_EPS),
                                                                                  ("unit", 1.0))]
     inits += [numpy_helper.from_array(np.array([-1], np.int64), f"{p}_axes"),
               numpy_helper.from_array(np.array(0, qtype), f"{p}_zero_point")]
-    before = [
+    nodes = [
         helper.make_node("Abs", [x], [f"{p}_abs"], name=f"{p}_abs"),
         helper.make_node("ReduceMax", [f"{p}_abs", f"{p}_axes"], [f"{p}_amax"], name=f"{p}_amax", keepdims=1),
         helper.make_node("Div", [f"{p}_amax", f"{p}_qmax"], [f"{p}_raw_scale"], name=f"{p}_raw_scale"),
         helper.make_node("Max", [f"{p}_raw_scale", f"{p}_eps"], [f"{p}_scale"], name=f"{p}_scale"),
         helper.make_node("Div", [x, f"{p}_scale"], [f"{p}_normed"], name=f"{p}_normed"),
-        helper.make_node("QuantizeLinear", [f"{p}_normed", f"{p}_unit", f"{p}_zero_point"], [f"{lin}.input_q"],
-                         name=f"{lin}.input_q"),
-        helper.make_node("DequantizeLinear", [f"{lin}.input_q", f"{p}_unit", f"{p}_zero_point"],
-                         [f"{lin}.input_dq"], name=f"{lin}.input_dq"),
+        helper.make_node("QuantizeLinear", [f"{p}_normed", f"{p}_unit", f"{p}_zero_point"], [f"{p}_q"], name=f"{p}_q"),
+        helper.make_node("DequantizeLinear", [f"{p}_q", f"{p}_unit", f"{p}_zero_point"], [f"{p}_dq"], name=f"{p}_dq"),
     ]
-    node.input[0] = f"{lin}.input_dq"
-    out = node.output[0]
-    node.output[0] = f"{lin}.token_gemm"
-    after = [helper.make_node("Mul", [f"{lin}.token_gemm", f"{p}_scale"], [out], name=f"{p}_rescale")]
-    return before, after, inits
+    return nodes, inits
 
 
 def _dynamic_fake_quant(lin: str, x: str, spec: LinearSpec, k: int, npf: np.dtype

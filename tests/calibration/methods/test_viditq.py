@@ -74,12 +74,16 @@ def test_viditq_per_token_exports_in_tensorrt_form(calibrated, tiny_model, tmp_p
     producer = {o: n for n in graph.node for o in n.output}
     linears = [lin for s in w8.sites for lin in s.linears]
     for lin in linears:
-        q = next(n for n in graph.node if n.name == f"{lin}.input_q")
-        assert float(consts[q.input[1]]) == 1.0 and producer[q.input[0]].op_type == "Div"
-        mm = next(n for n in graph.node if n.op_type == "MatMul" and n.input[0] == f"{lin}.input_dq")
-        assert producer[mm.input[1]].op_type == "DequantizeLinear"
-        rescale = next(n for n in graph.node if mm.output[0] in n.input)
-        assert rescale.op_type == "Mul" and producer[rescale.input[1]].name == f"{lin}.tok_scale"
+        rescale = next(n for n in graph.node if n.name == f"{lin}.token_rescale")
+        mm = producer[rescale.input[0]]
+        assert rescale.op_type == "Mul" and mm.op_type == "MatMul" and producer[rescale.input[1]].op_type == "Max"
+        dq_x, dq_w = producer[mm.input[0]], producer[mm.input[1]]
+        assert dq_x.op_type == dq_w.op_type == "DequantizeLinear"
+        q = producer[dq_x.input[0]]
+        assert q.op_type == "QuantizeLinear" and float(consts[q.input[1]]) == 1.0 == float(consts[dq_x.input[1]])
+        assert producer[q.input[0]].op_type == "Div" and producer[q.input[0]].input[1] == rescale.input[1]
+    # one quantizer per input tensor: q/k/v share theirs, so fewer Q nodes than Linears
+    assert 0 < sum(n.op_type == "QuantizeLinear" for n in graph.node) < len(linears)
     assert not any(n.op_type in ("Round", "Clip") for n in graph.node)  # no float fake-quant left
 
 

@@ -109,8 +109,9 @@ def format_markdown(result: dict[str, Any]) -> str:
              "rounding boundary, i.e. by one quantization step: tens of dB above the quantization noise itself.",
              "- `artifact`: the group graphs plus the `weights.bin` ranges they reference (the FP reference graph's "
              "own weights excluded): what a deployment ships.",
-             "- `(dyn.)`: dynamic activation quantization (Q-DiT, ViDiT-Q): runs on ONNX Runtime and torch, not as "
-             "TensorRT INT8 engines.",
+             "- `(dyn.)`: activation scales computed at run time. ViDiT-Q's per-token scales export as TensorRT's "
+             "explicit form (constant-scale Q/DQ, GEMM rows rescaled; not built here); Q-DiT's per-channel-group "
+             "scales run on ONNX Runtime and torch only.",
              "- TensorRT runs W4A8 as INT4-weight dequantization + FP16 GEMMs (a memory win, not a compute win).",
              f"- {result['peer_note']}."]
     if any(r["bits"] == "W4A16" for r in result["cells"]):

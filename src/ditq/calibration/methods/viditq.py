@@ -13,7 +13,10 @@ metric-decoupled mixed precision.
   8-bit weights while the parameter-weighted mean weight width stays <= w_bits + ``mp_extra_bits``. With 8-bit
   activations (W8A8, W4A8: activations are already at the widest width) activation bits do not vary, and at W8A8
   nothing varies: mixed precision is a no-op there.
-Not TensorRT-INT8-deployable (dynamic activations); runs on the torch and ONNX Runtime backends.
+Export: the per-token activation quantizer becomes TensorRT's explicit form (``export.qdq``: a constant-scale
+Q/DQ on ``x / s_token``, the GEMM's rows multiplied by ``s_token``), so the graphs pass the TensorRT lint; the
+scales are still computed at run time (a ReduceMax per GEMM input), and no TensorRT engine of them has been built
+here.
 """
 
 from __future__ import annotations
