@@ -11,7 +11,8 @@ block-Hadamard ``rotation`` (block size, 0 = none; the weight is quantized after
 (or a linear missing from them) is the original W8A8 static per-tensor / per-channel recipe.
 ``fmt``: the grid of weight and static activation, ``"int"`` (default; absent in recipes written before FP8) or
 ``"fp8_e4m3"`` (W8A8-FP8: E4M3 per-channel weights, per-tensor per-group activations, scale = amax / 448).
-``"dynamic_activations": true`` marks a recipe with any dynamic site (not TensorRT-INT8-deployable).
+``"dynamic_activations": true`` marks a recipe with any run-time activation scale (per token: TensorRT Q/DQ form;
+per token and channel group: float ops, not TensorRT-INT8-deployable).
 ``"weight_rounding": "gptq"`` (absent = ``"nearest"``, every recipe before it): the weight codes are stored, one
 ``{linear}.w_codes`` tensor [N, K] per quantized Linear (int8; float16 E4M3 values for FP8), in the rotated domain
 when the Linear rotates; without it every consumer rounds ``W / w_scale`` to nearest. ``Recipe.weight_codes`` is the
@@ -25,7 +26,7 @@ has its own biases already: the shift folds into them).
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -33,8 +34,10 @@ from typing import Any, ClassVar
 import torch
 
 from ditq.artifacts import read_manifest, sha256_file, write_json, write_manifest
+from ditq.core.fold import PreAffine, fold_state
 from ditq.core.groups import TimestepGroups
 from ditq.core.quantizers import FORMATS, WEIGHT_ROUNDINGS, qrange, quantize_weight, rotate_weight
+from ditq.core.sites import Site
 from ditq.errors import DitqError
 
 RECIPE_JSON = "recipe.json"
@@ -177,14 +180,12 @@ class Recipe:
         return {k[len(prefix):-len(suffix)]: v for k, v in self.tensors.items()
                 if k.startswith(prefix) and k.endswith(suffix)}
 
-    def fold(self, state: dict[str, torch.Tensor], sites: Any, group_id: int, *, corrected: bool = True,
-             uncorrected: Collection[str] = ()) -> tuple[dict[str, torch.Tensor], Any]:
+    def fold(self, state: Mapping[str, torch.Tensor], sites: Sequence[Site], group_id: int, *,
+             corrected: bool = True, uncorrected: Collection[str] = ()) -> tuple[dict[str, torch.Tensor], PreAffine]:
         """``state`` with group ``group_id`` folded in: its shifts, the smoothing scales and (``corrected``) its
         bias corrections, except those of the Linears in ``uncorrected`` (``core.fold.fold_state``). Returns the
         folded state and the explicit pre-affines. Every consumer of a recipe (fake-quant, torch-int8, the ONNX
         export) folds through here; without quantizers (``corrected=False``) the fold is exact."""
-        from ditq.core.fold import fold_state
-
         corrections = {k: v for k, v in self.bias_corrections(group_id).items() if k not in uncorrected}
         return fold_state(state, sites, {s.name: self.shift(s.name, group_id) for s in sites},
                           {s.name: self.smooth(s.name) for s in sites}, corrections if corrected else None)
@@ -199,7 +200,8 @@ class Recipe:
 
     @property
     def dynamic_activations(self) -> bool:
-        """Whether any Linear quantizes its input at run time (then TensorRT INT8 cannot build the graphs)."""
+        """Whether any Linear quantizes its input at run time (per token: exported in TensorRT's Q/DQ form; per token
+        and channel group: float ops, see ``float_quantized_linears``)."""
         return any(self.linear_spec(lin).dynamic for s in self.sites for lin in s.linears)
 
     @property

@@ -24,8 +24,8 @@ Recipe specs beyond W8A8 static (``LinearSpec``):
   TensorRT's ordinary explicit-quantization pattern (static scales), so the graph stays TensorRT-buildable.
 - per-token dynamic activations (ViDiT-Q), INT8 grid: TensorRT's explicit form with constant scales,
   ``Q(x / s)``/``DQ`` with scale 1 into the INT8 GEMM and its output times ``s``, where
-  ``s = max(amax_token / qmax, eps)`` is computed at run time by float ops (``_token_quantizer``: one per input
-  tensor, shared by the site's Linears that read it, e.g. q/k/v).
+  ``s = max(amax_token / qmax, eps)`` is computed at run time by float ops (``_token_quantizer``: once per input
+  tensor, shared by the site's Linears that read it, e.g. q/k/v; each Linear keeps its own Q/DQ pair).
 - other dynamic activations (per token and channel group, Q-DiT): a fake-quant in float ops, exact vs torch's
   ``dynamic_fake_quant``:
   ``s = Max(ReduceMax(Abs(x), -1) / qmax, eps); Mul(Clip(Round(x / s), qmin, qmax), s)``, per token, or per token
@@ -254,10 +254,14 @@ def apply_group(
                 token_quantized[key] = prefix
                 chain = []
             prefix = token_quantized[key]
-            node.input[0] = f"{prefix}_dq"
+            node.input[0] = f"{lin}.input_dq"
             out = node.output[0]
             node.output[0] = f"{lin}.token_gemm"
-            new_nodes.setdefault(gs.node, []).extend([*chain, dq_w])
+            qdq = [helper.make_node("QuantizeLinear", [f"{prefix}_normed", f"{prefix}_unit", f"{prefix}_zero_point"],
+                                    [f"{lin}.input_q"], name=f"{lin}.input_q"),
+                   helper.make_node("DequantizeLinear", [f"{lin}.input_q", f"{prefix}_unit", f"{prefix}_zero_point"],
+                                    [f"{lin}.input_dq"], name=f"{lin}.input_dq")]
+            new_nodes.setdefault(gs.node, []).extend([*chain, *qdq, dq_w])
             after_nodes[gs.node] = [helper.make_node("Mul", [f"{lin}.token_gemm", f"{prefix}_scale"], [out],
                                                      name=f"{lin}.token_rescale")]
             continue
@@ -364,11 +368,12 @@ def _token_quantizer(prefix: str, x: str, a_bits: int, npf: np.dtype, qtype: np.
                      ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """Per-token activation quantization in TensorRT's explicit-quantization form (constant Q/DQ scales).
 
-    ``{prefix}_scale = Max(ReduceMax(Abs(x), -1) / qmax, eps)`` per token, and ``{prefix}_dq = DQ(Q(x / s))`` with the
-    constant scale 1: an INT8 GEMM input. Each GEMM reading it multiplies its output by ``{prefix}_scale`` before
-    the bias (``{lin}.token_rescale``). Exact: the per-token scale is a row factor, ``(round(x / s) s) W =
-    (round(x / s) W) s``, so this equals ``dynamic_fake_quant`` up to float rounding order. ``a_bits`` < 8 (ViDiT-Q's
-    mixed precision) uses the same INT8 Q/DQ: ``x / s`` is already within +-qmax."""
+    ``{prefix}_scale = Max(ReduceMax(Abs(x), -1) / qmax, eps)`` per token and ``{prefix}_normed = x / s``, computed
+    once per tensor. Each GEMM reading it gets its own Q/DQ pair with the constant scale 1 (``{lin}.input_q``, as
+    static Linears do: ONNX Runtime fuses a DQ with one consumer into its integer GEMM) and multiplies its output
+    by ``{prefix}_scale`` before the bias (``{lin}.token_rescale``). Exact: the per-token scale is a row factor,
+    ``(round(x / s) s) W = (round(x / s) W) s``, so this equals ``dynamic_fake_quant`` up to float rounding order.
+    ``a_bits`` < 8 (ViDiT-Q's mixed precision) uses the same INT8 Q/DQ: ``x / s`` is already within +-qmax."""
     _, qmax = qrange(a_bits)
     p = prefix
     inits = [numpy_helper.from_array(np.array(v, npf), f"{p}_{n}") for n, v in (("qmax", qmax), ("eps", DYNAMIC_EPS),
@@ -381,8 +386,6 @@ def _token_quantizer(prefix: str, x: str, a_bits: int, npf: np.dtype, qtype: np.
         helper.make_node("Div", [f"{p}_amax", f"{p}_qmax"], [f"{p}_raw_scale"], name=f"{p}_raw_scale"),
         helper.make_node("Max", [f"{p}_raw_scale", f"{p}_eps"], [f"{p}_scale"], name=f"{p}_scale"),
         helper.make_node("Div", [x, f"{p}_scale"], [f"{p}_normed"], name=f"{p}_normed"),
-        helper.make_node("QuantizeLinear", [f"{p}_normed", f"{p}_unit", f"{p}_zero_point"], [f"{p}_q"], name=f"{p}_q"),
-        helper.make_node("DequantizeLinear", [f"{p}_q", f"{p}_unit", f"{p}_zero_point"], [f"{p}_dq"], name=f"{p}_dq"),
     ]
     return nodes, inits
 

@@ -82,8 +82,9 @@ def test_viditq_per_token_exports_in_tensorrt_form(calibrated, tiny_model, tmp_p
         q = producer[dq_x.input[0]]
         assert q.op_type == "QuantizeLinear" and float(consts[q.input[1]]) == 1.0 == float(consts[dq_x.input[1]])
         assert producer[q.input[0]].op_type == "Div" and producer[q.input[0]].input[1] == rescale.input[1]
-    # one quantizer per input tensor: q/k/v share theirs, so fewer Q nodes than Linears
-    assert 0 < sum(n.op_type == "QuantizeLinear" for n in graph.node) < len(linears)
+    # one scale per input tensor (q/k/v share theirs), one Q/DQ pair per Linear
+    assert 0 < sum(n.op_type == "ReduceMax" for n in graph.node) < len(linears)
+    assert sum(n.op_type == "QuantizeLinear" for n in graph.node) == len(linears)
     assert not any(n.op_type in ("Round", "Clip") for n in graph.node)  # no float fake-quant left
 
 
