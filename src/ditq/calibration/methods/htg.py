@@ -23,6 +23,11 @@ docs/static_rotation.md): W8A8 46.06/46.90 -> 47.99/48.28 with ``rotation=64`` (
 32.29/32.84 -> 30.61/31.63 (seed 1); ONNX Runtime CPU latency +2-13 % (one thread, batch 16). With GPTQ rounding
 and the per-site criterion (``rotation=64, rotation_choice=True``, seeds 1-2) the mean PSNR rises (+0.2..1.1 dB) but
 the pooled PSNR falls 2-3.4 dB at W8A8: the default stays 0 (an option for models with outlier channels).
+
+``act="token"``: not a static recipe. The same groups, folded shifts, smoothing and GPTQ weights, but every input
+is quantized per token at run time (the criterion scores the candidates that way). The export writes TensorRT's
+explicit form: a constant-scale Q/DQ on ``x / s_token`` and the GEMM rows times ``s_token``, with one ReduceMax
+per GEMM input at run time. It was measured against ViDiT-Q, the best per-token method (docs/static_levers.md).
 """
 
 from __future__ import annotations
@@ -71,6 +76,10 @@ class HTGConfig(MethodConfig):
     probe_batch: int = 8  # rows of each
     rotation: int = 0  # online block-Hadamard size before each static quantizer (0: none); see the module docstring
     rotation_choice: bool = False  # also try each site unrotated (same criterion as alpha)
+    # "static" (per tensor, per group: the TensorRT-static recipe) or "token": the same groups, shifts, smoothing and
+    # weights with activations quantized per token at run time (exported as constant-scale Q/DQ around a row
+    # rescale, TensorRT's explicit form; a ReduceMax per GEMM input at run time); see the module docstring
+    act: str = "static"
 
     def __post_init__(self) -> None:
         if self.groups != "auto" and not (isinstance(self.groups, int) and self.groups >= 1):
@@ -88,8 +97,17 @@ class HTGConfig(MethodConfig):
             raise DitqError(f"probe_timesteps and probe_batch must be >= 1, got {self.probe_timesteps}, "
                             f"{self.probe_batch}")
         check_rotation("htg", self.rotation)
+        if self.act not in ("static", "token"):
+            raise DitqError(f"htg act must be 'static' or 'token', got {self.act!r}")
 
     def solve(self, ctx: Context) -> Solution:
+        token = self.act == "token"
+        if token and ctx.fmt != "int":
+            raise DitqError(f"htg act='token' quantizes activations per token at run time, which has no {ctx.fmt} "
+                            "form in ditq; use --format int, or act='static' for FP8")
+        if token and (self.alpha_criterion == "local" or ctx.transformer is None or not ctx.probes):
+            raise DitqError("htg act='token' chooses its options by the model output (alpha_criterion 'output' or "
+                            "'global', with the model's recorded calls); the local criterion models static scales")
         blocks = site_rotations(ctx, self.rotation)
         ranges = [SiteRange(ctx.stats[s.name].ch_max.numpy(), ctx.stats[s.name].ch_min.numpy(),
                             max(ctx.stats[s.name].power, 1e-12)) for s in ctx.sites]
@@ -107,9 +125,11 @@ class HTGConfig(MethodConfig):
             else:
                 from ditq.calibration.methods.site_probe import SiteScorer
 
-                scorer = SiteScorer(ctx, grouping, n_timesteps=self.probe_timesteps, batch=self.probe_batch)
+                scorer = SiteScorer(ctx, grouping, n_timesteps=self.probe_timesteps, batch=self.probe_batch,
+                                    per_token=token)
         # per site: (shifted, alpha, rotation) -> (shifts [G, C], smooth [C], act scales [G], local error)
-        options = {site.name: self._candidates(ctx, site, grouping, blocks[site.name]) for site in ctx.sites}
+        options = {site.name: self._candidates(ctx, site, grouping, blocks[site.name], search=not token)
+                   for site in ctx.sites}
         if scorer is None:
             chosen = {name: min(opts, key=lambda k: opts[k][3]) for name, opts in options.items()}
         elif self.alpha_criterion == "output":
@@ -133,21 +153,22 @@ class HTGConfig(MethodConfig):
             name, key = site.name, chosen[site.name]
             shifts[name], smooth[name], scales[name], _ = options[name][key]
             alphas[name] = key[1]
-            if key[2]:
-                base = ctx.default_spec(site)
-                specs.update({lin: replace(base, rotation=key[2]) for lin in site.linears})
-        info: dict = {"alpha_criterion": "local" if scorer is None else self.alpha_criterion}
+            if key[2] or token:
+                base = replace(ctx.default_spec(site), rotation=key[2], act="dynamic_token" if token else "static")
+                specs.update({lin: base for lin in site.linears})
+        info: dict = {"alpha_criterion": "local" if scorer is None else self.alpha_criterion, "act": self.act}
         if self.shift_choice:
             info["unshifted_sites"] = [name for name, key in chosen.items() if not key[0]]
         if self.rotation:
             info["rotated_sites"] = {name: key[2] for name, key in chosen.items() if key[2]}
         return Solution(grouping, shifts, smooth, scales, alphas, info=info, linear_specs=specs)
 
-    def _candidates(self, ctx: Context, site: Site, grouping: Grouping, block: int = 0
+    def _candidates(self, ctx: Context, site: Site, grouping: Grouping, block: int = 0, *, search: bool = True
                     ) -> dict[tuple[bool, float | None, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]]:
         """Every (shifted, alpha, rotation) candidate of ``site`` (alpha None: no smoothing; rotation ``block`` or
         0, both with ``rotation_choice``) with its activation scales and local error; without ``shift_choice`` (or
-        a zero mid-range) only the shifted ones."""
+        a zero mid-range) only the shifted ones. ``search=False``: amax scales, no clip search and no local error
+        (per-token activations need neither)."""
         st = ctx.stats[site.name]
         n_groups = len(grouping.segments)
         bounds = [pooled_range(st, ctx.rows_of(grouping, g)) for g in range(n_groups)]
@@ -168,8 +189,8 @@ class HTGConfig(MethodConfig):
                 candidates += [(al, smoothing_scale(a, w, al)) for al in self.alphas]
             for alpha, s in candidates:
                 for rot in ([0, block] if block and self.rotation_choice else [block]):
-                    sc, err = act_scales_for(ctx, site, grouping, z, s, search=True, absolute=fp8, rotation=rot)
-                    if not self.act_clip_search:
+                    sc, err = act_scales_for(ctx, site, grouping, z, s, search=search, absolute=fp8, rotation=rot)
+                    if search and not self.act_clip_search:
                         sc, _ = act_scales_for(ctx, site, grouping, z, s, search=False, rotation=rot)
                     out[(shifted, alpha, rot)] = (z, s, sc, err)
         return out

@@ -15,7 +15,7 @@ from torch import nn
 from ditq.calibration.groups import Grouping
 from ditq.calibration.methods.base import Context, ProbeEvaluator
 from ditq.core.metrics import ratio_db
-from ditq.core.quantizers import fake_quant, fake_quant_weight, rotation_matrix, weight_scales
+from ditq.core.quantizers import dynamic_fake_quant, fake_quant, fake_quant_weight, rotation_matrix, weight_scales
 from ditq.core.sites import Site
 
 
@@ -25,7 +25,8 @@ class GroupedSiteLinear(nn.Module):
     ``rotation`` > 0: ``Q_w(W diag(s) R) Q_a(((x - z_g) / s) R)`` with the block-Hadamard R (exact in float too)."""
 
     def __init__(self, linear: nn.Linear, shifts: torch.Tensor, smooth: torch.Tensor, act_scales: torch.Tensor,
-                 *, w_bits: int, a_bits: int, w_block: int, fmt: str = "int", rotation: int = 0) -> None:
+                 *, w_bits: int, a_bits: int, w_block: int, fmt: str = "int", rotation: int = 0,
+                 per_token: bool = False) -> None:
         super().__init__()
         w = linear.weight.detach().float()
         self.rotation = rotation_matrix(w.shape[1], rotation).float() if rotation else None
@@ -36,6 +37,7 @@ class GroupedSiteLinear(nn.Module):
         self.biases = b + shifts.float() @ w.T  # [G, N]
         self.shifts, self.smooth = shifts.float(), smooth.float()
         self.act_scales, self.a_bits, self.fmt = act_scales, a_bits, fmt
+        self.per_token = per_token  # quantize the input per token at run time (act_scales unused)
         self.group = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -43,16 +45,19 @@ class GroupedSiteLinear(nn.Module):
         x = (x - self.shifts[g]) / self.smooth
         if self.rotation is not None:
             x = x @ self.rotation
-        xq = fake_quant(x, float(self.act_scales[g]), self.a_bits, self.fmt)
+        xq = (dynamic_fake_quant(x, self.a_bits) if self.per_token
+              else fake_quant(x, float(self.act_scales[g]), self.a_bits, self.fmt))
         return F.linear(xq, self.weight, self.biases[g])
 
 
 class SiteScorer:
     """``score(site, shifts, smooth, act_scales)``: mean over probes of the model-output SQNR (dB) with that one
-    site quantized. Probes: ``n_timesteps`` calibration calls spread over the trajectory, ``batch`` rows each."""
+    site quantized. Probes: ``n_timesteps`` calibration calls spread over the trajectory, ``batch`` rows each.
+    ``per_token``: inputs quantized per token at run time, as the recipe's Linears will be (act_scales unused)."""
 
-    def __init__(self, ctx: Context, grouping: Grouping, *, n_timesteps: int = 6, batch: int = 8) -> None:
-        self.ctx = ctx
+    def __init__(self, ctx: Context, grouping: Grouping, *, n_timesteps: int = 6, batch: int = 8,
+                 per_token: bool = False) -> None:
+        self.ctx, self.per_token = ctx, per_token
         self.evaluator = ProbeEvaluator(ctx, n_timesteps=n_timesteps, batch=batch)
         self.probe_groups = [grouping.group_of(t) for t in self.evaluator.timesteps]
 
@@ -74,7 +79,8 @@ class SiteScorer:
                 repl[lin] = GroupedSiteLinear(self.evaluator.modules[lin], shifts, smooth,  # type: ignore[arg-type]
                                               act_scales, w_bits=spec.w_bits, a_bits=spec.a_bits,
                                               w_block=spec.w_block, fmt=spec.fmt,
-                                              rotation=(rotations or {}).get(site.name, 0))
+                                              rotation=(rotations or {}).get(site.name, 0),
+                                              per_token=self.per_token)
 
         def point(i: int) -> None:
             for m in repl.values():
