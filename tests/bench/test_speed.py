@@ -123,3 +123,16 @@ def test_sampling_timing_uses_the_shared_sampling_spec():
     from ditq.testbed.scoring import SamplingSpec
 
     assert TINY_CFG.sampling_spec == SamplingSpec(steps=2, cfg_scale=3.0, seed=0, scheduler="ddim")
+
+
+def test_quick_recipe_takes_method_options(tiny_model):
+    """``--method 'htg:act="token"'``: the quick recipe is HTG with per-token activations (the same syntax as the
+    quality bench), and a plain name keeps the bench's group count."""
+    from ditq.bench.speed.models import BenchModel, quick_recipe
+
+    bm = BenchModel("tiny", tiny_model, "random")
+    recipe, info = quick_recipe(bm, SpeedConfig(method='htg:act="token"', groups=2))
+    assert info["method"] == 'htg:act="token"' and recipe.params["act"] == "token" and recipe.params["groups"] == 2
+    assert all(recipe.linear_spec(lin).act == "dynamic_token" for s in recipe.sites for lin in s.linears)
+    static, _ = quick_recipe(bm, SpeedConfig(method="htg:groups=1"))
+    assert static.num_groups == 1 and not static.dynamic_activations

@@ -66,7 +66,8 @@ def add_speed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spin", action=argparse.BooleanOptionalAction, default=None,
                    help="ORT intra-op thread spinning (default: off; spinning burns CPU on a shared machine)")
     p.add_argument("--profile", action="store_true", help="ORT per-op-type time breakdown (FP and INT8)")
-    p.add_argument("--method", default=None, help="calibration method of the quick recipe (default: htg/minmax)")
+    p.add_argument("--method", default=None, help="calibration method of the quick recipe, with options as in bench "
+                   "quality (e.g. 'htg:act=\"token\"') (default: htg/minmax)")
     p.add_argument("--keep-artifacts", action="store_true", help="keep the ONNX sets under OUTPUT/artifacts")
     p.add_argument("--force", action="store_true", help="replace an existing output directory of this bench")
 

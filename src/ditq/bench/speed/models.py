@@ -54,12 +54,14 @@ def model_info(bm: BenchModel) -> dict[str, Any]:
 
 def quick_recipe(bm: BenchModel, config: SpeedConfig) -> tuple[Any, dict[str, Any]]:
     """A recipe in seconds: few calibration steps/samples (scale values do not change timing)."""
+    from ditq.bench.quality_grid.config import parse_method
     from ditq.calibration.calibrate import CalibConfig, calibrate
     from ditq.calibration.methods import method_config
     from ditq.models.configs import GPU_MODELS
 
     method = config.method or ("minmax" if bm.name in GPU_MODELS else "htg")
-    mc = method_config(method, groups=config.groups) if method == "htg" else method_config(method)
+    name, params = parse_method(method)  # "htg" or e.g. 'htg:act="token"'
+    mc = method_config(name, **{**({"groups": config.groups} if name == "htg" else {}), **params})
     start = time.perf_counter()
     recipe = calibrate(bm.model, mc, CalibConfig(steps=config.calib_steps, samples=config.calib_samples,
                                                  seed=config.seed, progress=False))
