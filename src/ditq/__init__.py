@@ -26,7 +26,7 @@ _LAZY = {
                                         "PTQ4DiTConfig", "QDiTConfig", "ViDiTQConfig", "MinMaxConfig",
                                         "MethodConfig", "PRESETS", "preset", "W8A8_HTG", "W4A8_HTG",
                                         "W8A8_SMOOTHQUANT", "W8A8_PTQ4DIT", "W4A8_QDIT", "W8A8_VIDITQ",
-                                        "W8A8_MINMAX", "W8A8_FP8_HTG")},
+                                        "W8A8_MINMAX", "W8A8_FP8_HTG", "W8A8_HTG_TOKEN")},
     "Recipe": "ditq.artifacts.recipe",
     "QuantizedTransformer": "ditq.runtime.pipeline",
 }

@@ -46,7 +46,8 @@ FORMAT_VERSION = 1
 
 __all__ = ["CalibrationSpec", "QuantConfig", "PRESETS", "preset", "HTGConfig", "MinMaxConfig", "PTQ4DiTConfig",
            "QDiTConfig", "SmoothQuantConfig", "ViDiTQConfig", "MethodConfig", "W8A8_HTG", "W4A8_HTG",
-           "W8A8_SMOOTHQUANT", "W8A8_PTQ4DIT", "W4A8_QDIT", "W8A8_VIDITQ", "W8A8_MINMAX", "W8A8_FP8_HTG"]
+           "W8A8_SMOOTHQUANT", "W8A8_PTQ4DIT", "W4A8_QDIT", "W8A8_VIDITQ", "W8A8_MINMAX", "W8A8_FP8_HTG",
+           "W8A8_HTG_TOKEN"]
 
 
 @dataclass(frozen=True)
@@ -216,16 +217,20 @@ W8A8_SMOOTHQUANT = _preset(SmoothQuantConfig(alpha="search", explicit=True))
 W8A8_PTQ4DIT = _preset(PTQ4DiTConfig())
 #: Q-DiT group-wise W4A8 with evolutionary group sizes (dynamic activations: ONNX Runtime / torch only).
 W4A8_QDIT = _preset(QDiTConfig(), w_bits=4)
-#: ViDiT-Q (dynamic per-token activations, rotation, mixed precision: ONNX Runtime / torch only).
+#: ViDiT-Q (run-time per-token activation scales, rotation, mixed precision; exported in TensorRT's Q/DQ form).
 W8A8_VIDITQ = _preset(ViDiTQConfig())
 #: Min-max baseline (one group, no shift, no smoothing).
 W8A8_MINMAX = _preset(MinMaxConfig())
 #: HTG with FP8 E4M3 weights (per channel) and activations (per tensor, per timestep group): Hopper/Ada's format.
 W8A8_FP8_HTG = _preset(HTGConfig(groups="auto"), fmt="fp8_e4m3")
+#: HTG's groups, shifts, smoothing and GPTQ weights with per-token activation scales computed at run time (not
+#: static: a ReduceMax per GEMM input; exported as constant-scale Q/DQ around a row rescale, TensorRT's form).
+W8A8_HTG_TOKEN = _preset(HTGConfig(groups="auto", act="token"))
 
 PRESETS: dict[str, QuantConfig] = {
     "W8A8_HTG": W8A8_HTG, "W4A8_HTG": W4A8_HTG, "W8A8_SMOOTHQUANT": W8A8_SMOOTHQUANT, "W8A8_PTQ4DIT": W8A8_PTQ4DIT,
     "W4A8_QDIT": W4A8_QDIT, "W8A8_VIDITQ": W8A8_VIDITQ, "W8A8_MINMAX": W8A8_MINMAX, "W8A8_FP8_HTG": W8A8_FP8_HTG,
+    "W8A8_HTG_TOKEN": W8A8_HTG_TOKEN,
 }
 
 

@@ -23,7 +23,7 @@ from ditq.cli.args import (
 METHODS = ("htg", "minmax", "smoothquant", "ptq4dit", "qdit", "viditq")
 # the named presets of ditq.config (kept here so `ditq --help` imports no torch; a test pins the two lists)
 PRESETS = ("W8A8_HTG", "W4A8_HTG", "W8A8_SMOOTHQUANT", "W8A8_PTQ4DIT", "W4A8_QDIT", "W8A8_VIDITQ", "W8A8_MINMAX",
-           "W8A8_FP8_HTG")
+           "W8A8_FP8_HTG", "W8A8_HTG_TOKEN")
 FORMATS = {"int": "int", "fp8": "fp8_e4m3"}  # --format -> QuantConfig.fmt
 DEFAULT_STEPS, DEFAULT_SAMPLES = CALIBRATION_DEFAULTS[""]["steps"], CALIBRATION_DEFAULTS[""]["samples"]
 
