@@ -62,8 +62,8 @@ def run(args: argparse.Namespace) -> int:
     elif recipe.dynamic_activations:
         print(f"note: method {recipe.method!r} quantizes activations per token at run time: each GEMM input is "
               "divided by its token's scale (ReduceMax in the graph), quantized with a constant-scale Q/DQ, and the "
-              "GEMM's rows are multiplied back. That is TensorRT's explicit-quantization form (lint-clean), but no "
-              "TensorRT engine of it has been built or timed by ditq's authors.")
+              "GEMM's rows are multiplied back. That is TensorRT's explicit-quantization form (lint-clean), but ditq "
+              "has not built or timed a TensorRT engine of it (it was developed without TensorRT).")
     if art.weight_only:
         print(f"note: {len(art.weight_only)} INT4 Linear(s) exported weight-only (W4A16) for TensorRT, which has no "
               "INT4 x INT8 GEMM; validate's torch reference follows.")
