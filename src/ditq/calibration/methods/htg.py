@@ -27,9 +27,10 @@ the pooled PSNR falls 2-3.4 dB at W8A8: the default stays 0 (an option for model
 ``act="token"``: not a static recipe. The same groups, folded shifts, smoothing and GPTQ weights, but every input
 is quantized per token at run time (the criterion scores the candidates that way). The export writes TensorRT's
 explicit form: a constant-scale Q/DQ on ``x / s_token`` and the GEMM rows times ``s_token``, with one ReduceMax
-per GEMM input at run time. Measured against ViDiT-Q (docs/static_levers.md §5; W8A8, 25 steps, 3 seeds, PSNR
-global / mean, step SQNR): demo DiT 52.67 / 53.18, 48.72 vs 52.39 / 52.56, 47.43; patches DiT 49.42 / 50.92, 46.79
-vs 48.44 / 49.86, 45.79 (static HTG: 47.64 / 48.67 and 42.31 / 45.73).
+per GEMM input at run time. Against ViDiT-Q (docs/bench_quality/README.md, per-token section; W8A8, 3 seeds,
+PSNR global / mean, paired 95 % intervals): demo DiT +0.88 / +0.76 dB at 100 steps (intervals above 0), +0.28 /
++0.48 at 25; patches DiT a tie (−0.55 / +0.34 at 50 steps, intervals spanning 0); step SQNR +0.9..1.1 dB on both.
+Static HTG is 4-5 dB lower.
 """
 
 from __future__ import annotations
