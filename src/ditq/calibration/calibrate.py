@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from ditq.artifacts.recipe import GroupSpec, LinearSpec, Recipe, SiteSpec
 from ditq.calibration.methods import MethodConfig
-from ditq.calibration.methods.base import Context, Solution, folded_inputs, input_factor, input_moments
+from ditq.calibration.methods.base import Context, folded_group_inputs, input_factor, input_moments
 from ditq.calibration.stats import ActivationCollector
 from ditq.core.cond import Cond
 from ditq.core.fold import fold_state
@@ -30,7 +30,6 @@ from ditq.core.quantizers import (
     weight_scales,
 )
 from ditq.core.sampler import make_scheduler, sample
-from ditq.core.sites import Site
 from ditq.errors import DitqError
 from ditq.models.loading import LoadedModel, make_denoiser, quant_sites
 
@@ -160,8 +159,10 @@ def calibrate(model: LoadedModel, method: MethodConfig, config: CalibConfig,
                 tensors[f"g{g}/{site.name}.act_scale"] = sol.act_scales[site.name][g].reshape(()).float()
         inputs = None
         gptq = config.weight_rounding == "gptq"
+        group_rows = (folded_group_inputs(ctx, site, sol.grouping, sol.shifts[site.name], sol.smooth[site.name])
+                      if gptq or correct or (sol.weight_clip_search and config.weight_clip == "output") else [])
         if gptq or (sol.weight_clip_search and config.weight_clip == "output"):
-            inputs = folded_inputs(ctx, site, sol.grouping, sol.shifts[site.name], sol.smooth[site.name])
+            inputs = torch.cat(group_rows)
         for lin in site.linears:  # folded weights are shared by all groups (smoothing is per site)
             spec = specs[lin]
             power = factor = None
@@ -183,9 +184,9 @@ def calibrate(model: LoadedModel, method: MethodConfig, config: CalibConfig,
             if correct and not spec.dynamic:
                 qweight = (dequantize_weight(tensors[f"{lin}.w_codes"].float(), scale) if gptq
                            else fake_quant_weight(weight, scale, spec.w_bits, spec.fmt))
-                for g in range(len(sol.grouping.segments)):
+                for g, rows in enumerate(group_rows):
                     tensors[f"g{g}/{lin}.bias_correction"] = bias_correction(
-                        ctx, site, sol, g, weight, qweight, float(sol.act_scales[site.name][g]), spec)
+                        rows, weight, qweight, float(sol.act_scales[site.name][g]), spec)
     grouping = sol.grouping
     recipe = Recipe(
         method=method.name, params=_as_json(method.params()), model_source=model.source, model_sha256=model.sha256,
@@ -210,18 +211,14 @@ def calibrate(model: LoadedModel, method: MethodConfig, config: CalibConfig,
     return recipe
 
 
-def bias_correction(ctx: Context, site: Site, sol: Solution, group_id: int, weight: torch.Tensor, qweight: torch.Tensor,
-                    act_scale: float, spec: LinearSpec) -> torch.Tensor:
-    """Minus the mean output error [N] of one static Linear of ``site`` in group ``group_id``: over the group's
-    calibration rows x, ``mean(Q(x') Wq^T - x' W^T)`` with ``x' = ((x - z_g) / s) R`` its folded (rotated) input,
-    ``W`` its folded (rotated) float weight and ``Wq`` the weight it computes with. Added to the group's bias, it
-    removes the part of the quantization error that is the same for every token (clipping and rounding biases
-    that a per-tensor scale leaves), at no run-time cost."""
-    st = ctx.stats[site.name]
-    x = st.reservoir[ctx.rows_of(sol.grouping, group_id)].reshape(-1, st.reservoir.shape[-1]).float()
-    x = (x - sol.shifts[site.name][group_id].float()) / sol.smooth[site.name].float()
-    if spec.rotation:
-        x = x @ rotation_matrix(x.shape[1], spec.rotation).float()
+def bias_correction(rows: torch.Tensor, weight: torch.Tensor, qweight: torch.Tensor, act_scale: float,
+                    spec: LinearSpec) -> torch.Tensor:
+    """Minus the mean output error [N] of one static Linear in one group: over the group's folded calibration rows
+    x' (``folded_group_inputs``, rotated here by the Linear's R), ``mean(Q(x') Wq^T - x' W^T)`` with ``W`` its
+    folded (rotated) float weight and ``Wq`` the weight it computes with. Added to the group's bias, it removes the
+    part of the quantization error that is the same for every token (clipping and rounding biases that a
+    per-tensor scale leaves), at no run-time cost."""
+    x = rows @ rotation_matrix(rows.shape[1], spec.rotation).float() if spec.rotation else rows
     err = fake_quant(x, act_scale, spec.a_bits, spec.fmt) @ qweight.float().T - x @ weight.float().T
     return -err.mean(0).float()
 

@@ -257,10 +257,7 @@ def apply_group(
             node.input[0] = f"{lin}.input_dq"
             out = node.output[0]
             node.output[0] = f"{lin}.token_gemm"
-            qdq = [helper.make_node("QuantizeLinear", [f"{prefix}_normed", f"{prefix}_unit", f"{prefix}_zero_point"],
-                                    [f"{lin}.input_q"], name=f"{lin}.input_q"),
-                   helper.make_node("DequantizeLinear", [f"{lin}.input_q", f"{prefix}_unit", f"{prefix}_zero_point"],
-                                    [f"{lin}.input_dq"], name=f"{lin}.input_dq")]
+            qdq = _input_qdq(lin, f"{prefix}_normed", f"{prefix}_unit", f"{prefix}_zero_point")
             new_nodes.setdefault(gs.node, []).extend([*chain, *qdq, dq_w])
             after_nodes[gs.node] = [helper.make_node("Mul", [f"{lin}.token_gemm", f"{prefix}_scale"], [out],
                                                      name=f"{lin}.token_rescale")]
@@ -276,13 +273,7 @@ def apply_group(
             numpy_helper.from_array(np.array(float(recipe.act_scale(site.name, group_id)), npf), f"{lin}.a_scale"),
             numpy_helper.from_array(np.array(0, qtype), f"{lin}.a_zero_point"),
         ])
-        chain += [
-            helper.make_node("QuantizeLinear", [x, f"{lin}.a_scale", f"{lin}.a_zero_point"], [f"{lin}.input_q"],
-                             name=f"{lin}.input_q"),
-            helper.make_node("DequantizeLinear", [f"{lin}.input_q", f"{lin}.a_scale", f"{lin}.a_zero_point"],
-                             [f"{lin}.input_dq"], name=f"{lin}.input_dq"),
-            dq_w,
-        ]
+        chain += [*_input_qdq(lin, x, f"{lin}.a_scale", f"{lin}.a_zero_point"), dq_w]
         node.input[0] = f"{lin}.input_dq"
         new_nodes[gs.node] = chain
 
@@ -362,6 +353,13 @@ def _block_weight(lin: str, codes_t: torch.Tensor, w_scale: torch.Tensor, bits: 
         *([] if bits == 4 else [numpy_helper.from_array(np.zeros(tuple(scale.T.shape), qdtype),
                                                         f"{lin}.w_zero_point")]),
     ]
+
+
+def _input_qdq(lin: str, x: str, scale: str, zero_point: str) -> list[onnx.NodeProto]:
+    """The activation Q/DQ pair of Linear ``lin``: ``{lin}.input_q`` then ``{lin}.input_dq`` (its GEMM's input)."""
+    return [helper.make_node("QuantizeLinear", [x, scale, zero_point], [f"{lin}.input_q"], name=f"{lin}.input_q"),
+            helper.make_node("DequantizeLinear", [f"{lin}.input_q", scale, zero_point], [f"{lin}.input_dq"],
+                             name=f"{lin}.input_dq")]
 
 
 def _token_quantizer(prefix: str, x: str, a_bits: int, npf: np.dtype, qtype: np.dtype

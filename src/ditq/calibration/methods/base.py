@@ -97,13 +97,18 @@ def method_config(name: str, **params: Any) -> MethodConfig:
         raise DitqError(f"bad options for method {name!r}: {err}") from err
 
 
+def folded_group_inputs(ctx: Context, site: Site, grouping: Grouping, shifts: torch.Tensor,
+                        smooth: torch.Tensor) -> list[torch.Tensor]:
+    """Per group g, the reservoir rows of ``site`` as its Linears see them after folding, ``(x - z_g) / s`` [n_g, C]."""
+    st = ctx.stats[site.name]
+    return [((st.reservoir[ctx.rows_of(grouping, g)].reshape(-1, st.reservoir.shape[-1]) - shifts[g]) / smooth).float()
+            for g in range(len(grouping.segments))]
+
+
 def folded_inputs(ctx: Context, site: Site, grouping: Grouping, shifts: torch.Tensor,
                   smooth: torch.Tensor) -> torch.Tensor:
-    """The reservoir rows of ``site`` as its Linears see them after folding, ``(x - z_g) / s``, all groups [n, C]."""
-    st = ctx.stats[site.name]
-    rows = [(st.reservoir[ctx.rows_of(grouping, g)].reshape(-1, st.reservoir.shape[-1]) - shifts[g]) / smooth
-            for g in range(len(grouping.segments))]
-    return torch.cat(rows).float()
+    """The folded reservoir rows of ``site`` (``folded_group_inputs``), all groups [n, C]."""
+    return torch.cat(folded_group_inputs(ctx, site, grouping, shifts, smooth))
 
 
 def input_moments(inputs: torch.Tensor, rotation: int = 0) -> torch.Tensor:
