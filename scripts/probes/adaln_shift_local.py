@@ -10,52 +10,24 @@ import math
 import sys
 
 import torch
+from _common import block_taps
+from _common import fake_int8 as q
 
-from ditq.core.sampler import make_scheduler, sample
-from ditq.models.loading import load_model, make_denoiser
-
-torch.manual_seed(0)
 src = sys.argv[1]
 steps = int(sys.argv[2]) if len(sys.argv) > 2 else 25
-m = load_model(src)
-tr = m.transformer.eval()
-blocks = tr.transformer_blocks
-rec = {i: {"emb": [], "fc1": [], "q": []} for i in range(len(blocks))}
-ts = []
-hooks = []
-for i, b in enumerate(blocks):
-    hooks.append(b.norm1.linear.register_forward_hook(lambda mod, inp, out, i=i: rec[i]["emb"].append(out.detach())))
-    hooks.append(
-        b.ff.net[0].proj.register_forward_pre_hook(lambda mod, inp, i=i: rec[i]["fc1"].append(inp[0].detach()))
-    )
-    hooks.append(b.attn1.to_q.register_forward_pre_hook(lambda mod, inp, i=i: rec[i]["q"].append(inp[0].detach())))
-den = make_denoiser(tr)
-
-
-def d(x, t, c):
-    ts.append(float(t.flatten()[0]))
-    return den.predict(x, t, c)
-
-
-with torch.no_grad():
-    sample(
-        d,
-        make_scheduler(m.scheduler_config),
-        m.cond(torch.arange(8) % m.num_conditions),
-        steps=steps,
-        cfg_scale=3.0,
-        null_cond=m.null_cond(),
-        sample_shape=m.sample_shape,
-        seed=0,
-    )
-T = len(ts)
+model, rec = block_taps(
+    src,
+    steps,
+    {
+        "emb": (lambda b: b.norm1.linear, "output"),
+        "fc1": (lambda b: b.ff.net[0].proj, "input"),
+        "q": (lambda b: b.attn1.to_q, "input"),
+    },
+)
+blocks = model.transformer.transformer_blocks
+T = len(rec[0]["fc1"])
 G = 3
 groups = [list(range(T))[g * T // G : (g + 1) * T // G] for g in range(G)]
-
-
-def q(x, amax):
-    s = amax / 127
-    return (x / s).round().clamp(-127, 127) * s
 
 
 def best_q(x, W):

@@ -7,37 +7,16 @@ MODEL SEED [W_BITS]
 import sys
 
 import torch.nn.functional as F
+from _common import htg_solution
 
 import ditq.calibration.methods.site_probe as sp
-from ditq.calibration.calibrate import CalibConfig, calibrate
-from ditq.calibration.methods import htg as htgmod
-from ditq.calibration.methods import method_config
 from ditq.calibration.methods.site_probe import GroupedSiteLinear, SiteScorer
 from ditq.core.quantizers import fake_quant
-from ditq.models.loading import load_model
 
 src, seed, wb = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 8
-cap = {}
-orig = htgmod.HTGConfig.solve
-
-
-def solve(self, ctx):
-    sol = orig(self, ctx)
-    cap["ctx"], cap["sol"] = ctx, sol
-    return sol
-
-
-htgmod.HTGConfig.solve = solve
-model = load_model(src)
-calibrate(
-    model,
-    method_config("htg", alpha_criterion="global"),
-    CalibConfig(steps=25, samples=8, seed=seed, w_bits=wb, progress=False),
-)
-ctx, sol = cap["ctx"], cap["sol"]
+model, ctx, sol = htg_solution(src, seed, wb)
 G = len(sol.grouping.segments)
 site_of = {lin: s for s in ctx.sites for lin in s.linears}
-mods = {}
 
 
 class BC(GroupedSiteLinear):

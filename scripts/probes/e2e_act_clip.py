@@ -5,29 +5,12 @@ all together on 12 x 16). Usage: python scripts/probes/e2e_act_clip.py MODEL SEE
 
 import sys
 
-from ditq.calibration.calibrate import CalibConfig, calibrate
-from ditq.calibration.methods import htg as htgmod
-from ditq.calibration.methods import method_config
+from _common import htg_solution
+
 from ditq.calibration.methods.site_probe import SiteScorer
-from ditq.models.loading import load_model
 
 src, seed = sys.argv[1], int(sys.argv[2])
-cap = {}
-orig = htgmod.HTGConfig.solve
-
-
-def solve(self, ctx):
-    sol = orig(self, ctx)
-    cap["ctx"], cap["sol"] = ctx, sol
-    return sol
-
-
-htgmod.HTGConfig.solve = solve
-model = load_model(src)
-calibrate(
-    model, method_config("htg", alpha_criterion="global"), CalibConfig(steps=25, samples=8, seed=seed, progress=False)
-)
-ctx, sol = cap["ctx"], cap["sol"]
+model, ctx, sol = htg_solution(src, seed)
 fit = SiteScorer(ctx, sol.grouping, n_timesteps=6, batch=8)
 held = SiteScorer(ctx, sol.grouping, n_timesteps=12, batch=16)
 base = {s.name: (sol.shifts[s.name], sol.smooth[s.name], sol.act_scales[s.name]) for s in ctx.sites}

@@ -1,45 +1,29 @@
 """Local probe (issue 13): which static refinements of the fc1 / to_q / fc2 input quantizer pay, against dynamic
 per-token quantization: more groups (1/3/8), alpha 0.5 vs 0.8, per-group smoothing, a static per-token-position
 scale, separate scales for the CFG halves. Output SQNR of each Linear (weights in float), summed over blocks.
-Usage: python scripts/probes/static_scale_local.py MODEL STEPS
+Usage: python scripts/probes/static_scale_local.py MODEL STEPS (STEPS >= 8: up to 8 groups)
 """
 
 import math
 import sys
 
 import torch
-
-from ditq.core.sampler import make_scheduler, sample
-from ditq.models.loading import load_model, make_denoiser
+from _common import block_taps
+from _common import fake_int8 as q
 
 src = sys.argv[1]
 steps = int(sys.argv[2])
-m = load_model(src)
-tr = m.transformer.eval()
-blocks = tr.transformer_blocks
-rec = {i: {"fc1": [], "q": [], "fc2": []} for i in range(len(blocks))}
-for i, b in enumerate(blocks):
-    b.ff.net[0].proj.register_forward_pre_hook(lambda mod, inp, i=i: rec[i]["fc1"].append(inp[0].detach()))
-    b.attn1.to_q.register_forward_pre_hook(lambda mod, inp, i=i: rec[i]["q"].append(inp[0].detach()))
-    b.ff.net[2].register_forward_pre_hook(lambda mod, inp, i=i: rec[i]["fc2"].append(inp[0].detach()))
-den = make_denoiser(tr)
-with torch.no_grad():
-    sample(
-        lambda x, t, c: den.predict(x, t, c),
-        make_scheduler(m.scheduler_config),
-        m.cond(torch.arange(8) % m.num_conditions),
-        steps=steps,
-        cfg_scale=3.0,
-        null_cond=m.null_cond(),
-        sample_shape=m.sample_shape,
-        seed=0,
-    )
+model, rec = block_taps(
+    src,
+    steps,
+    {
+        "fc1": (lambda b: b.ff.net[0].proj, "input"),
+        "q": (lambda b: b.attn1.to_q, "input"),
+        "fc2": (lambda b: b.ff.net[2], "input"),
+    },
+)
+blocks = model.transformer.transformer_blocks
 T = len(rec[0]["fc1"])
-
-
-def q(x, amax):
-    s = amax / 127
-    return (x / s).round().clamp(-127, 127) * s
 
 
 def best_q(x, W, f_grid=(1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4)):

@@ -1,0 +1,82 @@
+"""Set-up the issue-13 probes share: an HTG calibration's internals, and per-block layer inputs along a sampler
+run. Imported by the probe scripts of this directory (run them as ``python scripts/probes/NAME.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ditq.calibration.calibrate import CalibConfig, calibrate
+from ditq.calibration.methods import htg, method_config
+from ditq.core.sampler import make_scheduler, sample
+from ditq.models.loading import load_model, make_denoiser
+
+
+def htg_solution(src: str, seed: int, w_bits: int = 8, **params: Any) -> tuple[Any, Any, Any]:
+    """Calibrate HTG on ``src`` (25 steps x 8 samples, the global alpha criterion unless ``params`` say otherwise)
+    and return the model with the ``Context`` and ``Solution`` that ``calibrate`` builds internally."""
+    captured: dict[str, Any] = {}
+    original = htg.HTGConfig.solve
+
+    def solve(self: htg.HTGConfig, ctx: Any) -> Any:
+        captured["ctx"], captured["sol"] = ctx, original(self, ctx)
+        return captured["sol"]
+
+    htg.HTGConfig.solve = solve  # type: ignore[method-assign]
+    try:
+        model = load_model(src)
+        calibrate(
+            model,
+            method_config("htg", **{"alpha_criterion": "global", **params}),
+            CalibConfig(steps=25, samples=8, seed=seed, w_bits=w_bits, progress=False),
+        )
+    finally:
+        htg.HTGConfig.solve = original  # type: ignore[method-assign]
+    return model, captured["ctx"], captured["sol"]
+
+
+def block_taps(
+    src: str, steps: int, taps: dict[str, tuple[Callable[[Any], torch.nn.Module], str]]
+) -> tuple[Any, list[dict[str, list[torch.Tensor]]]]:
+    """Sample 8 classes with DDPM, CFG 3, seed 0 on ``src`` and record, per transformer block and per tap
+    ``name -> (module of the block, "input" | "output")``, that module's input or output at every call."""
+    model = load_model(src)
+    blocks = model.transformer.eval().transformer_blocks
+    rec: list[dict[str, list[torch.Tensor]]] = [{name: [] for name in taps} for _ in blocks]
+    hooks = []
+    for i, block in enumerate(blocks):
+        for name, (get, where) in taps.items():
+            if where == "input":
+                hook = get(block).register_forward_pre_hook(
+                    lambda _m, inp, i=i, name=name: rec[i][name].append(inp[0].detach())
+                )
+            else:
+                hook = get(block).register_forward_hook(
+                    lambda _m, _inp, out, i=i, name=name: rec[i][name].append(out.detach())
+                )
+            hooks.append(hook)
+    denoiser = make_denoiser(model.transformer)
+    try:
+        with torch.no_grad():
+            sample(
+                denoiser.predict,
+                make_scheduler(model.scheduler_config),
+                model.cond(torch.arange(8) % model.num_conditions),
+                steps=steps,
+                cfg_scale=3.0,
+                null_cond=model.null_cond(),
+                sample_shape=model.sample_shape,
+                seed=0,
+            )
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return model, rec
+
+
+def fake_int8(x: torch.Tensor, amax: torch.Tensor | float) -> torch.Tensor:
+    """Symmetric INT8 fake quantization of ``x`` with the range ``amax`` (a scalar, or per row when broadcast)."""
+    scale = amax / 127
+    return (x / scale).round().clamp(-127, 127) * scale
