@@ -211,8 +211,7 @@ class Recipe:
         Per-token scales (ViDiT-Q) are not among them: they export as constant-scale Q/DQ around a run-time
         rescale of the GEMM's rows (``export.qdq``), TensorRT's explicit-quantization form."""
         return tuple(lin for s in self.sites for lin in s.linears
-                     if self.linear_spec(lin).dynamic and (self.linear_spec(lin).act != "dynamic_token"
-                                                           or self.linear_spec(lin).fmt != "int"))
+                     if (spec := self.linear_spec(lin)).dynamic and (spec.act, spec.fmt) != ("dynamic_token", "int"))
 
     def site_is_static(self, site: SiteSpec) -> bool:
         return any(not self.linear_spec(lin).dynamic for lin in site.linears)
