@@ -99,3 +99,24 @@ def test_alpha_criterion_is_checked():
     with pytest.raises(DitqError, match="alpha_criterion"):
         HTGConfig(alpha_criterion="psnr")
 
+
+
+@pytest.mark.parametrize("clip", [False, True])
+def test_default_activation_scale_is_the_groups_calibration_amax(gated_model, clip):
+    """By default nothing the calibration saw is clipped: each group's scale is the folded input's exact amax over
+    the group's calibration calls / 127. The MSE clip search (act_clip_search=True, off by measurement) clips."""
+    cfg, ctx = _context(gated_model, seed=0)
+    sol = HTGConfig(groups=2, alpha_criterion="global", alphas=(0.5,), **({"act_clip_search": True} if clip else {})
+                    ).solve(ctx)
+    ratios = []
+    for site in ctx.sites:
+        st, shifts, smooth = ctx.stats[site.name], sol.shifts[site.name], sol.smooth[site.name]
+        for g in range(sol.grouping.n_groups):
+            rows = ctx.rows_of(sol.grouping, g)
+            hi, lo = st.ch_max[rows].amax(0), st.ch_min[rows].amin(0)
+            amax = float(torch.maximum(hi - shifts[g], shifts[g] - lo).div(smooth).amax())
+            ratios.append(float(sol.act_scales[site.name][g]) * 127 / amax)
+    if clip:
+        assert min(ratios) < 0.99
+    else:
+        assert ratios == pytest.approx([1.0] * len(ratios), rel=1e-5)
