@@ -19,3 +19,11 @@ def test_demo_end_to_end_on_a_tiny_model(capsys, tiny_model_dir, tmp_path):
                  "onnx-htg/group_1.onnx", "onnx-minmax/validation/validation.json"):
         assert (out / name).is_file(), name
     assert main(["lint", str(out / "onnx-htg")]) == 0
+
+
+def test_quality_rows_show_a_dash_for_what_a_row_does_not_measure():
+    from ditq.demo import _quality_row
+
+    row = _quality_row("htg W8A8, ORT CPU integer kernels", 3, {"sqnr_mean_db": 46.25, "sqnr_min_db": 20.12}, "")
+    assert row == "| htg W8A8, ORT CPU integer kernels | 3 | 46.25 | 20.12 | – | – | – |  |"
+    assert "nan" not in _quality_row("x", 1, {"sqnr_mean_db": 1.0, "sqnr_min_db": math.nan, "psnr_db": 2.0}, "1.00")

@@ -110,9 +110,12 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig(), *, force: bool = Fals
 
 
 def _quality_row(label: str, groups: int, q: dict[str, Any], latency: str) -> str:
-    return (f"| {label} | {groups} | {q['sqnr_mean_db']:.2f} | {q['sqnr_min_db']:.2f} | "
-            f"{q.get('psnr_db', math.nan):.2f} | "
-            f"{q.get('class_accuracy', math.nan):.3f} | {q.get('frechet_distance', math.nan):.3f} | {latency} |")
+    def cell(key: str, digits: int) -> str:  # "–" for a metric the row does not measure (not "nan")
+        value = q.get(key)
+        return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+    return (f"| {label} | {groups} | {cell('sqnr_mean_db', 2)} | {cell('sqnr_min_db', 2)} | {cell('psnr_db', 2)} | "
+            f"{cell('class_accuracy', 3)} | {cell('frechet_distance', 3)} | {latency} |")
 
 
 def format_markdown(report: dict[str, Any], methods: list[str]) -> str:
