@@ -61,10 +61,9 @@ def test_weights_that_differ_per_group_are_refused(tiny_onnx, tmp_path, monkeypa
 
 def test_export_single_graph_option_and_onnxruntime_uses_it(tiny_model, tiny_recipe, tiny_recipe_dir, tiny_onnx,
                                                             tmp_path, feeds, capsys):
-    import torch
-
     from ditq.artifacts.onnx import OnnxArtifact
     from ditq.cli.main import main
+    from ditq.core.metrics import sqnr_db
     from ditq.runtime.backends import onnxruntime_backend
 
     out = tmp_path / "onnx"
@@ -77,8 +76,10 @@ def test_export_single_graph_option_and_onnxruntime_uses_it(tiny_model, tiny_rec
     assert one.name.endswith("-single") and not per_group.name.endswith("-single")
     lo_hi = art.intervals
     for x, t, y in feeds([(lo + hi) / 2 for lo, hi in lo_hi]):
+        # the same Q/DQ arithmetic, but the group's scale ratio applied around a shared scale rounds differently:
+        # now and then a value crosses a rounding boundary (one quantization step), so compare by SQNR
         want = per_group(x, t, y)
-        torch.testing.assert_close(one(x, t, y), want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+        assert sqnr_db(one(x, t, y), want) > 60
     assert one.calls == [1] * len(lo_hi)
     # the feeds are part of the set: a changed file is caught like any other
     (out / art.single_graph["feeds"]).write_bytes(b"x")
