@@ -31,6 +31,14 @@ per GEMM input at run time. Against ViDiT-Q (docs/bench_quality/README.md, per-t
 PSNR global / mean, paired 95 % intervals): demo DiT +0.88 / +0.76 dB at 100 steps (intervals above 0), +0.28 /
 +0.48 at 25; patches DiT a tie (−0.55 / +0.34 at 50 steps, intervals spanning 0); step SQNR +0.9..1.1 dB on both.
 Static HTG is 4-5 dB lower.
+
+Activation scales: each group's calibration amax (``act_clip_search=False``, the default since issue 13's fourth
+pass). The MSE clip search (``act_clip_search=True``) picks, per site and group, the clip with the least relative
+output error of the site's Linears on the reservoir rows; that fits the bulk of the tokens and clips the rare large
+inputs that a few trajectories depend on. Probe (25 steps, calibration 25 x 8; docs/act_clip.md), W8A8, amax minus
+searched clip, PSNR global / mean: demo DiT +2.0 / +1.5 dB (3 seeds), patches DiT +2.9 / +1.6 dB (2 seeds); W4A8
+(weight error dominates) +0.1 / +0.05 dB; FP8 +0.3 / +0.2 dB. Letting the per-site criterion choose between the two
+(tried, not kept) picks the clip where one site's output SQNR likes it and loses 1-3.6 dB end to end.
 """
 
 from __future__ import annotations

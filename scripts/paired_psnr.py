@@ -1,0 +1,65 @@
+"""Paired PSNR difference of two `ditq bench quality` rows, possibly from two runs (quality.json files).
+
+    python scripts/paired_psnr.py A/quality.json 'htg' B/quality.json 'modelopt int8-smoothquant-a08' --bits W8A8
+
+Both runs must have used the same evaluation noise (the grid's FP images: same model, steps, --eval-samples). Per
+step count: A minus B, global PSNR (pooled MSE) computed per calibration seed and then averaged over the seeds both
+rows have, mean PSNR averaged over images and seeds; 95 % bootstrap interval over images (2000 resamples, seed 0).
+`ditq bench quality` itself pairs HTG with the best peer inside one run (averaging each image over seeds first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+
+def rows(path: str, method: str, bits: str) -> dict[int, dict[int, np.ndarray]]:
+    """steps -> calibration seed -> per-image PSNR (dB) of ``method`` at ``bits`` in a quality.json."""
+    data = json.load(open(path))
+    out: dict[int, dict[int, np.ndarray]] = {}
+    for cell in data["cells"] + data.get("peers", []):
+        if cell["method"] == method and cell["bits"] == bits:
+            out.setdefault(cell["steps"], {})[cell["calib_seed"]] = np.asarray(cell["psnr_per_image_db"])
+    if not out:
+        raise SystemExit(f"{path}: no {method!r} rows at {bits}")
+    return out
+
+
+def _delta(a: np.ndarray, b: np.ndarray, idx: np.ndarray) -> tuple[float, float]:
+    """(global, mean) PSNR of ``a`` minus ``b`` [seeds, images] over the images ``idx``."""
+    def pooled(x: np.ndarray) -> float:  # global PSNR per seed, then the mean over seeds
+        return float((-10 * np.log10((10 ** (-x[:, idx] / 10)).mean(1))).mean())
+
+    return pooled(a) - pooled(b), float(a[:, idx].mean() - b[:, idx].mean())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("file_a")
+    p.add_argument("method_a")
+    p.add_argument("file_b")
+    p.add_argument("method_b")
+    p.add_argument("--bits", default="W8A8")
+    args = p.parse_args()
+    a_rows, b_rows = rows(args.file_a, args.method_a, args.bits), rows(args.file_b, args.method_b, args.bits)
+    rng = np.random.default_rng(0)
+    for steps in sorted(set(a_rows) & set(b_rows), reverse=True):
+        seeds = sorted(set(a_rows[steps]) & set(b_rows[steps]))
+        a = np.stack([a_rows[steps][s] for s in seeds])  # [seeds, images]
+        b = np.stack([b_rows[steps][s] for s in seeds])
+        if a.shape != b.shape:
+            raise SystemExit(f"{steps} steps: {a.shape[1]} vs {b.shape[1]} images: not the same evaluation set")
+
+        n = a.shape[1]
+        g, m = _delta(a, b, np.arange(n))
+        boots = np.array([_delta(a, b, rng.integers(0, n, n)) for _ in range(2000)])
+        lo, hi = np.percentile(boots, [2.5, 97.5], axis=0)
+        print(f"{steps} steps, seeds {seeds}: {args.method_a} - {args.method_b} ({args.bits}): "
+              f"global {g:+.2f} [{lo[0]:+.2f}, {hi[0]:+.2f}], mean {m:+.2f} [{lo[1]:+.2f}, {hi[1]:+.2f}]")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""Probe (issue 13): the clips HTG's MSE activation clip search picks, as a ratio of each site's and group's
+calibration amax (1.0 = no clip), with the per-site output criterion otherwise as the default.
+Usage: python scripts/probes/clip_ratios.py MODEL [CALIB_SEED]
+"""
+
+import sys
+from collections import Counter
+
+import torch
+
+from _common import htg_solution
+
+torch.set_num_threads(1)
+src = sys.argv[1]
+seed = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+_, ctx, sol = htg_solution(src, seed, alpha_criterion="output", act_clip_search=True)
+ratios = []
+for site in ctx.sites:
+    st, shifts, smooth = ctx.stats[site.name], sol.shifts[site.name], sol.smooth[site.name]
+    for g in range(sol.grouping.n_groups):
+        rows = ctx.rows_of(sol.grouping, g)
+        hi, lo = st.ch_max[rows].amax(0), st.ch_min[rows].amin(0)
+        amax = float(torch.maximum(hi - shifts[g], shifts[g] - lo).div(smooth).amax())
+        ratios.append(round(float(sol.act_scales[site.name][g]) * 127 / amax, 2))
+print(f"{len(ratios)} (site, group) scales; clip ratio: count", dict(sorted(Counter(ratios).items())))
+print("median", sorted(ratios)[len(ratios) // 2], "share clipped", round(sum(r < 0.995 for r in ratios) / len(ratios), 2))
