@@ -30,7 +30,8 @@ explicit form: a constant-scale Q/DQ on ``x / s_token`` and the GEMM rows times 
 per GEMM input at run time. Against ViDiT-Q (docs/bench_quality/README.md, per-token section; W8A8, 3 seeds,
 PSNR global / mean, paired 95 % intervals): demo DiT +0.88 / +0.76 dB at 100 steps (intervals above 0), +0.28 /
 +0.48 at 25; patches DiT a tie (−0.55 / +0.34 at 50 steps, intervals spanning 0); step SQNR +0.9..1.1 dB on both.
-Static HTG is 4-5 dB lower.
+Static HTG's global PSNR is 2.7-3.7 dB lower with amax scales (4-5 dB with the old clip search; docs/bench_quality/
+README.md).
 
 Activation scales: each group's calibration amax (``act_clip_search=False``, the default since issue 13's fourth
 pass). The MSE clip search (``act_clip_search=True``) picks, per site and group, the clip with the least relative
