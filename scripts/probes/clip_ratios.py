@@ -7,7 +7,6 @@ import sys
 from collections import Counter
 
 import torch
-
 from _common import htg_solution
 
 torch.set_num_threads(1)
@@ -23,4 +22,5 @@ for site in ctx.sites:
         amax = float(torch.maximum(hi - shifts[g], shifts[g] - lo).div(smooth).amax())
         ratios.append(round(float(sol.act_scales[site.name][g]) * 127 / amax, 2))
 print(f"{len(ratios)} (site, group) scales; clip ratio: count", dict(sorted(Counter(ratios).items())))
-print("median", sorted(ratios)[len(ratios) // 2], "share clipped", round(sum(r < 0.995 for r in ratios) / len(ratios), 2))
+clipped = sum(r < 0.995 for r in ratios) / len(ratios)
+print("median", sorted(ratios)[len(ratios) // 2], "share clipped", round(clipped, 2))

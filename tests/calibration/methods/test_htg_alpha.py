@@ -100,12 +100,11 @@ def test_alpha_criterion_is_checked():
         HTGConfig(alpha_criterion="psnr")
 
 
-
 @pytest.mark.parametrize("clip", [False, True])
 def test_default_activation_scale_is_the_groups_calibration_amax(gated_model, clip):
     """By default nothing the calibration saw is clipped: each group's scale is the folded input's exact amax over
     the group's calibration calls / 127. The MSE clip search (act_clip_search=True, off by measurement) clips."""
-    cfg, ctx = _context(gated_model, seed=0)
+    _, ctx = _context(gated_model, seed=0)
     sol = HTGConfig(groups=2, alpha_criterion="global", alphas=(0.5,), **({"act_clip_search": True} if clip else {})
                     ).solve(ctx)
     ratios = []

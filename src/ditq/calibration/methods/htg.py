@@ -36,10 +36,11 @@ README.md).
 Activation scales: each group's calibration amax (``act_clip_search=False``, the default since issue 13's fourth
 pass). The MSE clip search (``act_clip_search=True``) picks, per site and group, the clip with the least relative
 output error of the site's Linears on the reservoir rows; that fits the bulk of the tokens and clips the rare large
-inputs that a few trajectories depend on. Probe (25 steps, calibration 25 x 8; docs/act_clip.md), W8A8, amax minus
-searched clip, PSNR global / mean: demo DiT +2.0 / +1.5 dB (3 seeds), patches DiT +2.9 / +1.6 dB (2 seeds); W4A8
-(weight error dominates) +0.1 / +0.05 dB; FP8 +0.3 / +0.2 dB. Letting the per-site criterion choose between the two
-(tried, not kept) picks the clip where one site's output SQNR likes it and loses 1-3.6 dB end to end.
+inputs (our reading: a few trajectories depend on them, and the pooled PSNR gains most). Probe (25 steps,
+calibration 25 x 8; docs/act_clip.md), W8A8, amax minus searched clip, PSNR global / mean: demo DiT +2.0 / +1.5 dB
+(3 seeds), patches DiT +2.9 / +1.6 dB (2 seeds); W4A8 (weight error dominates) +0.1 / +0.05 dB; FP8 +0.3 / +0.2
+dB. Full protocol (100 x 16, 3 seeds): +0.6 to +2.2 dB global. Letting the per-site criterion choose between the
+two (tried, not kept) picks the clip where one site's output SQNR likes it and loses 1-3.6 dB end to end.
 """
 
 from __future__ import annotations
@@ -80,8 +81,8 @@ class HTGConfig(MethodConfig):
     group_window: int = 1  # odd: the grouping cost sees per-timestep channel ranges as a moving median over this many
     alphas: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
     # False: each group's activation scale is the calibration amax (no clipping). The MSE clip search (True) fits the
-    # reservoir's bulk and clips the rare large inputs a few trajectories depend on: -2.0 / -1.5 dB PSNR global /
-    # mean on the demo DiT, -2.9 / -1.6 dB on the patches DiT at W8A8 (neutral at W4A8); see the module docstring
+    # reservoir's bulk and clips its rare large inputs: -2.0 / -1.5 dB PSNR global / mean on the demo DiT, -2.9 /
+    # -1.6 dB on the patches DiT at W8A8 in the probe (neutral at W4A8); see the module docstring
     act_clip_search: bool = False
     explicit_shift: bool = True  # shift/scale sites without a linear producer (fc2) with an explicit Sub/Mul
     table_scale: bool = True  # PixArt adaLN-single sites: smooth with an explicit Mul (their shift is free anyway)
