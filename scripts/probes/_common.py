@@ -8,10 +8,14 @@ from typing import Any
 
 import torch
 
+from ditq.bench.quality import evaluate
+from ditq.bench.quality_grid.config import parse_method
+from ditq.bench.quality_grid.seeds import image_metrics
 from ditq.calibration.calibrate import CalibConfig, calibrate
 from ditq.calibration.methods import htg, method_config
 from ditq.core.sampler import make_scheduler, sample
 from ditq.models.loading import load_model, make_denoiser
+from ditq.testbed.scoring import SamplingSpec, fp_reference
 
 
 def htg_solution(src: str, seed: int, w_bits: int = 8, **params: Any) -> tuple[Any, Any, Any]:
@@ -80,3 +84,25 @@ def fake_int8(x: torch.Tensor, amax: torch.Tensor | float) -> torch.Tensor:
     """Symmetric INT8 fake quantization of ``x`` with the range ``amax`` (a scalar, or per row when broadcast)."""
     scale = amax / 127
     return (x / scale).round().clamp(-127, 127) * scale
+
+
+def calibrated_reference(src: str, steps: int, images: int, entry: str, seed: int) -> tuple[Any, Any, Any, Any]:
+    """The end-to-end probes' set-up: the model, its FP reference images (DDPM ``steps``, CFG 3, ``images`` from
+    seed 0) with their sampling spec, and the recipe of ``entry`` (``method[:key=value...]``) calibrated 25 x 8
+    with calibration seed ``seed``. Returns (model, spec, ref, recipe)."""
+    model = load_model(src)
+    spec = SamplingSpec(steps=steps, cfg_scale=3.0, seed=0)
+    ref = fp_reference(model, torch.arange(images) % model.num_conditions, spec)
+    name, params = parse_method(entry)
+    recipe = calibrate(model, method_config(name, **params),
+                       CalibConfig(steps=25, samples=8, seed=seed, progress=False))
+    return model, spec, ref, recipe
+
+
+def end_to_end_row(label: str, model: Any, denoise: Any, spec: Any, ref: Any, **extra: Any) -> dict[str, Any]:
+    """Sample with ``denoise`` on the reference's noise: PSNR global (pooled MSE) / mean vs FP and the mean step
+    SQNR (teacher-forced on 8 images), rounded, with ``extra`` fields."""
+    q = evaluate(model, denoise, ref, spec, None, sqnr_rows=8)
+    return {"label": label, "global": round(image_metrics(q["images"], ref.images)["psnr_global_db"], 2),
+            "mean": round(float(q["psnr_db"]), 2), "sqnr": round(q["sqnr_mean_db"], 2), **extra}
+

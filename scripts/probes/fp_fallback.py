@@ -13,17 +13,14 @@ import json
 import sys
 
 import torch
+from _common import calibrated_reference, end_to_end_row
 
-from ditq.bench.quality import evaluate
-from ditq.bench.quality_grid.config import parse_method
 from ditq.bench.quality_grid.peers import modelopt_config
-from ditq.calibration.calibrate import CalibConfig, calibrate
-from ditq.calibration.methods import method_config
 from ditq.core.sampler import make_scheduler
-from ditq.models.loading import load_model, make_denoiser, quant_sites
+from ditq.models.loading import make_denoiser, quant_sites
 from ditq.runtime.backends.base import GroupedBackend
 from ditq.runtime.backends.fake_quant import group_denoiser
-from ditq.testbed.scoring import SamplingSpec, fp_reference, run_sampler
+from ditq.testbed.scoring import SamplingSpec, run_sampler
 
 torch.set_num_threads(1)
 args = [a for a in sys.argv[1:] if not a.startswith("--")]
@@ -31,12 +28,7 @@ peer = "--no-peer" not in sys.argv
 only = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--only=")), None)
 src, steps, images, entry = args[0], int(args[1]), int(args[2]), args[3]
 seed = int(args[4]) if len(args) > 4 else 1
-model = load_model(src)
-labels = torch.arange(images) % model.num_conditions
-spec = SamplingSpec(steps=steps, cfg_scale=3.0, seed=0)
-ref = fp_reference(model, labels, spec)
-name, params = parse_method(entry)
-recipe = calibrate(model, method_config(name, **params), CalibConfig(steps=25, samples=8, seed=seed, progress=False))
+model, spec, ref, recipe = calibrated_reference(src, steps, images, entry, seed)
 G = recipe.num_groups
 print("groups", [g.interval for g in recipe.groups], flush=True)
 
@@ -83,11 +75,7 @@ def share(fp: set[tuple[str, int]]) -> float:
 
 
 def report(label, denoise, fp_share):
-    q = evaluate(model, denoise, ref, spec, None, sqnr_rows=8)
-    mse = ((q["images"].clamp(-1, 1) - ref.images.clamp(-1, 1)) / 2).square().double().mean()
-    print(json.dumps({"label": label, "global": round(float(10 * torch.log10(1 / mse)), 2),
-                      "mean": round(float(q["psnr_db"]), 2), "sqnr": round(q["sqnr_mean_db"], 2),
-                      "fp_share": round(fp_share, 3)}), flush=True)
+    print(json.dumps(end_to_end_row(label, model, denoise, spec, ref, fp_share=round(fp_share, 3))), flush=True)
 
 
 hi = G - 1
