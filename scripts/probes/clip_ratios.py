@@ -9,6 +9,8 @@ from collections import Counter
 import torch
 from _common import htg_solution
 
+from ditq.calibration.methods.base import folded_amax
+
 torch.set_num_threads(1)
 src = sys.argv[1]
 seed = int(sys.argv[2]) if len(sys.argv) > 2 else 1
@@ -17,9 +19,7 @@ ratios = []
 for site in ctx.sites:
     st, shifts, smooth = ctx.stats[site.name], sol.shifts[site.name], sol.smooth[site.name]
     for g in range(sol.grouping.n_groups):
-        rows = ctx.rows_of(sol.grouping, g)
-        hi, lo = st.ch_max[rows].amax(0), st.ch_min[rows].amin(0)
-        amax = float(torch.maximum(hi - shifts[g], shifts[g] - lo).div(smooth).amax())
+        amax = folded_amax(st, ctx.rows_of(sol.grouping, g), shifts[g], smooth)
         ratios.append(round(float(sol.act_scales[site.name][g]) * 127 / amax, 2))
 print(f"{len(ratios)} (site, group) scales; clip ratio: count", dict(sorted(Counter(ratios).items())))
 clipped = sum(r < 0.995 for r in ratios) / len(ratios)

@@ -127,6 +127,13 @@ def pooled_range(st: SiteStats, rows: list[int]) -> tuple[torch.Tensor, torch.Te
     return st.ch_max[rows].amax(0), st.ch_min[rows].amin(0)
 
 
+def folded_amax(st: SiteStats, rows: list[int], shift: torch.Tensor, smooth: torch.Tensor) -> float:
+    """The exact amax of the folded input ``(x - shift) / smooth`` over the calibration rows ``rows`` (from the
+    per-channel stats): an unrotated static site's activation range in one group."""
+    hi, lo = pooled_range(st, rows)
+    return float(torch.maximum(hi - shift, shift - lo).div(smooth).amax())
+
+
 def act_scales_for(ctx: Context, site: Site, grouping: Grouping, shifts: torch.Tensor, smooth: torch.Tensor,
                    *, search: bool, absolute: bool = False, rotation: int = 0) -> tuple[torch.Tensor, float]:
     """Per-group activation scales of ``(x - z_g) / s``: exact amax from the stats, clip searched on the reservoir.
@@ -144,8 +151,7 @@ def act_scales_for(ctx: Context, site: Site, grouping: Grouping, shifts: torch.T
         rows = ctx.rows_of(grouping, g)
         x = None
         if rot is None:
-            hi, lo = pooled_range(st, rows)
-            amax = float(torch.maximum(hi - shifts[g], shifts[g] - lo).div(smooth).amax())
+            amax = folded_amax(st, rows, shifts[g], smooth)
         else:
             x = ((st.reservoir[rows].reshape(-1, st.reservoir.shape[-1]) - shifts[g]) / smooth).float() @ rot
             amax = float(x.abs().amax())
