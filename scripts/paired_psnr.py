@@ -15,6 +15,8 @@ import json
 
 import numpy as np
 
+from ditq.bench.quality_grid.seeds import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, global_psnr
+
 
 def rows(path: str, method: str, bits: str) -> dict[int, dict[int, np.ndarray]]:
     """steps -> calibration seed -> per-image PSNR (dB) of ``method`` at ``bits`` in a quality.json."""
@@ -28,12 +30,14 @@ def rows(path: str, method: str, bits: str) -> dict[int, dict[int, np.ndarray]]:
     return out
 
 
-def _delta(a: np.ndarray, b: np.ndarray, idx: np.ndarray) -> tuple[float, float]:
-    """(global, mean) PSNR of ``a`` minus ``b`` [seeds, images] over the images ``idx``."""
-    def pooled(x: np.ndarray) -> float:  # global PSNR per seed, then the mean over seeds
-        return float((-10 * np.log10((10 ** (-x[:, idx] / 10)).mean(1))).mean())
+def _delta_global(p: np.ndarray) -> float:
+    """A minus B [2, seeds, images]: the pooled-MSE PSNR of each seed, averaged over the seeds."""
+    return float(np.mean([global_psnr(a) - global_psnr(b) for a, b in zip(p[0], p[1])]))
 
-    return pooled(a) - pooled(b), float(a[:, idx].mean() - b[:, idx].mean())
+
+def _delta_mean(p: np.ndarray) -> float:
+    """A minus B [2, seeds, images]: the per-image PSNR averaged over images and seeds."""
+    return float(p[0].mean() - p[1].mean())
 
 
 def main() -> None:
@@ -45,17 +49,18 @@ def main() -> None:
     p.add_argument("--bits", default="W8A8")
     args = p.parse_args()
     a_rows, b_rows = rows(args.file_a, args.method_a, args.bits), rows(args.file_b, args.method_b, args.bits)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(BOOTSTRAP_SEED)  # one stream over the step counts
     for steps in sorted(set(a_rows) & set(b_rows), reverse=True):
         seeds = sorted(set(a_rows[steps]) & set(b_rows[steps]))
         a = np.stack([a_rows[steps][s] for s in seeds])  # [seeds, images]
         b = np.stack([b_rows[steps][s] for s in seeds])
         if a.shape != b.shape:
             raise SystemExit(f"{steps} steps: {a.shape[1]} vs {b.shape[1]} images: not the same evaluation set")
-
-        n = a.shape[1]
-        g, m = _delta(a, b, np.arange(n))
-        boots = np.array([_delta(a, b, rng.integers(0, n, n)) for _ in range(2000)])
+        pair = np.stack([a, b])  # the bootstrap resamples images, the same ones on both sides
+        g, m = _delta_global(pair), _delta_mean(pair)
+        n = pair.shape[-1]
+        draws = [pair[..., rng.integers(0, n, n)] for _ in range(BOOTSTRAP_RESAMPLES)]
+        boots = np.array([(_delta_global(d), _delta_mean(d)) for d in draws])
         lo, hi = np.percentile(boots, [2.5, 97.5], axis=0)
         print(f"{steps} steps, seeds {seeds}: {args.method_a} - {args.method_b} ({args.bits}): "
               f"global {g:+.2f} [{lo[0]:+.2f}, {hi[0]:+.2f}], mean {m:+.2f} [{lo[1]:+.2f}, {hi[1]:+.2f}]")
