@@ -159,9 +159,10 @@ def calibrate(model: LoadedModel, method: MethodConfig, config: CalibConfig,
                 tensors[f"g{g}/{site.name}.act_scale"] = sol.act_scales[site.name][g].reshape(()).float()
         inputs = None
         gptq = config.weight_rounding == "gptq"
+        weigh_inputs = gptq or (sol.weight_clip_search and config.weight_clip == "output")  # H = E[x^T x] needed
         group_rows = (folded_group_inputs(ctx, site, sol.grouping, sol.shifts[site.name], sol.smooth[site.name])
-                      if gptq or correct or (sol.weight_clip_search and config.weight_clip == "output") else [])
-        if gptq or (sol.weight_clip_search and config.weight_clip == "output"):
+                      if weigh_inputs or correct else [])
+        if weigh_inputs:
             inputs = torch.cat(group_rows)
         for lin in site.linears:  # folded weights are shared by all groups (smoothing is per site)
             spec = specs[lin]
