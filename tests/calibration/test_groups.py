@@ -262,3 +262,20 @@ def test_htg_passes_its_group_window_to_the_grouping(monkeypatch):
     assert seen == [5]
     with pytest.raises(DitqError, match="odd"):
         method_config("htg", group_window=4)
+
+
+def test_auto_min_groups_raises_the_knee_only_where_grouping_pays():
+    t, breaks = 60, [18, 41]
+    ts = np.arange(t) * 16 + 5
+    sites = regime_sites(breaks, t)
+    knee_only = group_timesteps(ts, sites, "auto", num_train_timesteps=1000)
+    raised = group_timesteps(ts, sites, "auto", num_train_timesteps=1000, min_groups=5)
+    assert knee_only.n_groups == 3 and raised.n_groups == 5
+    assert list(raised.segments) == optimal_segmentations(segment_costs(sites, 8), 5)[1][4]  # the optimal 5 groups
+    assert group_timesteps(ts, sites, "auto", num_train_timesteps=1000, min_groups=20).n_groups == 8  # max_groups
+    assert group_timesteps(ts, sites, 2, num_train_timesteps=1000, min_groups=5).n_groups == 2  # explicit G wins
+    c = 16
+    flat = [SiteRange(np.tile(np.full(c, 2.0), (t, 1)), np.tile(np.full(c, -1.0), (t, 1)), 1.0)]
+    assert group_timesteps(ts, flat, "auto", num_train_timesteps=1000, min_groups=5).n_groups == 1
+    with pytest.raises(DitqError, match="min_groups"):
+        group_timesteps(ts, sites, "auto", num_train_timesteps=1000, min_groups=0)

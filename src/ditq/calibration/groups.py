@@ -4,7 +4,8 @@ Each group gets its own shift z_g (channel mid-range of the pooled range) and sc
 is the rounding-noise proxy summed over sites, weighted by the group's size and normalised by each site's
 signal power: cost(g) = sum_l |g| * (a_{g,l} / qmax)^2 / 12 / P_l.  We minimise the total over contiguous
 segmentations exactly (dynamic programming) or greedily (adjacent agglomerative merges), and pick G with
-a Kneedle knee when asked for ``auto``.
+a Kneedle knee when asked for ``auto`` (raised to ``min_groups`` when the caller asks for more: HTG does when the
+calibration is dense enough to fit more groups, see ``HTGConfig.timesteps_per_group``).
 """
 
 from __future__ import annotations
@@ -184,12 +185,16 @@ def group_timesteps(
     max_groups: int = 8,
     method: Literal["dp", "greedy"] = "dp",
     window: int = 1,
+    min_groups: int = 1,
 ) -> Grouping:
     """Group calibration timesteps (any order; `sites` rows in the same order) into contiguous groups.
 
     ``window`` > 1 (odd): the cost sees each timestep's channel range as the median of it and its neighbours' (a
     centred moving median over ``window`` calibration timesteps), so one outlying call moves no boundary; the
     shifts and scales still come from the exact ranges.
+
+    ``min_groups`` (``auto`` only): take at least this many groups (capped by ``max_groups`` and the number of
+    timesteps) when the knee is lower but above 1 (a flat cost curve, where grouping does not pay, stays one group).
     """
     ts = np.array([operator.index(t) for t in timesteps], dtype=np.int64)
     n = ts.size
@@ -209,6 +214,8 @@ def group_timesteps(
         n_groups = int(n_groups)
     if max_groups < 1:
         raise DitqError(f"max_groups must be >= 1, got {max_groups}.")
+    if min_groups < 1:
+        raise DitqError(f"min_groups must be >= 1, got {min_groups}.")
     if window < 1 or window % 2 == 0:
         raise DitqError(f"the grouping window must be an odd number >= 1 of calibration timesteps, got {window}.")
     if n_groups != "auto" and not 1 <= n_groups <= n:
@@ -237,7 +244,9 @@ def group_timesteps(
     curve: list[float] = []
     if n_groups == "auto" or method == "dp":
         curve, dp_segs = optimal_segmentations(cost, gmax)
-    g = knee(curve) if n_groups == "auto" else n_groups
+    g = n_groups if n_groups != "auto" else knee(curve)
+    if n_groups == "auto" and g > 1:  # grouping pays at all (the knee says 1 when it does not): at least min_groups
+        g = max(g, min(min_groups, gmax))
     segs = dp_segs[g - 1] if method == "dp" else greedy_segmentation(cost, g)
     ts_sorted = tuple(int(t) for t in ts[order])
     return Grouping(

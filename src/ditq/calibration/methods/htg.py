@@ -75,8 +75,14 @@ log = logging.getLogger(__name__)
 class HTGConfig(MethodConfig):
     needs_model: ClassVar[bool] = True  # "global"/"output" run the model on the calibration probes
 
-    groups: int | str = "auto"  # an int, or "auto" (knee of the optimal-cost curve)
+    groups: int | str = "auto"  # an int, or "auto": the knee of the optimal-cost curve, raised by timesteps_per_group
     max_groups: int = 8
+    # "auto" takes at least one group per this many calibration timesteps (up to max_groups; 0: the knee alone). The
+    # cost curve always falls with more groups; what limits them is how well each group's ranges are estimated. With
+    # the default 100-step calibration this gives 6 groups where the knee gave 3: +0.3 dB step SQNR and +0.3 to
+    # +0.9 dB PSNR on the demo and patches DiTs (docs/bench_quality/README.md, "more groups"); with 25 calibration
+    # steps 6 groups lost (docs/static_levers.md §3), and the rule keeps the knee there
+    timesteps_per_group: int = 16
     grouping: str = "dp"  # "dp" (exact) or "greedy" (agglomerative merge)
     group_window: int = 1  # odd: the grouping cost sees per-timestep channel ranges as a moving median over this many
     alphas: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
@@ -109,6 +115,9 @@ class HTGConfig(MethodConfig):
                             f"{self.group_window}")
         if self.alpha_criterion not in ("global", "output", "local"):
             raise DitqError(f"alpha_criterion must be 'global', 'output' or 'local', got {self.alpha_criterion!r}")
+        if self.timesteps_per_group < 0 or self.max_groups < 1:
+            raise DitqError(f"timesteps_per_group must be >= 0 and max_groups >= 1, got {self.timesteps_per_group}, "
+                            f"{self.max_groups}")
         if self.probe_timesteps < 1 or self.probe_batch < 1:
             raise DitqError(f"probe_timesteps and probe_batch must be >= 1, got {self.probe_timesteps}, "
                             f"{self.probe_batch}")
@@ -132,6 +141,7 @@ class HTGConfig(MethodConfig):
             num_train_timesteps=ctx.num_train_timesteps, bits=ctx.a_bits,
             max_groups=min(self.max_groups, len(ctx.timesteps)), method=self.grouping,  # type: ignore[arg-type]
             window=self.group_window,
+            min_groups=max(1, len(ctx.timesteps) // self.timesteps_per_group) if self.timesteps_per_group else 1,
         )
         scorer = None
         if self.alpha_criterion != "local":
