@@ -63,7 +63,7 @@ for site in ctx.sites:
         sg.append(smoothing_scale(a, w_of(site), al))
     sg = torch.stack(sg)
     for g in range(G):
-        s_all, _ = act_scales_for(ctx, site, sol.grouping, z, sg[g], search=True)
+        s_all, _ = act_scales_for(ctx, site, sol.grouping, z, sg[g], search=False)  # amax, as HTG's default
         sc.append(s_all[g])
     per[site.name] = (z, sg, torch.stack(sc))
 # score with per-group smoothing: patch the replacement class
