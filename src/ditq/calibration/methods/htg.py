@@ -1,5 +1,11 @@
 """HTG (DESIGN §3): timestep groups, per-group channel shifts, per-site smoothing with a searched alpha.
 
+Groups (``groups="auto"``): the knee of the exact-DP cost curve, raised to one group per ``timesteps_per_group``
+(16) calibration timesteps when the knee is above 1, so 6 groups at the default 100-step calibration. The cost
+curve always falls with more groups; estimation (few calibration timesteps per group) is what limits them. 3 -> 6
+groups at the full protocol: step SQNR +0.2..+0.35 dB on three models and both bit widths, PSNR never lower
+(docs/static_levers.md §6.3). DESIGN §3 has the knee alone.
+
 Per site, the candidates are alpha in ``alphas`` (or no smoothing), each with the mid-range shift and, with
 ``shift_choice``, without it. ``alpha_criterion`` picks among them by what the model output sees:
 - "output" (default): per site, the best model-output SQNR on the calibration probes with only that site
