@@ -24,6 +24,9 @@ def test_quick_quality_grid_through_the_cli(tmp_path, capsys):
     for c in cells.values():
         assert c["sqnr_mean_db"] > 20 and c["psnr_db"] > 15 and c["artifact_bytes"] > 0
         assert c["ort_vs_torch_sqnr_db"] > 60  # exact-QDQ graphs and the torch fake-quant agree
+        # ... far above the quantization error at the same inputs (the margin is that SQNR minus torch's vs FP)
+        if np.isfinite(c["ort_vs_torch_sqnr_db"]):  # (bit-identical outputs would make both infinite)
+            assert 20 < c["ort_vs_torch_margin_db"] < c["ort_vs_torch_sqnr_db"] - 10
         assert len(c["sqnr_per_step_db"]) == c["steps"] == 5
     assert cells["htg", "W4A8"]["artifact_bytes"] < cells["htg", "W8A8"]["artifact_bytes"]  # INT4 weights
     ag = body["agreement"]
@@ -33,6 +36,7 @@ def test_quick_quality_grid_through_the_cli(tmp_path, capsys):
     assert (out / "samples_w4a8.png").stat().st_size > 0
     assert (out / "sqnr_over_timesteps.png").exists() == has_module("matplotlib")
     assert "| FP32 (floor) | FP32 | 5 |" in (out / "quality.md").read_text()
+    assert "ORT vs torch (dB) (margin)" in (out / "quality.md").read_text()
 
 
 def test_config_errors_are_one_line():

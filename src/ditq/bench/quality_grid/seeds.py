@@ -60,9 +60,9 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for k in ("calibration_seconds", "artifact_bytes"):
             if any(r.get(k) is not None for r in group):
                 row[k] = _mean([r[k] for r in group if r.get(k) is not None])
-        if any(r.get("ort_vs_torch_sqnr_db") is not None for r in group):  # the worst seed
-            row["ort_vs_torch_sqnr_db"] = min(r["ort_vs_torch_sqnr_db"] for r in group
-                                              if r.get("ort_vs_torch_sqnr_db") is not None)
+        for k in ("ort_vs_torch_sqnr_db", "ort_vs_torch_margin_db"):  # the worst seed
+            if any(r.get(k) is not None for r in group):
+                row[k] = min(r[k] for r in group if r.get(k) is not None)
         out.append(row)
     return out
 
