@@ -86,7 +86,7 @@ class HTGConfig(MethodConfig):
     # "auto" takes at least one group per this many calibration timesteps (up to max_groups; 0: the knee alone). The
     # cost curve always falls with more groups; what limits them is how well each group's ranges are estimated. With
     # the default 100-step calibration this gives 6 groups where the knee gave 3: +0.3 dB step SQNR and +0.3 to
-    # +0.9 dB PSNR on the demo and patches DiTs (docs/bench_quality/README.md, "more groups"); with 25 calibration
+    # +0.9 dB PSNR on the demo and patches DiTs (docs/static_levers.md §6.3); with 25 calibration
     # steps 6 groups lost (docs/static_levers.md §3), and the rule keeps the knee there
     timesteps_per_group: int = 16
     grouping: str = "dp"  # "dp" (exact) or "greedy" (agglomerative merge)
