@@ -1,10 +1,11 @@
 """HTG (DESIGN §3): timestep groups, per-group channel shifts, per-site smoothing with a searched alpha.
 
-Groups (``groups="auto"``): the knee of the exact-DP cost curve, raised to one group per ``timesteps_per_group``
-(16) calibration timesteps when the knee is above 1, so 6 groups at the default 100-step calibration. The cost
-curve always falls with more groups; estimation (few calibration timesteps per group) is what limits them. 3 -> 6
-groups at the full protocol: step SQNR +0.2..+0.35 dB on three models and both bit widths, PSNR never lower
-(docs/static_levers.md §6.3). DESIGN §3 has the knee alone.
+Groups (``groups="auto"``): the knee of the exact-DP cost curve; with static INT8 activations, raised to one group
+per ``timesteps_per_group`` (16) calibration timesteps when the knee is above 1, so 6 groups at the default 100-step
+calibration. The cost curve always falls with more groups; estimation (few calibration timesteps per group) is what
+limits them. 3 -> 6 groups at the full protocol: step SQNR +0.2..+0.35 dB on three models at W8A8 and W4A8, PSNR
+never lower (docs/static_levers.md §6.3). Per-token (``act="token"``) and FP8 activations gained no step SQNR from
+them and keep the knee. DESIGN §3 has the knee alone.
 
 Per site, the candidates are alpha in ``alphas`` (or no smoothing), each with the mid-range shift and, with
 ``shift_choice``, without it. ``alpha_criterion`` picks among them by what the model output sees:
@@ -83,11 +84,12 @@ class HTGConfig(MethodConfig):
 
     groups: int | str = "auto"  # an int, or "auto": the knee of the optimal-cost curve, raised by timesteps_per_group
     max_groups: int = 8
-    # "auto" takes at least one group per this many calibration timesteps (up to max_groups; 0: the knee alone). The
-    # cost curve always falls with more groups; what limits them is how well each group's ranges are estimated. With
-    # the default 100-step calibration this gives 6 groups where the knee gave 3: +0.3 dB step SQNR and +0.3 to
-    # +0.9 dB PSNR on the demo and patches DiTs (docs/static_levers.md §6.3); with 25 calibration
-    # steps 6 groups lost (docs/static_levers.md §3), and the rule keeps the knee there
+    # "auto" with static INT activations takes at least one group per this many calibration timesteps (up to
+    # max_groups; 0: the knee alone). The cost curve always falls with more groups; what limits them is how well each
+    # group's ranges are estimated. With the default 100-step calibration this gives 6 groups where the knee gave 3:
+    # +0.3 dB step SQNR and +0.3 to +0.9 dB PSNR on the demo and patches DiTs (docs/static_levers.md §6.3); with 25
+    # calibration steps 6 groups lost (docs/static_levers.md §3), and the rule keeps the knee there. act="token" and
+    # FP8 keep the knee: 6 groups gained them no step SQNR (+0.02, +0.03 dB on the demo)
     timesteps_per_group: int = 16
     grouping: str = "dp"  # "dp" (exact) or "greedy" (agglomerative merge)
     group_window: int = 1  # odd: the grouping cost sees per-timestep channel ranges as a moving median over this many
@@ -140,6 +142,9 @@ class HTGConfig(MethodConfig):
             raise DitqError("htg act='token' chooses its options by the model output (alpha_criterion 'output' or "
                             "'global', with the model's recorded calls); the local criterion models static scales")
         blocks = site_rotations(ctx, self.rotation)
+        # more groups pay where each group's static INT8 activation scale gets finer; per-token scales (act="token")
+        # and FP8's logarithmic grid measured no step-SQNR gain from them, so those keep the knee (fewer engines)
+        dense = bool(self.timesteps_per_group) and not token and ctx.fmt == "int"
         ranges = [SiteRange(ctx.stats[s.name].ch_max.numpy(), ctx.stats[s.name].ch_min.numpy(),
                             max(ctx.stats[s.name].power, 1e-12)) for s in ctx.sites]
         grouping = group_timesteps(
@@ -147,7 +152,7 @@ class HTGConfig(MethodConfig):
             num_train_timesteps=ctx.num_train_timesteps, bits=ctx.a_bits,
             max_groups=min(self.max_groups, len(ctx.timesteps)), method=self.grouping,  # type: ignore[arg-type]
             window=self.group_window,
-            min_groups=max(1, len(ctx.timesteps) // self.timesteps_per_group) if self.timesteps_per_group else 1,
+            min_groups=max(1, len(ctx.timesteps) // self.timesteps_per_group) if dense else 1,
         )
         scorer = None
         if self.alpha_criterion != "local":
