@@ -258,7 +258,8 @@ def test_htg_passes_its_group_window_to_the_grouping(monkeypatch):
         RuntimeError("stop")))
     with pytest.raises(RuntimeError, match="stop"):
         method_config("htg", group_window=5).solve(type("Ctx", (), {"sites": [], "stats": {}, "timesteps": [0],
-                                                                     "num_train_timesteps": 1000, "a_bits": 8})())
+                                                                     "num_train_timesteps": 1000, "a_bits": 8,
+                                                                     "fmt": "int"})())
     assert seen == [5]
     with pytest.raises(DitqError, match="odd"):
         method_config("htg", group_window=4)
