@@ -16,8 +16,7 @@ import sys
 import torch
 from _common import calibrated_reference, end_to_end_row
 
-from ditq.runtime.backends.base import GroupedBackend
-from ditq.runtime.backends.fake_quant import group_denoiser
+from ditq.runtime.backends import fake_quant_backend
 from ditq.testbed.scoring import SamplingSpec, fp_reference
 
 torch.set_num_threads(1)
@@ -26,15 +25,13 @@ seed = int(sys.argv[4]) if len(sys.argv) > 4 else 1
 n_fit = int(sys.argv[5]) if len(sys.argv) > 5 else 16
 model, spec, ref, recipe = calibrated_reference(src, steps, images, "htg", seed)
 G = recipe.num_groups
-quant = GroupedBackend("htg", [g.interval for g in recipe.groups],
-                       [torch.no_grad()(group_denoiser(model, recipe, g).predict) for g in range(G)],
-                       num_classes=model.num_classes)
+quant = fake_quant_backend(model, recipe)
 
 # fit set: other labels and noise than the evaluation images
 fit = fp_reference(model, (torch.arange(n_fit) + 3) % model.num_conditions,
                    SamplingSpec(steps=steps, cfg_scale=spec.cfg_scale, seed=1000 + seed))
 gain, bias = {}, {}
-pooled: dict[int, list] = {g: [0.0, 0.0, []] for g in range(G)}  # per group: <d, f>, <f, f>, (d, f) pairs
+pairs_of: dict[int, list] = {g: [] for g in range(G)}  # per group: the (error, FP output) pair of each fit step
 with torch.no_grad():
     for (x, t, y), f in zip(fit.inputs, fit.outputs):
         q = quant(x, t, y)
@@ -44,14 +41,12 @@ with torch.no_grad():
         dims = [i for i in range(r.dim()) if i != 1]  # per output channel
         gain[float(t[0])] = k
         bias[float(t[0])] = r.mean(dims, keepdim=True)[0]
-        acc = pooled[quant.group_of(float(t[0]))]
-        acc[0] += float((d * f).sum())
-        acc[1] += float((f * f).sum())
-        acc[2].append((d, f))
+        pairs_of[quant.group_of(float(t[0]))].append((d, f))
 # per group (foldable into the output projection of each group's graph): one gain and one bias per channel
 group_gain, group_bias = {}, {}
-for g, (df, ff, pairs) in pooled.items():
-    k = df / ff if ff else 0.0
+for g, pairs in pairs_of.items():
+    ff = sum(float((f * f).sum()) for _, f in pairs)
+    k = sum(float((d * f).sum()) for d, f in pairs) / ff if ff else 0.0
     group_gain[g] = k
     group_bias[g] = torch.stack([(d - k * f).mean([i for i in range(d.dim()) if i != 1]) for d, f in pairs]).mean(0)
 ks = list(gain.values())

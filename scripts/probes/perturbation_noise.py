@@ -14,17 +14,14 @@ import sys
 import torch
 from _common import calibrated_reference, end_to_end_row
 
-from ditq.runtime.backends.base import GroupedBackend
-from ditq.runtime.backends.fake_quant import group_denoiser
+from ditq.runtime.backends import fake_quant_backend
 
 torch.set_num_threads(1)
 src, steps, images = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 seed = int(sys.argv[4]) if len(sys.argv) > 4 else 1
 entry = sys.argv[5] if len(sys.argv) > 5 else "htg"
 model, spec, ref, recipe = calibrated_reference(src, steps, images, entry, seed)
-quant = GroupedBackend(entry, [g.interval for g in recipe.groups],
-                       [torch.no_grad()(group_denoiser(model, recipe, g).predict) for g in range(recipe.num_groups)],
-                       num_classes=model.num_classes)
+quant = fake_quant_backend(model, recipe)
 rows = []
 for eps in (0.0, 1e-4, -1e-4, 2e-4, -2e-4, 3e-4, -3e-4):
     row = end_to_end_row(f"{entry}@{seed} output x (1 {eps:+.0e})", model,
