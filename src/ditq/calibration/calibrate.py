@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from ditq.artifacts.recipe import GroupSpec, LinearSpec, Recipe, SiteSpec
 from ditq.calibration.methods import MethodConfig
 from ditq.calibration.methods.base import Context, folded_group_inputs, input_factor, input_moments
-from ditq.calibration.stats import ActivationCollector
+from ditq.calibration.stats import ActivationCollector, RangeCollector
 from ditq.core.cond import Cond
 from ditq.core.fold import fold_state
 from ditq.core.quantizers import (
@@ -27,6 +27,7 @@ from ditq.core.quantizers import (
     gptq_codes,
     rotate_weight,
     rotation_matrix,
+    scale_from_amax,
     weight_scales,
 )
 from ditq.core.sampler import make_scheduler, sample
@@ -146,6 +147,8 @@ def calibrate(model: LoadedModel, method: MethodConfig, config: CalibConfig,
         torch.set_num_threads(threads)
     folded, _ = fold_state(state, sites, {s.name: sol.shifts[s.name][0] for s in sites}, sol.smooth)
     specs = {lin: sol.linear_specs.get(lin) or ctx.default_spec(s) for s in sites for lin in s.linears}
+    if sol.exact_range_sites:
+        _exact_ranges(model, forward_loop or sampler_forward_loop(model, config), sites, sol, specs, config)
     tensors: dict[str, torch.Tensor] = {}
     correct = config.bias_correction and all(f"{lin}.bias" in state for s in sites for lin in s.linears)
     if config.bias_correction and not correct:
@@ -210,6 +213,50 @@ def calibrate(model: LoadedModel, method: MethodConfig, config: CalibConfig,
     recipe.check()
     log.info("calibrated %s: %d groups in %.1f s", method.name, recipe.num_groups, recipe.calibration["seconds"])
     return recipe
+
+
+def _exact_ranges(model: LoadedModel, loop: ForwardLoop, sites: list[Any], sol: Any, specs: dict[str, LinearSpec],
+                  config: CalibConfig) -> None:
+    """Replace the reservoir amax of ``sol.exact_range_sites`` (rotated static inputs) by the exact amax over a
+    second run of the calibration loop, per group, in place. A group the second run does not reach keeps its
+    reservoir scale (a loop that is not repeatable, e.g. an exhausted iterator: logged)."""
+    chosen = [s for s in sites if s.name in sol.exact_range_sites]
+    transforms = {}
+    for site in chosen:
+        shifts, smooth = sol.shifts[site.name].float(), sol.smooth[site.name].float()
+        block = specs[site.linears[0]].rotation
+        rot = rotation_matrix(smooth.numel(), block).float() if block else None
+
+        def transform(x: torch.Tensor, g: int, shifts: torch.Tensor = shifts, smooth: torch.Tensor = smooth,
+                      rot: torch.Tensor | None = rot) -> torch.Tensor:
+            y = (x - shifts[g]) / smooth
+            return y if rot is None else y @ rot
+
+        transforms[site.name] = transform
+    collector = RangeCollector(model.transformer, chosen, transforms, sol.grouping.group_of,
+                               len(sol.grouping.segments), timestep_from=model.transformer)
+    start = time.perf_counter()
+    try:
+        loop(model.transformer)
+    finally:
+        collector.remove()
+    ratios, missed = [], 0
+    for name, amaxes in collector.amax.items():
+        for g, amax in enumerate(amaxes):
+            if amax is None:
+                missed += 1
+                continue
+            old = float(sol.act_scales[name][g])
+            sol.act_scales[name][g] = scale_from_amax(amax, config.a_bits, config.fmt)
+            ratios.append(float(sol.act_scales[name][g]) / old)
+    if missed:
+        log.warning("the second run of the calibration loop reached %d (site, group) pairs fewer than the first: "
+                    "those keep the reservoir's range", missed)
+    if ratios:
+        r = torch.tensor(ratios)
+        log.info("exact ranges of %d rotated sites (%.1f s): %.2fx the reservoir's (median; max %.2fx)",
+                 len(chosen), time.perf_counter() - start, float(r.median()), float(r.max()))
+        sol.info["exact_range_ratio"] = {"median": round(float(r.median()), 4), "max": round(float(r.max()), 4)}
 
 
 def bias_correction(rows: torch.Tensor, weight: torch.Tensor, qweight: torch.Tensor, act_scale: float,

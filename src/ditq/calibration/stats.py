@@ -40,6 +40,18 @@ class _Acc:
     rows: dict[int, list[torch.Tensor]] = field(default_factory=dict)
 
 
+def call_timestep(args: tuple[object, ...], kwargs: dict[str, object]) -> int:
+    """The timestep of one transformer call: its ``timestep`` argument (keyword, or the second positional one)."""
+    t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+    if t is None:
+        raise DitqError("the calibration loop called the transformer without a timestep; pass timestep=... "
+                        "as diffusers pipelines do")
+    ts = torch.as_tensor(t, dtype=torch.float64).reshape(-1)
+    if ts.numel() == 0 or not bool(torch.isfinite(ts).all()) or not bool((ts == ts[0]).all()):
+        raise DitqError(f"every row of a calibration call must share one finite timestep, got {ts.tolist()[:8]}")
+    return int(round(float(ts[0])))
+
+
 class ActivationCollector:
     """Forward pre-hooks on the first Linear of every site, keyed on the timestep of the current model call.
 
@@ -67,15 +79,7 @@ class ActivationCollector:
         self.timestep = int(timestep)
 
     def _read_timestep(self, _module: nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
-        """The transformer's ``timestep`` argument (keyword, or its second positional argument)."""
-        t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
-        if t is None:
-            raise DitqError("the calibration loop called the transformer without a timestep; pass timestep=... "
-                            "as diffusers pipelines do")
-        ts = torch.as_tensor(t, dtype=torch.float64).reshape(-1)
-        if ts.numel() == 0 or not bool(torch.isfinite(ts).all()) or not bool((ts == ts[0]).all()):
-            raise DitqError(f"every row of a calibration call must share one finite timestep, got {ts.tolist()[:8]}")
-        self.timestep = int(round(float(ts[0])))
+        self.timestep = call_timestep(args, kwargs)
 
     def _hook(self, name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
         def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
@@ -116,3 +120,44 @@ class ActivationCollector:
                 reservoir=torch.stack([torch.cat(acc.rows[t])[:k] for t in ts]),
             )
         return out
+
+
+class RangeCollector:
+    """Exact per-group amax of transformed site inputs over a second run of the calibration loop.
+
+    ``transforms[site](x, g)`` maps the site's input rows [n, C] in timestep group ``g`` (``group_of(timestep)``)
+    to what its quantizer sees, e.g. the folded, rotated ``((x - z_g) / s) @ R``: a tensor whose range the
+    per-channel statistics of the first pass do not bound. ``amax[site][g]`` is None for a group no call reached.
+    """
+
+    def __init__(self, model: nn.Module, sites: Sequence[Site],
+                 transforms: dict[str, Callable[[torch.Tensor, int], torch.Tensor]], group_of: Callable[[int], int],
+                 n_groups: int, *, timestep_from: nn.Module, prefix: str = "") -> None:
+        self.group_of = group_of
+        self.timestep: int | None = None
+        self.amax: dict[str, list[float | None]] = {s.name: [None] * n_groups for s in sites if s.name in transforms}
+        modules = dict(model.named_modules())
+        self._handles = [timestep_from.register_forward_pre_hook(self._read_timestep, with_kwargs=True)]
+        self._handles += [
+            modules[prefix + s.linears[0]].register_forward_pre_hook(self._hook(s.name, transforms[s.name]))
+            for s in sites if s.name in transforms
+        ]
+
+    def _read_timestep(self, _module: nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
+        self.timestep = call_timestep(args, kwargs)
+
+    def _hook(self, name: str, transform: Callable[[torch.Tensor, int], torch.Tensor]
+              ) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
+        def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            assert self.timestep is not None  # set by the transformer's pre-hook, which runs first
+            g = self.group_of(self.timestep)
+            x = inputs[0].detach().float().reshape(-1, inputs[0].shape[-1])
+            amax = float(transform(x, g).abs().amax())
+            seen = self.amax[name][g]
+            self.amax[name][g] = amax if seen is None else max(seen, amax)
+
+        return hook
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()

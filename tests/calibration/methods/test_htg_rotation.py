@@ -20,7 +20,7 @@ def _k(recipe, site) -> int:
 
 
 def test_htg_rotation_recipe_is_static_rotated_exact_and_round_trips(calibrated, tiny_model, tmp_path):
-    rec = calibrated("htg", rotation=BLOCK)
+    rec = calibrated("htg", rotation=BLOCK, rotation_choice=False)
     assert not rec.dynamic_activations
     for site in rec.sites:
         for lin in site.linears:
@@ -63,13 +63,87 @@ def test_htg_rotation_act_scales_are_those_of_the_rotated_input(tiny_model):
     assert float(rotated[0]) != pytest.approx(float(plain[0]), rel=1e-3)
 
 
+def _all_site_inputs(model, config):
+    """Every input row of every site's first Linear over one run of the calibration loop, per timestep."""
+    from ditq.calibration.calibrate import sampler_forward_loop
+    from ditq.calibration.stats import call_timestep
+    from ditq.models.loading import quant_sites
+
+    seen: dict = {}
+    now: dict = {}
+    modules = dict(model.transformer.named_modules())
+    hooks = [model.transformer.register_forward_pre_hook(
+        lambda _m, a, k: now.__setitem__("t", call_timestep(a, k)), with_kwargs=True)]
+    for site in quant_sites(model.transformer):
+        hooks.append(modules[site.linears[0]].register_forward_pre_hook(
+            lambda _m, a, name=site.name: seen.setdefault(name, []).append(
+                (now["t"], a[0].detach().reshape(-1, a[0].shape[-1])))))
+    try:
+        with torch.no_grad():
+            sampler_forward_loop(model, config)(model.transformer)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def test_htg_rotated_scales_are_the_exact_amax_of_the_rotated_input(tiny_model, caplog):
+    """``rotation_ranges="exact"``: a rotated input's static scale covers every calibration row of its group (a
+    second run of the loop measures it), not only the reservoir's sampled rows (the default keeps those)."""
+    from ditq.calibration.calibrate import CalibConfig, calibrate
+    from ditq.calibration.methods.htg import HTGConfig
+
+    config = CalibConfig(steps=6, samples=2, progress=False)
+    method = HTGConfig(groups=2, alpha_criterion="local", rotation=BLOCK, rotation_choice=False, timesteps_per_group=0,
+                       rotation_ranges="exact")
+    with caplog.at_level("INFO", logger="ditq.calibration.calibrate"):
+        exact = calibrate(tiny_model, method, config)
+    assert "exact ranges of" in caplog.text
+    sampled = calibrate(tiny_model, HTGConfig(**{**method.params(), "rotation_ranges": "reservoir"}), config)
+    seen = _all_site_inputs(tiny_model, config)
+    grew = 0
+    for site in exact.sites:
+        k = exact.smooth(site.name).numel()
+        rot = rotation_matrix(k, exact.linear_spec(site.linears[0]).rotation).float()
+        for g in range(exact.num_groups):
+            assert torch.equal(exact.shift(site.name, g), sampled.shift(site.name, g))
+            x = torch.cat([x for t, x in seen[site.name] if exact.group_of(t) == g])
+            y = ((x - exact.shift(site.name, g)) / exact.smooth(site.name)) @ rot
+            want = float(y.abs().amax()) / 127
+            assert float(exact.act_scale(site.name, g)) == pytest.approx(want, rel=1e-5)
+            assert float(sampled.act_scale(site.name, g)) <= want * (1 + 1e-5)
+            grew += float(sampled.act_scale(site.name, g)) < want * (1 - 1e-3)
+    assert grew  # the reservoir missed some group's largest rotated row
+
+
+def test_exact_rotated_ranges_keep_the_reservoir_where_the_loop_does_not_repeat(tiny_model, caplog):
+    from ditq.calibration.calibrate import CalibConfig, calibrate, sampler_forward_loop
+    from ditq.calibration.methods.htg import HTGConfig
+
+    config = CalibConfig(steps=4, samples=2, progress=False)
+    runs = []
+
+    def once(transformer):  # an exhausted data loader: the second run calls the model no more
+        if not runs:
+            sampler_forward_loop(tiny_model, config)(transformer)
+        runs.append(1)
+
+    method = HTGConfig(groups=1, alpha_criterion="local", rotation=BLOCK, rotation_choice=False,
+                       rotation_ranges="exact")
+    with caplog.at_level("WARNING", logger="ditq.calibration.calibrate"):
+        rec = calibrate(tiny_model, method, config, forward_loop=once)
+    assert len(runs) == 2 and "keep the reservoir's range" in caplog.text
+    ref = calibrate(tiny_model, HTGConfig(**{**method.params(), "rotation_ranges": "reservoir"}), config)
+    assert all(torch.equal(rec.act_scale(s.name, 0), ref.act_scale(s.name, 0)) for s in rec.sites)
+
+
 def test_htg_static_rotation_exports_lint_clean_for_every_target_and_matches_fake_quant(calibrated, tiny_model,
                                                                                           tiny_reference, tmp_path):
     """Old export: W8 per-channel weights of a rotated Linear went out as an INT8 block DQ (block_size = K), which
     no TensorRT version builds (lint rule block-type); now they are per channel and the graph is clean."""
     from ditq.artifacts.lint import TARGETS, lint_dir
 
-    rec = calibrated("htg", rotation=BLOCK)
+    rec = calibrated("htg", rotation=BLOCK, rotation_choice=False)
     art = export_and_compare(tiny_model, rec, tiny_reference, tmp_path / "w8")
     for target in TARGETS:
         assert lint_dir(art.root, target) == {name: [] for name in lint_dir(art.root, target)}, target
@@ -83,7 +157,7 @@ def test_htg_static_rotation_exports_lint_clean_for_every_target_and_matches_fak
 
 
 def test_htg_w4a8_rotation_exports_and_matches_fake_quant(calibrated, tiny_model, tiny_reference, tmp_path):
-    rec = calibrated("htg", w_bits=4, rotation=BLOCK)
+    rec = calibrated("htg", w_bits=4, rotation=BLOCK, rotation_choice=False)
     assert all(rec.linear_spec(lin).w_bits == 4 and rec.linear_spec(lin).rotation for s in rec.sites
                for lin in s.linears)
     export_and_compare(tiny_model, rec, tiny_reference, tmp_path / "w4")
@@ -98,7 +172,19 @@ def test_htg_rotation_choice_and_smoothquant_rotation(calibrated, tiny_model):
     assert_fold_exact(tiny_model, sq)
 
 
-@pytest.mark.parametrize("method,bad", [("htg", 48), ("htg", 1), ("smoothquant", -2)])
+def test_htg_rotates_integer_activations_by_default(calibrated):
+    from ditq.calibration.methods.htg import ROTATION_AUTO, HTGConfig
+
+    rec = calibrated("htg")
+    rotated = rec.calibration["method"]["rotated_sites"]  # recorded when the rotation was tried (the tiny model's
+    assert set(rotated.values()) <= {min(ROTATION_AUTO, 32), min(ROTATION_AUTO, 128)}  # criterion may keep none)
+    assert all(rec.linear_spec(lin).rotation == rotated.get(s.name, 0) for s in rec.sites for lin in s.linears)
+    assert HTGConfig().rotation_for("int") == ROTATION_AUTO
+    assert HTGConfig(act="token").rotation_for("int") == ROTATION_AUTO and HTGConfig().rotation_for("fp8_e4m3") == 0
+    assert HTGConfig(rotation=0).rotation_for("int") == 0 and HTGConfig(rotation=16).rotation_for("int") == 16
+
+
+@pytest.mark.parametrize("method,bad", [("htg", 48), ("htg", 1), ("htg", "on"), ("htg", True), ("smoothquant", -2)])
 def test_rotation_must_be_a_power_of_two(method, bad):
     from ditq.calibration.methods import method_config
 
@@ -124,7 +210,7 @@ def test_torch_int8_runs_a_static_rotated_recipe_like_fake_quant(calibrated, tin
     from ditq.runtime.backends.fake_quant import group_denoiser
     from ditq.runtime.backends.torch_int8 import torch_int8_backend
 
-    rec = calibrated("htg", rotation=BLOCK)
+    rec = calibrated("htg", rotation=BLOCK, rotation_choice=False)
     backend = torch_int8_backend(tiny_model, rec)
     gen = torch.Generator().manual_seed(3)
     for g in rec.groups:

@@ -56,6 +56,9 @@ class Solution:
     weight_clip_search: bool = True
     linear_specs: dict[str, LinearSpec] = field(default_factory=dict)  # overrides of Context.default_spec
     info: dict[str, Any] = field(default_factory=dict)  # what the method wants recorded (search traces, ...)
+    # static sites whose scales are their groups' amax of a tensor the statistics do not bound (rotated inputs),
+    # so far taken from the reservoir rows: calibrate() measures it exactly in a second run of the forward loop
+    exact_range_sites: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

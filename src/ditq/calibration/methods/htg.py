@@ -18,18 +18,21 @@ Demo DiT, mean of three calibration seeds, final-image PSNR global/mean (docs/qu
 46.2/47.1, global 46.3/47.3, local 45.6/46.8; W4A8 output 32.0/33.3, global 31.6/32.7 (local 31.4/32.6, one
 seed). The local error weighs every output channel alike and ignores what the rest of the network does with it.
 
-``rotation`` (block size, a power of two; 0 off): static rotation, a TensorRT-static form of ViDiT-Q's online
-Hadamard. After the folded shift and smoothing, each quantized input is rotated online by a block-diagonal Hadamard
-R, ``((x - z_g) / s) @ R``, before one static per-tensor scale (weights quantized as ``W diag(s) R``, exact in float:
-R is orthogonal). The activation scales and their clip search, the candidates' scores and the weight clip search
-all see the rotated tensors. A site whose channel count the block does not divide takes the largest power of two
-that does (1: unrotated; logged). ``rotation_choice`` also tries every site unrotated under the same criterion.
-Export: one FP ``MatMul`` per site (Reshape to rows of the block, ``MatMul(H_block)``, Reshape back) before each
-Linear's own Q/DQ pair. Measured (demo DiT, 25 steps, 24 images, calibration 25 x 8, seed 1, global criterion;
-docs/static_rotation.md): W8A8 46.06/46.90 -> 47.99/48.28 with ``rotation=64`` (mean of seeds 1-2), but W4A8
-32.29/32.84 -> 30.61/31.63 (seed 1); ONNX Runtime CPU latency +2-13 % (one thread, batch 16). With GPTQ rounding
-and the per-site criterion (``rotation=64, rotation_choice=True``, seeds 1-2) the mean PSNR rises (+0.2..1.1 dB) but
-the pooled PSNR falls 2-3.4 dB at W8A8: the default stays 0 (an option for models with outlier channels).
+``rotation`` (block size, a power of two; 0 off; default "auto": 64 with integer activations, 0 with FP8 ones):
+static rotation, a TensorRT-static form of ViDiT-Q's online Hadamard. After the folded shift
+and smoothing, each quantized input is rotated online by a block-diagonal Hadamard R, ``((x - z_g) / s) @ R``,
+before one static per-tensor scale (weights quantized as ``W diag(s) R``, exact in float: R is orthogonal). The
+candidates' scores, the weight clip search and GPTQ all see the rotated tensors. A rotated input's scale is the
+amax of its group's reservoir rows (``rotation_ranges="reservoir"``): the per-channel statistics do not bound a
+rotated tensor, and its exact amax over a second run of the calibration loop (``"exact"``) measured 0.5-0.7 dB
+lower step SQNR, the near-Gaussian rotated tensor losing more to a coarser step than to clipping its rarest values.
+A site whose channel count the block does not divide takes the largest power of two that does (1: unrotated;
+logged). ``rotation_choice`` (default on) also tries every site unrotated under the alpha criterion: about half to
+two thirds of the sites keep the rotation. Export: one FP ``MatMul`` per site (Reshape to rows of the block,
+``MatMul(H_block)``, Reshape back) before each Linear's own Q/DQ pair. Measured with the full protocol (3 seeds,
+paired with the unrotated 6-group grids; docs/static_rotation.md): W8A8 PSNR global +1.0 / +0.45 dB (demo, 100 /
+25 steps), +1.64 dB (patches, 48 images), +0.99 dB (tiny PixArt), step SQNR +0.2..0.6 dB; W4A8 (demo) +0.03 / +0.34
+dB. Costs: calibration about 1.7x as long, ONNX Runtime CPU latency +2-13 % (one thread, batch 16).
 
 ``act="token"``: not a static recipe. The same groups, folded shifts, smoothing and GPTQ weights, but every input
 is quantized per token at run time (the criterion scores the candidates that way). The export writes TensorRT's
@@ -37,8 +40,8 @@ explicit form: a constant-scale Q/DQ on ``x / s_token`` and the GEMM rows times 
 per GEMM input at run time. Against ViDiT-Q (docs/bench_quality/README.md, per-token section; W8A8, 3 seeds,
 PSNR global / mean, paired 95 % intervals): demo DiT +0.88 / +0.76 dB at 100 steps (intervals above 0), +0.28 /
 +0.48 at 25; patches DiT a tie (−0.55 / +0.34 at 50 steps, intervals spanning 0); step SQNR +0.9..1.1 dB on both.
-Static HTG's global PSNR is 2.7-3.7 dB lower with amax scales (4-5 dB with the old clip search; docs/bench_quality/
-README.md).
+Those figures are without rotation; the default rotation adds +1.0 / +1.9 dB PSNR global and +1.85 dB step SQNR on
+the demo DiT (100 / 25 steps; docs/static_rotation.md).
 
 Activation scales: each group's calibration amax (``act_clip_search=False``, the default since issue 13's fourth
 pass). The MSE clip search (``act_clip_search=True``) picks, per site and group, the clip with the least relative
@@ -75,6 +78,9 @@ from ditq.core.sites import Site
 from ditq.errors import DitqError
 
 log = logging.getLogger(__name__)
+# rotation="auto" with integer activations (static or per token): the block-Hadamard size (channel counts not
+# divisible by it take their largest power-of-two divisor)
+ROTATION_AUTO = 64
 
 
 @register_method("htg")
@@ -104,8 +110,14 @@ class HTGConfig(MethodConfig):
     shift_choice: bool = True  # also try each site without its mid-range shift (same criterion)
     probe_timesteps: int = 6  # calibration calls the criterion runs (spread over the trajectory)
     probe_batch: int = 8  # rows of each
-    rotation: int = 0  # online block-Hadamard size before each static quantizer (0: none); see the module docstring
-    rotation_choice: bool = False  # also try each site unrotated (same criterion as alpha)
+    # online block-Hadamard size before each activation quantizer (0: none; "auto": ROTATION_AUTO with integer
+    # activations, static or per token; 0 with FP8, which has no rotated form in ditq); see the module docstring
+    rotation: int | str = "auto"
+    rotation_choice: bool = True  # also try each site unrotated (same criterion as alpha)
+    # a rotated input's static scale: the amax of the group's "reservoir" rows (the sampled rows the searches use;
+    # it clips the rarest large values of the near-Gaussian rotated tensor) or its "exact" amax over a second run
+    # of the calibration loop, which measured 0.5-0.7 dB lower step SQNR (docs/static_rotation.md)
+    rotation_ranges: str = "reservoir"
     # "static" (per tensor, per group: the TensorRT-static recipe) or "token": the same groups, shifts, smoothing and
     # weights with activations quantized per token at run time (exported as constant-scale Q/DQ around a row
     # rescale, TensorRT's explicit form; a ReduceMax per GEMM input at run time); see the module docstring
@@ -129,9 +141,20 @@ class HTGConfig(MethodConfig):
         if self.probe_timesteps < 1 or self.probe_batch < 1:
             raise DitqError(f"probe_timesteps and probe_batch must be >= 1, got {self.probe_timesteps}, "
                             f"{self.probe_batch}")
-        check_rotation("htg", self.rotation)
+        if self.rotation != "auto":
+            if not isinstance(self.rotation, int) or isinstance(self.rotation, bool):
+                raise DitqError(f"htg rotation must be 'auto' or a block size (0: off), got {self.rotation!r}")
+            check_rotation("htg", self.rotation)
         if self.act not in ("static", "token"):
             raise DitqError(f"htg act must be 'static' or 'token', got {self.act!r}")
+        if self.rotation_ranges not in ("exact", "reservoir"):
+            raise DitqError(f"htg rotation_ranges must be 'exact' or 'reservoir', got {self.rotation_ranges!r}")
+
+    def rotation_for(self, fmt: str) -> int:
+        """The rotation block this config uses on a calibration of quantizer format ``fmt``."""
+        if self.rotation != "auto":
+            return int(self.rotation)
+        return ROTATION_AUTO if fmt == "int" else 0
 
     def solve(self, ctx: Context) -> Solution:
         token = self.act == "token"
@@ -141,7 +164,8 @@ class HTGConfig(MethodConfig):
         if token and (self.alpha_criterion == "local" or ctx.transformer is None or not ctx.probes):
             raise DitqError("htg act='token' chooses its options by the model output (alpha_criterion 'output' or "
                             "'global', with the model's recorded calls); the local criterion models static scales")
-        blocks = site_rotations(ctx, self.rotation)
+        rotation = self.rotation_for(ctx.fmt)
+        blocks = site_rotations(ctx, rotation)
         # more groups pay where each group's static INT8 activation scale gets finer; per-token scales (act="token")
         # and FP8's logarithmic grid measured no step-SQNR gain from them, so those keep the knee (fewer engines)
         dense = bool(self.timesteps_per_group) and not token and ctx.fmt == "int"
@@ -173,7 +197,7 @@ class HTGConfig(MethodConfig):
             chosen = {name: max(opts, key=lambda k: scorer.score(site, *opts[k][:3], rotation=k[2]))
                       for site in ctx.sites for name, opts in [(site.name, options[site.name])]}
         else:  # "global": one (shift on/off, alpha, rotation on/off) for the model, by the output SQNR, all quantized
-            rots = [True, False] if self.rotation and self.rotation_choice else [bool(self.rotation)]
+            rots = [True, False] if rotation and self.rotation_choice else [bool(rotation)]
             alphas = self.alphas or (None,)  # no alphas: rotation (or nothing) in place of smoothing
             keys = [(sh, al, r) for sh in ([True, False] if self.shift_choice else [True]) for al in alphas
                     for r in rots]
@@ -196,9 +220,11 @@ class HTGConfig(MethodConfig):
         info: dict = {"alpha_criterion": "local" if scorer is None else self.alpha_criterion, "act": self.act}
         if self.shift_choice:
             info["unshifted_sites"] = [name for name, key in chosen.items() if not key[0]]
-        if self.rotation:
+        if rotation:
             info["rotated_sites"] = {name: key[2] for name, key in chosen.items() if key[2]}
-        return Solution(grouping, shifts, smooth, scales, alphas, info=info, linear_specs=specs)
+        exact = self.rotation_ranges == "exact" and not token and not self.act_clip_search
+        return Solution(grouping, shifts, smooth, scales, alphas, info=info, linear_specs=specs,
+                        exact_range_sites=tuple(name for name, key in chosen.items() if key[2] and exact))
 
     def _candidates(self, ctx: Context, site: Site, grouping: Grouping, block: int = 0, *, search: bool = True
                     ) -> dict[tuple[bool, float | None, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]]:
