@@ -208,7 +208,8 @@ def _preset(method: MethodConfig, w_bits: int = 8, fmt: str = "int") -> QuantCon
 
 
 #: HTG (timestep-grouped shift + smoothing), INT8 weights and activations, groups at the knee of the cost curve
-#: or one per 16 calibration timesteps, whichever is more (6 at the default calibration; FP8 and per-token: the knee).
+#: or one per 16 calibration timesteps, whichever is more (6 at the default calibration; FP8 and per-token: the knee),
+#: a static block-Hadamard rotation (64) before the quantizers where the criterion prefers it (not with FP8).
 W8A8_HTG = _preset(HTGConfig(groups="auto"))
 #: HTG with INT4 per-output-channel weights (TensorRT builds INT4 weights as W4A16).
 W4A8_HTG = _preset(HTGConfig(groups="auto"), w_bits=4)
