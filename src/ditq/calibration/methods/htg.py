@@ -30,9 +30,11 @@ A site whose channel count the block does not divide takes the largest power of 
 logged). ``rotation_choice`` (default on) also tries every site unrotated under the alpha criterion: about half to
 two thirds of the sites keep the rotation. Export: one FP ``MatMul`` per site (Reshape to rows of the block,
 ``MatMul(H_block)``, Reshape back) before each Linear's own Q/DQ pair. Measured with the full protocol (3 seeds,
-paired with the unrotated 6-group grids; docs/static_rotation.md): W8A8 PSNR global +1.0 / +0.45 dB (demo, 100 /
-25 steps), +1.64 dB (patches, 48 images), +0.99 dB (tiny PixArt), step SQNR +0.2..0.6 dB; W4A8 (demo) +0.03 / +0.34
-dB. Costs: calibration about 1.7x as long, ONNX Runtime CPU latency +2-13 % (one thread, batch 16).
+paired with the unrotated 6-group grids; docs/static_rotation.md): W8A8 PSNR global +1.0 / +0.1 / +0.45 dB (demo,
+100 / 50 / 25 steps), +1.64 dB (patches, 48 images), +0.99 dB (tiny PixArt), step SQNR +0.14..0.61 dB in every
+row; W4A8 +0.03 / +0.34 (demo), +1.7 / +1.05 (patches). The older passes there (MSE clip search, 25 x 8
+calibration) had read a loss. Costs: calibration about 1.7x as long; ONNX Runtime CPU latency +6-8 % for the sites
+a short calibration rotated, +25-27 % with every site rotated (one thread, batch 16).
 
 ``act="token"``: not a static recipe. The same groups, folded shifts, smoothing and GPTQ weights, but every input
 is quantized per token at run time (the criterion scores the candidates that way). The export writes TensorRT's
