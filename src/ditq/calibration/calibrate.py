@@ -25,8 +25,8 @@ from ditq.core.quantizers import (
     fake_quant,
     fake_quant_weight,
     gptq_codes,
+    rotate,
     rotate_weight,
-    rotation_matrix,
     scale_from_amax,
     weight_scales,
 )
@@ -225,12 +225,10 @@ def _exact_ranges(model: LoadedModel, loop: ForwardLoop, sites: list[Any], sol: 
     for site in chosen:
         shifts, smooth = sol.shifts[site.name].float(), sol.smooth[site.name].float()
         block = specs[site.linears[0]].rotation
-        rot = rotation_matrix(smooth.numel(), block).float() if block else None
 
         def transform(x: torch.Tensor, g: int, shifts: torch.Tensor = shifts, smooth: torch.Tensor = smooth,
-                      rot: torch.Tensor | None = rot) -> torch.Tensor:
-            y = (x - shifts[g]) / smooth
-            return y if rot is None else y @ rot
+                      block: int = block) -> torch.Tensor:
+            return rotate((x - shifts[g]) / smooth, block)
 
         transforms[site.name] = transform
     collector = RangeCollector(model.transformer, chosen, transforms, sol.grouping.group_of,
@@ -266,7 +264,7 @@ def bias_correction(rows: torch.Tensor, weight: torch.Tensor, qweight: torch.Ten
     folded (rotated) float weight and ``Wq`` the weight it computes with. Added to the group's bias, it removes the
     part of the quantization error that is the same for every token (clipping and rounding biases that a
     per-tensor scale leaves), at no run-time cost."""
-    x = rows @ rotation_matrix(rows.shape[1], spec.rotation).float() if spec.rotation else rows
+    x = rotate(rows, spec.rotation)
     err = fake_quant(x, act_scale, spec.a_bits, spec.fmt) @ qweight.float().T - x @ weight.float().T
     return -err.mean(0).float()
 

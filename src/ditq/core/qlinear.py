@@ -11,8 +11,8 @@ from ditq.core.quantizers import (
     dynamic_fake_quant,
     fake_quant,
     fake_quant_weight,
+    rotate,
     rotate_weight,
-    rotation_matrix,
 )
 
 
@@ -42,9 +42,7 @@ class QLinear(nn.Module):
             weight = fake_quant_weight(weight, w_scale, w_bits, fmt)
         self.register_buffer("weight", weight)
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach())
-        self.rotation: torch.Tensor | None
-        self.register_buffer("rotation", rotation_matrix(weight.shape[1], rotation).to(weight.dtype)
-                             if rotation else None)
+        self.rotation = rotation  # block of the online block-Hadamard (0: none)
         self.act_scale, self.a_bits, self.fmt = act_scale, a_bits, fmt
         self.dynamic_group = dynamic_group
         self.pre = pre
@@ -54,8 +52,7 @@ class QLinear(nn.Module):
         (``x'`` itself when the input stays float)."""
         if self.pre is not None:
             x = (x - self.pre[0]) * self.pre[1]
-        if self.rotation is not None:
-            x = x @ self.rotation
+        x = rotate(x, self.rotation)
         if self.act_scale is not None:
             return x, fake_quant(x, self.act_scale, self.a_bits, self.fmt)
         if self.dynamic_group is not None:

@@ -260,8 +260,21 @@ def rotation_matrix(k: int, block: int) -> torch.Tensor:
     return torch.block_diag(*[hadamard(block)] * (k // block))
 
 
+def rotate(x: torch.Tensor, block: int) -> torch.Tensor:
+    """``x @ R`` over the last dimension for ``R = rotation_matrix(k, block)`` (``x`` itself for block 0), without
+    forming R: each ``block``-wide slice times the Hadamard of that order, k x block work per row instead of k x k
+    (fc2 of DiT-XL: 4608 channels, 72x less)."""
+    if not block:
+        return x
+    k = x.shape[-1]
+    if block < 1 or block & (block - 1) or k % block:
+        raise ValueError(f"rotation block {block} must be a power of two dividing the input size {k}")
+    h = hadamard(block).to(dtype=x.dtype, device=x.device)
+    return (x.reshape(*x.shape[:-1], k // block, block) @ h).reshape(x.shape)
+
+
 def rotate_weight(weight: torch.Tensor, rotation: int) -> torch.Tensor:
     """The float weight [N, K] a Linear quantizes: ``W @ R`` for an online rotation of block ``rotation``, else W."""
     if not rotation:
         return weight.float()
-    return (weight.double() @ rotation_matrix(weight.shape[1], rotation)).float()
+    return rotate(weight.double(), rotation).float()

@@ -14,7 +14,7 @@ from ditq.artifacts.recipe import LinearSpec
 from ditq.calibration.groups import Grouping
 from ditq.calibration.stats import SiteStats
 from ditq.core.metrics import noise_ratio, ratio_db
-from ditq.core.quantizers import block_for, largest_pow2_divisor, rotation_matrix, scale_from_amax, search_act_scale
+from ditq.core.quantizers import block_for, largest_pow2_divisor, rotate, scale_from_amax, search_act_scale
 from ditq.core.sites import Site, swapped_modules
 from ditq.errors import DitqError
 
@@ -122,7 +122,7 @@ def input_moments(inputs: torch.Tensor, rotation: int = 0) -> torch.Tensor:
 
 def input_factor(inputs: torch.Tensor, rotation: int = 0) -> torch.Tensor:
     """``F`` [n, C] with ``F^T F = E[x^T x]``: the (rotated) rows scaled by 1/sqrt(n)."""
-    x = inputs @ rotation_matrix(inputs.shape[1], rotation).float() if rotation else inputs
+    x = rotate(inputs, rotation)
     return x / max(x.shape[0], 1) ** 0.5
 
 
@@ -146,17 +146,18 @@ def act_scales_for(ctx: Context, site: Site, grouping: Grouping, shifts: torch.T
     Returns the scales [G] and the summed relative output error over groups (for comparing candidate ``s``).
     """
     st = ctx.stats[site.name]
-    rot = rotation_matrix(smooth.numel(), rotation).float() if rotation else None
-    weights = [w * smooth if rot is None else (w * smooth) @ rot for w in ctx.weights[site.name]]
+    # the clip search weighs the output error with the folded (rotated) weights; the amax needs no weights
+    weights = [rotate(w * smooth, rotation) for w in ctx.weights[site.name]] if search else []
     w_block = ctx.default_spec(site).w_block
     scales, total = [], 0.0
     for g in range(len(grouping.segments)):
         rows = ctx.rows_of(grouping, g)
         x = None
-        if rot is None:
+        if not rotation:
             amax = folded_amax(st, rows, shifts[g], smooth)
         else:
-            x = ((st.reservoir[rows].reshape(-1, st.reservoir.shape[-1]) - shifts[g]) / smooth).float() @ rot
+            x = rotate(((st.reservoir[rows].reshape(-1, st.reservoir.shape[-1]) - shifts[g]) / smooth).float(),
+                       rotation)
             amax = float(x.abs().amax())
         if search:
             if x is None:

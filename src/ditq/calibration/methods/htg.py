@@ -190,8 +190,11 @@ class HTGConfig(MethodConfig):
 
                 scorer = SiteScorer(ctx, grouping, n_timesteps=self.probe_timesteps, batch=self.probe_batch,
                                     per_token=token)
-        # per site: (shifted, alpha, rotation) -> (shifts [G, C], smooth [C], act scales [G], local error)
-        options = {site.name: self._candidates(ctx, site, grouping, blocks[site.name], search=not token)
+        # per site: (shifted, alpha, rotation) -> (shifts [G, C], smooth [C], act scales [G], local error). The
+        # local error (a clip search per candidate and group) is only needed by the local criterion and the clip
+        # search itself: the model-output criteria skip it (on DiT-XL/2 it was most of the calibration time)
+        search = not token and (scorer is None or self.act_clip_search)
+        options = {site.name: self._candidates(ctx, site, grouping, blocks[site.name], search=search)
                    for site in ctx.sites}
         if scorer is None:
             chosen = {name: min(opts, key=lambda k: opts[k][3]) for name, opts in options.items()}
@@ -233,7 +236,7 @@ class HTGConfig(MethodConfig):
         """Every (shifted, alpha, rotation) candidate of ``site`` (alpha None: no smoothing; rotation ``block`` or
         0, both with ``rotation_choice``) with its activation scales and local error; without ``shift_choice`` (or
         a zero mid-range) only the shifted ones. ``search=False``: amax scales, no clip search and no local error
-        (per-token activations need neither)."""
+        (per-token activations and the model-output criteria need neither)."""
         st = ctx.stats[site.name]
         n_groups = len(grouping.segments)
         bounds = [pooled_range(st, ctx.rows_of(grouping, g)) for g in range(n_groups)]

@@ -15,7 +15,7 @@ from torch import nn
 from ditq.calibration.groups import Grouping
 from ditq.calibration.methods.base import Context, ProbeEvaluator
 from ditq.core.metrics import ratio_db
-from ditq.core.quantizers import dynamic_fake_quant, fake_quant, fake_quant_weight, rotation_matrix, weight_scales
+from ditq.core.quantizers import dynamic_fake_quant, fake_quant, fake_quant_weight, rotate, weight_scales
 from ditq.core.sites import Site
 
 
@@ -29,8 +29,8 @@ class GroupedSiteLinear(nn.Module):
                  per_token: bool = False) -> None:
         super().__init__()
         w = linear.weight.detach().float()
-        self.rotation = rotation_matrix(w.shape[1], rotation).float() if rotation else None
-        ws = w * smooth if self.rotation is None else (w * smooth) @ self.rotation
+        self.rotation = rotation
+        ws = rotate(w * smooth, rotation)
         scale = weight_scales(ws, w_bits, search=False, block=w_block, fmt=fmt)
         self.weight = fake_quant_weight(ws, scale, w_bits, fmt)
         b = torch.zeros(w.shape[0]) if linear.bias is None else linear.bias.detach().float()
@@ -42,9 +42,7 @@ class GroupedSiteLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = self.group
-        x = (x - self.shifts[g]) / self.smooth
-        if self.rotation is not None:
-            x = x @ self.rotation
+        x = rotate((x - self.shifts[g]) / self.smooth, self.rotation)
         xq = (dynamic_fake_quant(x, self.a_bits) if self.per_token
               else fake_quant(x, float(self.act_scales[g]), self.a_bits, self.fmt))
         return F.linear(xq, self.weight, self.biases[g])

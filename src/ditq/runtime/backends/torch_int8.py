@@ -34,7 +34,7 @@ from torch import nn
 
 from ditq.artifacts.recipe import Recipe
 from ditq.core.cond import Cond
-from ditq.core.quantizers import DYNAMIC_EPS, qrange, quantize_weight, rotate_weight, rotation_matrix
+from ditq.core.quantizers import DYNAMIC_EPS, qrange, quantize_weight, rotate, rotate_weight
 from ditq.core.sites import Denoiser
 from ditq.errors import DitqError
 from ditq.models.loading import LoadedModel, check_recipe_model, make_denoiser
@@ -86,7 +86,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("out_scale", None if act_scale is None else (w_scale.double() * act_scale).to(dtype))
         self.register_buffer("pre_shift", None if pre is None else pre[0].to(dtype))
         self.register_buffer("pre_scale", None if pre is None else pre[1].to(dtype))
-        self.register_buffer("rotation", rotation_matrix(k, rotation).to(dtype) if rotation else None)
+        self.rotation = rotation  # block of the online block-Hadamard (0: none)
 
     @property
     def weight_t(self) -> torch.Tensor:
@@ -96,8 +96,7 @@ class Int8Linear(nn.Module):
         """INT8 codes of ``x`` [M, K] and, when dynamic, the per-token scales [M, 1]."""
         if self.pre_shift is not None:
             x = (x - self.pre_shift) * self.pre_scale
-        if self.rotation is not None:
-            x = x @ self.rotation
+        x = rotate(x, self.rotation)
         if self.act_scale is not None:
             return torch.clamp(torch.round(x / self.act_scale), self.qmin, self.qmax).to(torch.int8), None
         scale = torch.clamp(x.abs().amax(-1, keepdim=True) / self.qmax, min=DYNAMIC_EPS)
