@@ -9,6 +9,7 @@ Formats (``fmt``): ``"int"`` (the integer grid of ``bits``) or ``"fp8_e4m3"`` (F
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import torch
@@ -250,6 +251,13 @@ def hadamard(n: int) -> torch.Tensor:
     return h / h.shape[0] ** 0.5
 
 
+@functools.lru_cache(maxsize=8)
+def _hadamard_cached(n: int) -> torch.Tensor:
+    """``hadamard(n)``, built once: ``rotate`` runs in every forward of the rotated fake-quant and int8 Linears
+    (read only: callers get ``.to`` copies or multiply by it)."""
+    return hadamard(n)
+
+
 def rotation_matrix(k: int, block: int) -> torch.Tensor:
     """Block-diagonal Hadamard [k, k] (float64) with blocks of ``block`` (a power of two dividing ``k``).
 
@@ -269,7 +277,7 @@ def rotate(x: torch.Tensor, block: int) -> torch.Tensor:
     k = x.shape[-1]
     if block < 1 or block & (block - 1) or k % block:
         raise ValueError(f"rotation block {block} must be a power of two dividing the input size {k}")
-    h = hadamard(block).to(dtype=x.dtype, device=x.device)
+    h = _hadamard_cached(block).to(dtype=x.dtype, device=x.device)
     return (x.reshape(*x.shape[:-1], k // block, block) @ h).reshape(x.shape)
 
 
