@@ -55,6 +55,19 @@ def fake_quant(x: torch.Tensor, scale: torch.Tensor | float, bits: int = 8, fmt:
     return to_grid(x / scale, bits, fmt) * scale
 
 
+def rounding_variance(x: torch.Tensor, scale: torch.Tensor | float, fmt: str = "int") -> torch.Tensor:
+    """The expected squared rounding error of each element of ``x`` on the grid of ``scale`` (broadcast against
+    ``x``), with the error uniform over one step: ``step^2 / 12``, the step being ``scale`` (integers) or E4M3's
+    step at the element's binade times ``scale``. Clipping is not modelled (scales from the amax clip nothing)."""
+    scale_t = torch.as_tensor(scale, dtype=torch.float32)
+    if fmt == "fp8_e4m3":
+        _, exp = torch.frexp((x / scale_t).abs().clamp(max=FP8_E4M3_MAX))
+        step = torch.exp2((exp - 1).clamp(min=_FP8_MIN_EXP).to(torch.float32) - 3) * scale_t
+    else:
+        step = scale_t.expand_as(x)
+    return step.square() / 12
+
+
 def quantize(x: torch.Tensor, scale: torch.Tensor, bits: int = 8, fmt: str = "int") -> torch.Tensor:
     return to_grid(x / scale, bits, fmt)
 

@@ -35,6 +35,10 @@ class Context:
     fmt: str = "int"  # quantizer grid of static Linears: "int" or "fp8_e4m3" (scales and searches use it)
     transformer: nn.Module | None = None  # the FP transformer (methods that evaluate the model: qdit, viditq)
     probes: list[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]] = field(default_factory=list)  # x, t, cond
+    # the caller's torch threads: solve() runs on one (its searches are many tiny GEMMs); a method's large passes
+    # (the Fisher criterion's backward passes) take these back
+    threads: int = 1
+    progress: bool = False  # a method's long passes show a progress bar
 
     def default_spec(self, site: Site) -> LinearSpec:
         """The quantizer a Linear of ``site`` gets unless the method decides otherwise (static, per config)."""
@@ -193,6 +197,23 @@ def site_rotations(ctx: Context, rotation: int) -> dict[str, int]:
 
 
 
+def pick_probes(ctx: Context, n_timesteps: int, batch: int) -> list[tuple[torch.Tensor, torch.Tensor, Any]]:
+    """``n_timesteps`` of the recorded calibration calls (``Context.probes``), spread over the sampler's
+    trajectory, and ``batch`` rows of each (conditional and unconditional rows alike): (x, t, cond) each."""
+    from ditq.core.cond import select
+
+    if ctx.transformer is None or not ctx.probes:
+        raise DitqError("this method evaluates the model during calibration; give calibrate() the model and a "
+                        "forward loop that calls it with (hidden_states, timestep=, <conditioning>=)")
+    picks = torch.linspace(0, len(ctx.probes) - 1, min(n_timesteps, len(ctx.probes))).round().long().unique()
+    out = []
+    for i in picks.tolist():
+        x, t, y = ctx.probes[i]
+        rows = torch.linspace(0, x.shape[0] - 1, min(batch, x.shape[0])).round().long().unique()
+        out.append((x[rows], t[rows], select(y, rows)))
+    return out
+
+
 class ProbeEvaluator:
     """Output SQNR of the transformer, with some Linears swapped for quantized ones, on recorded calibration inputs.
 
@@ -208,18 +229,9 @@ class ProbeEvaluator:
                  pre: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
         import copy
 
-        from ditq.core.cond import select
         from ditq.models.loading import make_denoiser
 
-        if ctx.transformer is None or not ctx.probes:
-            raise DitqError("this method evaluates the model during calibration; give calibrate() the model and a "
-                            "forward loop that calls it with (hidden_states, timestep=, <conditioning>=)")
-        picks = torch.linspace(0, len(ctx.probes) - 1, min(n_timesteps, len(ctx.probes))).round().long().unique()
-        self.inputs = []
-        for i in picks.tolist():
-            x, t, y = ctx.probes[i]
-            rows = torch.linspace(0, x.shape[0] - 1, min(batch, x.shape[0])).round().long().unique()
-            self.inputs.append((x[rows], t[rows], select(y, rows)))
+        self.inputs = pick_probes(ctx, n_timesteps, batch)
         transformer = copy.deepcopy(ctx.transformer)
         if state is not None:
             transformer.load_state_dict(state)

@@ -9,8 +9,16 @@ them and keep the knee. DESIGN §3 has the knee alone.
 
 Per site, the candidates are alpha in ``alphas`` (or no smoothing), each with the mid-range shift and, with
 ``shift_choice``, without it. ``alpha_criterion`` picks among them by what the model output sees:
-- "output" (default): per site, the best model-output SQNR on the calibration probes with only that site
+- "auto" (default): "output" where its estimated cost (sites x candidates whole-model runs on the probes) is
+  within ``site_probe.OUTPUT_CRITERION_BUDGET_MACS`` (about 15 minutes on one CPU core; every testbed of ditq's),
+  else "fisher" (full-size models: DiT-XL/2 would take 112 x 28 whole-model runs); the choice is logged and
+  recorded in the recipe (``calibration.method.alpha_criterion``).
+- "output": per site, the best model-output SQNR on the calibration probes with only that site
   quantized (``site_probe.SiteScorer``; sites x candidates evaluations).
+- "fisher": the same figure to first order (``site_probe.FisherScorer``): one forward and two backward passes per
+  probe, then per candidate only the site's own weights and inputs (docs/fisher_criterion.md). Full protocol,
+  3 seeds, against "output": step SQNR −0.15 dB (demo DiT) and ±0.00 (patches DiT), PSNR global −0.04 / −0.49 dB
+  (demo, 100 / 25 steps) and −1.0 / +0.2 (patches, 50 / 25); calibration 5-7x faster.
 - "global": one (shift on/off, alpha) for the whole model, the best output SQNR with every site quantized
   (2 x len(alphas) evaluations: 5-10x cheaper).
 - "local": per site, the quantized Linear's own output error on the reservoir (the original criterion).
@@ -75,6 +83,7 @@ from ditq.calibration.methods.base import (
     register_method,
     site_rotations,
 )
+from ditq.calibration.methods.site_probe import FisherScorer, SiteScorer, auto_criterion
 from ditq.calibration.methods.smoothquant import smoothing_scale
 from ditq.core.sites import Site
 from ditq.errors import DitqError
@@ -108,7 +117,9 @@ class HTGConfig(MethodConfig):
     act_clip_search: bool = False
     explicit_shift: bool = True  # shift/scale sites without a linear producer (fc2) with an explicit Sub/Mul
     table_scale: bool = True  # PixArt adaLN-single sites: smooth with an explicit Mul (their shift is free anyway)
-    alpha_criterion: str = "output"  # "output" (per site) | "global" | "local": see the module docstring
+    # "auto" (default): "output" where its estimated cost fits site_probe.OUTPUT_CRITERION_BUDGET_MACS, else "fisher";
+    # "output" | "fisher" (per site) | "global" | "local": see the module docstring
+    alpha_criterion: str = "auto"
     shift_choice: bool = True  # also try each site without its mid-range shift (same criterion)
     probe_timesteps: int = 6  # calibration calls the criterion runs (spread over the trajectory)
     probe_batch: int = 8  # rows of each
@@ -135,8 +146,9 @@ class HTGConfig(MethodConfig):
         if self.group_window < 1 or self.group_window % 2 == 0:
             raise DitqError(f"group_window must be an odd number >= 1 of calibration timesteps, got "
                             f"{self.group_window}")
-        if self.alpha_criterion not in ("global", "output", "local"):
-            raise DitqError(f"alpha_criterion must be 'global', 'output' or 'local', got {self.alpha_criterion!r}")
+        if self.alpha_criterion not in ("auto", "output", "fisher", "global", "local"):
+            raise DitqError(f"alpha_criterion must be 'auto', 'output', 'fisher', 'global' or 'local', got "
+                            f"{self.alpha_criterion!r}")
         if self.timesteps_per_group < 0 or self.max_groups < 1:
             raise DitqError(f"timesteps_per_group must be >= 0 and max_groups >= 1, got {self.timesteps_per_group}, "
                             f"{self.max_groups}")
@@ -164,8 +176,9 @@ class HTGConfig(MethodConfig):
             raise DitqError(f"htg act='token' quantizes activations per token at run time, which has no {ctx.fmt} "
                             "form in ditq; use --format int, or act='static' for FP8")
         if token and (self.alpha_criterion == "local" or ctx.transformer is None or not ctx.probes):
-            raise DitqError("htg act='token' chooses its options by the model output (alpha_criterion 'output' or "
-                            "'global', with the model's recorded calls); the local criterion models static scales")
+            raise DitqError("htg act='token' chooses its options by the model output (alpha_criterion 'auto', "
+                            "'output', 'fisher' or 'global', with the model's recorded calls); the local criterion "
+                            "models static scales")
         rotation = self.rotation_for(ctx.fmt)
         blocks = site_rotations(ctx, rotation)
         # more groups pay where each group's static INT8 activation scale gets finer; per-token scales (act="token")
@@ -180,27 +193,38 @@ class HTGConfig(MethodConfig):
             window=self.group_window,
             min_groups=max(1, len(ctx.timesteps) // self.timesteps_per_group) if dense else 1,
         )
-        scorer = None
-        if self.alpha_criterion != "local":
-            if ctx.transformer is None or not ctx.probes:
-                log.warning("htg: no recorded model calls to score alphas end to end (a custom forward loop that "
-                            "does not pass timestep= by keyword?); using the local criterion")
-            else:
-                from ditq.calibration.methods.site_probe import SiteScorer
-
-                scorer = SiteScorer(ctx, grouping, n_timesteps=self.probe_timesteps, batch=self.probe_batch,
-                                    per_token=token)
+        use_model = self.alpha_criterion != "local" and ctx.transformer is not None and bool(ctx.probes)
+        if self.alpha_criterion != "local" and not use_model:
+            log.warning("htg: no recorded model calls to score alphas end to end (a custom forward loop that "
+                        "does not pass timestep= by keyword?); using the local criterion")
         # per site: (shifted, alpha, rotation) -> (shifts [G, C], smooth [C], act scales [G], local error). The
         # local error (a clip search per candidate and group) is only needed by the local criterion and the clip
         # search itself: the model-output criteria skip it (on DiT-XL/2 it was most of the calibration time)
-        search = not token and (scorer is None or self.act_clip_search)
+        search = not token and (not use_model or self.act_clip_search)
         options = {site.name: self._candidates(ctx, site, grouping, blocks[site.name], search=search)
                    for site in ctx.sites}
+        criterion = self.alpha_criterion if use_model else "local"
+        if criterion == "auto":
+            criterion = auto_criterion(ctx, sum(map(len, options.values())), self.probe_timesteps, self.probe_batch)
+        scorer: SiteScorer | FisherScorer | None = None
+        if criterion in ("output", "global"):
+            scorer = SiteScorer(ctx, grouping, n_timesteps=self.probe_timesteps, batch=self.probe_batch,
+                                per_token=token)
+        elif criterion == "fisher":
+            scorer = FisherScorer(ctx, grouping, n_timesteps=self.probe_timesteps, batch=self.probe_batch,
+                                  per_token=token)
         if scorer is None:
             chosen = {name: min(opts, key=lambda k: opts[k][3]) for name, opts in options.items()}
-        elif self.alpha_criterion == "output":
-            chosen = {name: max(opts, key=lambda k: scorer.score(site, *opts[k][:3], rotation=k[2]))
-                      for site in ctx.sites for name, opts in [(site.name, options[site.name])]}
+        elif isinstance(scorer, FisherScorer):
+            scores = scorer.scores({name: {k: (*opts[k][:3], k[2]) for k in opts} for name, opts in options.items()})
+            chosen = {name: max(by_key, key=by_key.__getitem__) for name, by_key in scores.items()}
+        elif criterion == "output":
+            from tqdm.auto import tqdm
+
+            chosen = {}
+            for site in tqdm(ctx.sites, desc="htg output criterion", disable=not ctx.progress, leave=False):
+                opts = options[site.name]
+                chosen[site.name] = max(opts, key=lambda k: scorer.score(site, *opts[k][:3], rotation=k[2]))
         else:  # "global": one (shift on/off, alpha, rotation on/off) for the model, by the output SQNR, all quantized
             rots = [True, False] if rotation and self.rotation_choice else [bool(rotation)]
             alphas = self.alphas or (None,)  # no alphas: rotation (or nothing) in place of smoothing
@@ -222,7 +246,7 @@ class HTGConfig(MethodConfig):
             if key[2] or token:
                 base = replace(ctx.default_spec(site), rotation=key[2], act="dynamic_token" if token else "static")
                 specs.update({lin: base for lin in site.linears})
-        info: dict = {"alpha_criterion": "local" if scorer is None else self.alpha_criterion, "act": self.act}
+        info: dict = {"alpha_criterion": criterion, "act": self.act}
         if self.shift_choice:
             info["unshifted_sites"] = [name for name, key in chosen.items() if not key[0]]
         if rotation:
