@@ -52,7 +52,7 @@ class Scaled(nn.Module):
         return y + self.eps * (self.quant(x) - y)
 
 
-def linearized(site, z, s, sc, rot, eps=0.02):  # noqa: ANN001, ANN201
+def linearized(site, z, s, sc, rot, eps=0.02):
     ev = measured.evaluator
     spec = ctx.default_spec(site)
     repl = {lin: Scaled(GroupedSiteLinear(ev.modules[lin], z, s, sc, w_bits=spec.w_bits, a_bits=spec.a_bits,
