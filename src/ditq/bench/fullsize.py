@@ -82,6 +82,7 @@ def run_one(name: str, config: FullsizeConfig, work: Path) -> dict[str, Any]:
                            CalibConfig(steps=config.calib_steps, samples=config.calib_samples, progress=False))
         recipe.write(work / "recipe")
     rec["groups"] = [list(g.interval) for g in recipe.groups]
+    rec["alpha_criterion"] = recipe.calibration.get("method", {}).get("alpha_criterion")
     with _stage(stages, "export"):
         art = export_onnx(model, recipe, work / "onnx", recipe_dir=work / "recipe", progress=False, force=True)
     files = {p.name: p.stat().st_size for p in art.root.iterdir() if p.is_file()}
@@ -147,8 +148,8 @@ def format_markdown(results: dict[str, Any]) -> str:
     lines = ["# Full-size architectures (random weights): calibrate -> export -> lint -> validate\n",
              f"HTG, {c['groups']} groups, calibration {c['calib_steps']} steps x {c['calib_samples']} sample(s) "
              f"(CFG batch 2); validation {c['validate_steps']} steps, 1 feed per group; {c['threads']} threads.\n",
-             "| model | params | tokens | FP32 GB | calibrate s / GB | export s / GB | ONNX set GB | lint | "
-             "validate s / GB | QDQ vs golden SQNR per group (dB) | passed |",
+             "| model | params | tokens | FP32 GB | calibrate s / GB (alpha criterion) | export s / GB | ONNX set GB | "
+             "lint | validate s / GB | QDQ vs golden SQNR per group (dB) | passed |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["models"]:
         if "error" in r:
@@ -158,7 +159,8 @@ def format_markdown(results: dict[str, Any]) -> str:
         sq = ", ".join(f"{g.get('onnxrt-qdq', float('nan')):.1f}" for g in r["validation"]["groups"])
         lines.append(
             f"| {r['model']} | {r['parameters'] / 1e6:.0f}M | {r['tokens']} | {r['fp32_gb']} | "
-            f"{s['calibrate']['seconds']} / {s['calibrate']['peak_rss_gb']} | "
+            f"{s['calibrate']['seconds']} / {s['calibrate']['peak_rss_gb']}"
+            f"{' (' + r['alpha_criterion'] + ')' if r.get('alpha_criterion') else ''} | "
             f"{s['export']['seconds']} / {s['export']['peak_rss_gb']} | {r['artifact']['total_gb']} | "
             f"{r['lint_violations']} | {s['validate']['seconds']} / {s['validate']['peak_rss_gb']} | {sq} | "
             f"{r['validation']['passed']} |")
