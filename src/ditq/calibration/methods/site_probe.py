@@ -4,6 +4,8 @@ have them), every other Linear in float.
 
 The local criterion (the quantized Linear's own output error on the reservoir) weighs every output channel alike
 and ignores what the rest of the network does with the error; this one measures what the model output sees.
+``SiteScorer`` measures it with one model run per site and candidate; ``FisherScorer`` estimates it to first order
+from backward passes, for models where that many runs are too slow (``auto_criterion`` chooses).
 """
 
 from __future__ import annotations
@@ -100,7 +102,6 @@ class SiteScorer:
 
         ratios = self.evaluator.noise_ratios(repl, on_probe=point)
         return sum(ratio_db(max(r, 1e-30)) for r in ratios) / len(ratios)
-
 
 
 # "auto" runs the per-site model-output criterion while its estimated cost stays within this many multiply-adds (about
