@@ -17,8 +17,9 @@ Per site, the candidates are alpha in ``alphas`` (or no smoothing), each with th
   quantized (``site_probe.SiteScorer``; sites x candidates evaluations).
 - "fisher": the same figure to first order (``site_probe.FisherScorer``): one forward and two backward passes per
   probe, then per candidate only the site's own weights and inputs (docs/fisher_criterion.md). Full protocol,
-  3 seeds, against "output": step SQNR −0.15 dB (demo DiT) and ±0.00 (patches DiT), PSNR global −0.04 / −0.49 dB
-  (demo, 100 / 25 steps) and −1.0 / +0.2 (patches, 50 / 25); calibration 5-7x faster.
+  3 seeds, against "output": step SQNR −0.15 dB (demo DiT) and −0.1 (patches DiT) at W8A8, −0.6 at W4A8; PSNR
+  global −0.04 / −0.49 dB (demo, 100 / 25 steps), −1.4 / +0.3 (patches, 50 / 25), +0.3 / +0.4 (demo W4A8);
+  calibration 8-14x faster.
 - "global": one (shift on/off, alpha) for the whole model, the best output SQNR with every site quantized
   (2 x len(alphas) evaluations: 5-10x cheaper).
 - "local": per site, the quantized Linear's own output error on the reservoir (the original criterion).
