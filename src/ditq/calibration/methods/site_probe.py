@@ -159,7 +159,7 @@ class FisherScorer:
       within blocks, so with integer steps constant on whole rotation blocks the sum needs no rotation of ``G'``.
     An earlier form, the diagonal in the Linears' output space (``u^2 e^2``, BRECQ's weighting), read 2-5 dB too
     little noise at qkv and fc1 on the demo DiT, whose output-channel errors are correlated; this one's mean over
-    a site's candidates is within 0.35 dB of the measured SQNR there (single candidates up to 1.6 dB, where the
+    a site's candidates is within 0.45 dB of the measured SQNR there (single candidates up to 1.8 dB, where the
     measured score of one rounding jumps between neighbouring alphas), and the linearization itself within 0.05 dB
     of the model (docs/fisher_criterion.md). The probes and their groups are ``SiteScorer``'s; their rows run in
     passes of at most ``max_tokens`` image tokens (the backward keeps every block's activations: one 1024-px
