@@ -132,14 +132,14 @@ def calibrate(model: LoadedModel, method: MethodConfig, config: CalibConfig,
         raise DitqError("the calibration forward loop never called the model")
     stats = collector.result()
     state = model.transformer.state_dict()
+    threads = torch.get_num_threads()
     ctx = Context(
         sites=sites, stats=stats, timesteps=collector.timesteps,
         weights={s.name: [state[f"{lin}.weight"].float() for lin in s.linears] for s in sites},
         num_train_timesteps=model.num_train_timesteps, w_bits=config.w_bits, a_bits=config.a_bits,
         w_block=config.w_block, weight_clip=config.weight_clip, fmt=config.fmt, transformer=model.transformer,
-        probes=probes, threads=torch.get_num_threads(), progress=config.progress,
+        probes=probes, threads=threads, progress=config.progress,
     )
-    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the searches run many tiny GEMMs: thread hand-offs would dominate
     try:
         sol = method.solve(ctx)

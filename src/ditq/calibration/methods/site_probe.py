@@ -35,6 +35,13 @@ from ditq.errors import DitqError
 log = logging.getLogger(__name__)
 
 
+def folded_weight(w: torch.Tensor, smooth: torch.Tensor, rotation: int, *, w_bits: int, w_block: int,
+                  fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``W' = W diag(s) R`` and its max scales (per output row, or [N, blocks]): the weights both criteria score."""
+    ws = rotate(w * smooth, rotation)
+    return ws, weight_scales(ws, w_bits, search=False, block=w_block, fmt=fmt)
+
+
 class GroupedSiteLinear(nn.Module):
     """``Q_w(W diag(s)) Q_a((x - z_g) / s) + b + W z_g``: a Linear of a site as the folded recipe computes it in
     group ``group`` (the fold is exact in float, so only the quantizers differ from the original Linear).
@@ -46,8 +53,7 @@ class GroupedSiteLinear(nn.Module):
         super().__init__()
         w = linear.weight.detach().float()
         self.rotation = rotation
-        ws = rotate(w * smooth, rotation)
-        scale = weight_scales(ws, w_bits, search=False, block=w_block, fmt=fmt)
+        ws, scale = folded_weight(w, smooth, rotation, w_bits=w_bits, w_block=w_block, fmt=fmt)
         self.weight = fake_quant_weight(ws, scale, w_bits, fmt)
         b = torch.zeros(w.shape[0]) if linear.bias is None else linear.bias.detach().float()
         self.biases = b + shifts.float() @ w.T  # [G, N]
@@ -200,6 +206,10 @@ class FisherScorer:
         def weight(lin: str) -> torch.Tensor:
             return modules[lin].weight.detach().float()  # type: ignore[operator]
 
+        def site_weight(site: Site, lin: str, s: torch.Tensor, rot: int) -> tuple[torch.Tensor, torch.Tensor]:
+            spec = ctx.default_spec(site)
+            return folded_weight(weight(lin), s, rot, w_bits=spec.w_bits, w_block=spec.w_block, fmt=spec.fmt)
+
         def step_variance(site: Site, key: Any, lin: str, s: torch.Tensor, rot: int) -> torch.Tensor | None:
             """``E[dW'^2]`` per output row and weight block [N, blocks] when it is constant on rotation blocks
             (integer grids), else None (computed per element where needed)."""
@@ -208,8 +218,7 @@ class FisherScorer:
                 block = spec.w_block or weight(lin).shape[1]
                 var = None
                 if spec.fmt == "int" and (not rot or block % rot == 0):
-                    w = rotate(weight(lin) * s, rot)
-                    scale = weight_scales(w, spec.w_bits, search=False, block=spec.w_block, fmt=spec.fmt)
+                    w, scale = site_weight(site, lin, s, rot)
                     var = (scale.square() / 12).reshape(w.shape[0], -1)  # rounding_variance of an integer grid
                 variances[(site.name, key, lin)] = var
             return variances[(site.name, key, lin)]
@@ -238,8 +247,7 @@ class FisherScorer:
                     if var is not None:
                         fast.append((key, s.square().reciprocal(), var))
                         continue
-                    w = rotate(weight(lin) * s, rot)
-                    scale = weight_scales(w, spec.w_bits, search=False, block=spec.w_block, fmt=spec.fmt)
+                    w, scale = site_weight(site, lin, s, rot)
                     scale = scale.repeat_interleave(spec.w_block, dim=1) if spec.w_block else scale[:, None]
                     g2 = sum(rotate((u[r].T @ xs[r]) / s, rot).square() for r in range(u.shape[0]))
                     noise[site.name][key][i] += float((g2 * rounding_variance(w, scale, spec.fmt)).sum()) / samples
