@@ -74,3 +74,23 @@ def output_sqnr_db(model, recipe, t: float = 500.0) -> float:
     with torch.no_grad():
         ref, out = model.denoiser()(x, tt, y), torch_backend(model, recipe)(x, tt, y)
     return float(10 * np.log10(float(ref.square().sum()) / float((out - ref).square().sum())))
+
+
+def htg_context(model, calib, **params):
+    """The ``Context`` HTG (with ``params``) solves on when ``model`` is calibrated with ``calib`` (a CalibConfig):
+    what a test scores candidates on."""
+    from dataclasses import dataclass
+
+    from ditq.calibration.calibrate import calibrate
+    from ditq.calibration.methods.htg import HTGConfig
+
+    captured = []
+
+    @dataclass(frozen=True)
+    class Capturing(HTGConfig):
+        def solve(self, ctx):
+            captured.append(ctx)
+            return super().solve(ctx)
+
+    calibrate(model, Capturing(**params), calib)
+    return captured[0]

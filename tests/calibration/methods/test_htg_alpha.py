@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 import torch
+from method_checks import htg_context
 
 from ditq.calibration.methods.htg import HTGConfig
 from ditq.errors import DitqError
 
 RELEVANT = 4  # fc2 output channels the residual stream keeps; the others are gated to ~0
-
-
-@dataclass(frozen=True)
-class _Capturing(HTGConfig):
-    """HTG that keeps the Context it solved (so a test can score candidates on it)."""
-
-    def solve(self, ctx):
-        _CTX.append(ctx)
-        return super().solve(ctx)
-
-
-_CTX: list = []
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +37,11 @@ def gated_model(tmp_path_factory):
 
 
 def _context(model, seed: int):
-    from ditq.calibration.calibrate import CalibConfig, calibrate
+    from ditq.calibration.calibrate import CalibConfig
 
-    _CTX.clear()
-    cfg = _Capturing(groups=1, shift_choice=False, alpha_criterion="local")
-    calibrate(model, cfg, CalibConfig(steps=8, samples=2, seed=seed, progress=False))
-    return cfg, _CTX[0]
+    params = dict(groups=1, shift_choice=False, alpha_criterion="local")
+    return HTGConfig(**params), htg_context(model, CalibConfig(steps=8, samples=2, seed=seed, progress=False),
+                                            **params)
 
 
 def test_output_criterion_picks_a_better_alpha_than_the_local_one(gated_model):

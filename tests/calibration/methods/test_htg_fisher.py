@@ -3,34 +3,25 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import pytest
 import torch
+from method_checks import htg_context
 
 from ditq.calibration.methods.htg import HTGConfig
 
 BLOCK = 8  # a rotation block the tiny DiT's 32-channel inputs divide into several blocks
 
 
-@dataclass(frozen=True)
-class _Capturing(HTGConfig):
-    def solve(self, ctx):
-        _CTX.append(ctx)
-        return super().solve(ctx)
-
-
-_CTX: list = []
-
-
 @pytest.fixture(scope="module")
 def context(tiny_model):
-    from ditq.calibration.calibrate import CalibConfig, calibrate
+    from ditq.calibration.calibrate import CalibConfig
 
-    _CTX.clear()
-    calibrate(tiny_model, _Capturing(groups=2, alpha_criterion="local", timesteps_per_group=0, rotation=0),
-              CalibConfig(steps=8, samples=2, seed=0, progress=False))
-    return _CTX[0]
+    return htg_context(tiny_model, CalibConfig(steps=8, samples=2, seed=0, progress=False), **_PARAMS)
+
+
+_PARAMS = dict(groups=2, alpha_criterion="local", timesteps_per_group=0, rotation=0)
 
 
 def _options(ctx, grouping, site):
@@ -139,12 +130,9 @@ def _spearman(a, b):
 def test_fisher_scores_pixart_caption_sites(pixart_model):
     """PixArt's cross-attention k/v read the caption embeddings, which every block shares: their gradient must come
     through the site's own Linears (not the caption's total gradient), and the estimate tracks the measured SQNR."""
-    from ditq.calibration.calibrate import CalibConfig, calibrate
+    from ditq.calibration.calibrate import CalibConfig
 
-    _CTX.clear()
-    calibrate(pixart_model, _Capturing(groups=2, alpha_criterion="local", timesteps_per_group=0, rotation=0),
-              CalibConfig(steps=8, samples=2, seed=0, progress=False))
-    ctx = _CTX[0]
+    ctx = htg_context(pixart_model, CalibConfig(steps=8, samples=2, seed=0, progress=False), **_PARAMS)
     kv = next(s for s in ctx.sites if s.name.endswith("attn2.kv"))  # to_k and to_v on the caption
     est, exact = _compare(ctx, _two_groups(ctx), kv)
     diffs = [est[k] - exact[k] for k in exact]

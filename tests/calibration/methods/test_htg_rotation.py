@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import onnx
 import pytest
 import torch
-from method_checks import assert_fold_exact, assert_round_trip, export_and_compare
+from method_checks import assert_fold_exact, assert_round_trip, export_and_compare, htg_context
 
 from ditq.core.quantizers import largest_pow2_divisor, rotation_matrix
 from ditq.errors import DitqError
@@ -34,23 +32,12 @@ def test_htg_rotation_recipe_is_static_rotated_exact_and_round_trips(calibrated,
 def test_htg_rotation_act_scales_are_those_of_the_rotated_input(tiny_model):
     """The static scale must cover ``((x - z) / s) @ R``, not the unrotated input: with the clip search off the
     scale is the rotated reservoir's amax / 127."""
+    from ditq.calibration.calibrate import CalibConfig
     from ditq.calibration.methods.base import act_scales_for
-    from ditq.calibration.methods.htg import HTGConfig
     from ditq.calibration.methods.smoothquant import one_group
 
-    captured = []
-
-    @dataclass(frozen=True)
-    class Capture(HTGConfig):
-        def solve(self, ctx):
-            captured.append(ctx)
-            return super().solve(ctx)
-
-    from ditq.calibration.calibrate import CalibConfig, calibrate
-
-    calibrate(tiny_model, Capture(groups=1, alpha_criterion="local", rotation=BLOCK),
-              CalibConfig(steps=4, samples=2, progress=False))
-    ctx = captured[0]
+    ctx = htg_context(tiny_model, CalibConfig(steps=4, samples=2, progress=False), groups=1, alpha_criterion="local",
+                      rotation=BLOCK)
     site = next(s for s in ctx.sites if s.name.endswith("ff.net.2"))  # fc2: 128 channels, post-GELU outliers
     grouping = one_group(ctx)
     st = ctx.stats[site.name]
