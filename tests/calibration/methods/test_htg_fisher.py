@@ -154,3 +154,27 @@ def test_fisher_passes_of_fewer_rows_estimate_the_same(context):
     rowwise = FisherScorer(ctx, grouping, samples=8, max_tokens=image_tokens(ctx, ctx.probes[0][0])).scores(cands)
     diffs = [rowwise[n][k] - whole[n][k] for n in cands for k in cands[n]]
     assert max(abs(d) for d in diffs) < 0.75, diffs
+
+
+def test_fisher_checkpointed_passes_score_the_same(context):
+    """The backward recomputes each block's activations (gradient checkpointing, for memory) instead of keeping
+    them: the same draws give the same scores, and the model's own checkpointing setting comes back as it was."""
+    from ditq.calibration.methods.site_probe import FisherScorer
+
+    ctx = context
+    grouping = _two_groups(ctx)
+    cands = {s.name: {k: (*v[:3], k[2]) for k, v in _options(ctx, grouping, s).items()} for s in ctx.sites[:4]}
+    assert not ctx.transformer.is_gradient_checkpointing
+    calls = []
+    blocks = list(ctx.transformer.transformer_blocks)
+    handle = blocks[0].register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        kept = FisherScorer(ctx, grouping, checkpoint=False).scores(cands)
+        n_kept, calls[:] = len(calls), []
+        recomputed = FisherScorer(ctx, grouping, checkpoint=True).scores(cands)
+    finally:
+        handle.remove()
+    assert len(calls) > n_kept  # the block did run again in the backward
+    assert not ctx.transformer.is_gradient_checkpointing
+    diffs = [recomputed[n][k] - kept[n][k] for n in cands for k in cands[n]]
+    assert max(abs(d) for d in diffs) < 1e-6, diffs

@@ -168,21 +168,27 @@ class FisherScorer:
     a site's candidates is within 0.45 dB of the measured SQNR there (single candidates up to 1.8 dB, where the
     measured score of one rounding jumps between neighbouring alphas), and the linearization itself within 0.05 dB
     of the model (docs/fisher_criterion.md). The probes and their groups are ``SiteScorer``'s; their rows run in
-    passes of at most ``max_tokens`` image tokens (the backward keeps every block's activations: one 1024-px
-    PixArt row is 4096 tokens). Cost: the model's forward and backward per pass and sample, ``u^T (x - z_g)`` per
-    Linear and shift, then per candidate a few passes over the site's weights and sampled rows, independent of
-    the model's depth; nothing is kept between probes but the scores.
+    passes of at most ``max_tokens`` image tokens (one 1024-px PixArt row is 4096 tokens). With ``checkpoint``
+    (diffusers' gradient checkpointing) the backward recomputes each block's activations instead of keeping them
+    all; what stays is every site's input until its gradient arrives (the weight term needs both). Cost: the
+    model's forward (twice with ``checkpoint``) and backward per pass and sample, ``u^T (x - z_g)`` per Linear and
+    shift, then per candidate a few passes over the site's weights and sampled rows, independent of the model's
+    depth; nothing is kept between probes but the scores.
     """
 
     def __init__(self, ctx: Context, grouping: Grouping, *, n_timesteps: int = 6, batch: int = 8,
                  per_token: bool = False, samples: int = 2, act_rows: int = 1024, max_tokens: int = 2048,
-                 seed: int = 0) -> None:
+                 checkpoint: bool = True, seed: int = 0) -> None:
         from ditq.calibration.methods.base import pick_probes
 
         self.ctx, self.per_token, self.samples, self.act_rows, self.seed = ctx, per_token, samples, act_rows, seed
         # image tokens per forward/backward pass (a row is never split: a 1024-px PixArt row is 4096 tokens). The
-        # bench's PixArt-alpha-512 calibration, 2 rows of 1024 tokens per pass, peaked at 18.6 GB
+        # bench's PixArt-alpha-512 calibration, 2 rows of 1024 tokens per pass, peaked at 18.6 GB before checkpointing
         self.max_tokens = max_tokens
+        # recompute each block's activations in the backward instead of keeping them all: the same scores, one
+        # more forward per pass. PixArt-alpha-1024, one 4096-token row: 9.3 GB peak against 14.4 (glibc's mmap
+        # threshold fixed; scripts/probes/fisher_memory.py)
+        self.checkpoint = checkpoint
         self.inputs = pick_probes(ctx, n_timesteps, batch)
         self.probe_groups = [grouping.group_of(float(t[0])) for _, t, _ in self.inputs]
 
@@ -278,6 +284,9 @@ class FisherScorer:
 
         def forward_hook(module: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
             lin = names[id(module)]
+            if lin in state["hooked"]:  # a checkpointed block recomputed in the backward: hooked in the forward
+                return  # already (a hook on the recomputed output would never fire, and would keep its input)
+            state["hooked"].add(lin)
             site = site_of[lin]
             x3 = by_row(args[0])
             x = x3.reshape(-1, x3.shape[-1])
@@ -306,6 +315,9 @@ class FisherScorer:
         params = list(transformer.parameters())
         flags = [p.requires_grad for p in params]
         was_training = transformer.training
+        checkpointing = bool(getattr(transformer, "is_gradient_checkpointing", False))
+        if self.checkpoint and not checkpointing and getattr(transformer, "_supports_gradient_checkpointing", False):
+            transformer.enable_gradient_checkpointing()  # type: ignore[operator]
         model = make_denoiser(transformer)
         ref_power = []
         threads = torch.get_num_threads()
@@ -315,13 +327,13 @@ class FisherScorer:
             for p in params:
                 p.requires_grad_(False)
             for i, (x, t, cond) in enumerate(self.inputs):
-                # rows in passes of at most max_tokens image tokens (memory: the backward keeps every block's
-                # activations); every term is a sum over rows, so the passes add up
+                # rows in passes of at most max_tokens image tokens (memory: every site's input stays until its
+                # gradient arrives); every term is a sum over rows, so the passes add up
                 per_pass = max(1, self.max_tokens // max(1, image_tokens(ctx, x)))
                 power = 0.0
                 for lo in range(0, x.shape[0], per_pass):
                     sl = slice(lo, lo + per_pass)
-                    state.update(probe=i, rows={}, grads={}, partial={},
+                    state.update(probe=i, rows={}, grads={}, partial={}, hooked=set(),
                                  act_rows=max(1, -(-self.act_rows * len(x[sl]) // x.shape[0])))
                     leaf = {k: v[sl].detach().float().requires_grad_(True) if v.is_floating_point() else v[sl]
                             for k, v in cond.items()}
@@ -345,6 +357,8 @@ class FisherScorer:
                 h.remove()
             for p, f in zip(params, flags):
                 p.requires_grad_(f)
+            if not checkpointing and getattr(transformer, "is_gradient_checkpointing", False):
+                transformer.disable_gradient_checkpointing()  # type: ignore[operator]
             transformer.train(was_training)
             state.clear()
         return {name: {key: sum(ratio_db(max(n / p, 1e-30)) for n, p in zip(per, ref_power)) / len(per)

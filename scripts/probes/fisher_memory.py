@@ -1,0 +1,97 @@
+"""Peak memory and time of HTG's Fisher criterion on a full-size architecture (random weights), with and without
+gradient checkpointing in its backward passes (docs/fullsize/fullsize.md).
+
+Calibrates HTG's statistics on one DDPM step x one sample (CFG batch 2), then runs the Fisher criterion's passes over
+every site (two candidates each: the mid-range shift at alpha 0.5, rotated where the site rotates, and no shift) on
+one probe of ROWS batch rows. The resident high-water mark (VmHWM) is reset before the criterion, so the peak is
+the criterion's own. With --limit-gb the process's address space is capped there: an allocation beyond it fails in
+Python instead of waking the kernel's OOM killer.
+Usage: python scripts/probes/fisher_memory.py [MODEL] [--rows N] [--no-checkpoint] [--limit-gb G] [--threads T]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def peak_gb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+class Captured(Exception):
+    pass
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model", nargs="?", default="pixart-alpha-1024")
+    ap.add_argument("--rows", type=int, default=1)
+    ap.add_argument("--no-checkpoint", action="store_true")
+    ap.add_argument("--limit-gb", type=float, default=0.0)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    if args.limit_gb:
+        cap = int(args.limit_gb * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    torch.set_num_threads(args.threads)
+
+    from ditq.calibration.calibrate import CalibConfig, calibrate
+    from ditq.calibration.groups import SiteRange, group_timesteps
+    from ditq.calibration.methods import htg
+    from ditq.calibration.methods.base import site_rotations
+    from ditq.calibration.methods.site_probe import FisherScorer, image_tokens
+    from ditq.models.configs import random_model
+
+    captured: dict[str, Any] = {}
+
+    def solve(self: htg.HTGConfig, ctx: Any) -> Any:
+        captured["ctx"] = ctx
+        raise Captured
+
+    start = time.perf_counter()
+    model = random_model(args.model)
+    htg.HTGConfig.solve = solve  # type: ignore[method-assign]
+    try:
+        calibrate(model, htg.HTGConfig(groups=1), CalibConfig(steps=1, samples=1, progress=False))
+    except Captured:
+        pass
+    ctx = captured["ctx"]
+    print(f"statistics: {time.perf_counter() - start:.0f} s, peak {peak_gb():.2f} GB", flush=True)
+
+    ranges = [SiteRange(st.ch_max.numpy(), st.ch_min.numpy(), max(st.power, 1e-12)) for st in ctx.stats.values()]
+    grouping = group_timesteps(ctx.timesteps, ranges, 1, num_train_timesteps=ctx.num_train_timesteps, bits=8,
+                               max_groups=1)
+    blocks = site_rotations(ctx, htg.ROTATION_AUTO)
+    cfg = htg.HTGConfig(alphas=(0.5,))
+    cands = {}
+    for site in ctx.sites:
+        opts = cfg._candidates(ctx, site, grouping, blocks[site.name], search=False)
+        keep = [k for k in opts if k[2] == blocks[site.name]][:2]
+        cands[site.name] = {k: (*opts[k][:3], k[2]) for k in keep}
+
+    Path("/proc/self/clear_refs").write_text("5")
+    start = time.perf_counter()
+    scorer = FisherScorer(ctx, grouping, n_timesteps=1, batch=args.rows, checkpoint=not args.no_checkpoint)
+    tokens = image_tokens(ctx, scorer.inputs[0][0])
+    scores = scorer.scores(cands)
+    seconds = time.perf_counter() - start
+    rec = {"model": args.model, "rows": len(scorer.inputs[0][0]), "tokens_per_row": tokens,
+           "checkpoint": not args.no_checkpoint, "threads": args.threads, "sites": len(cands),
+           "fisher_seconds": round(seconds, 1), "fisher_peak_rss_gb": round(peak_gb(), 2),
+           "mean_score_db": round(sum(v for s in scores.values() for v in s.values())
+                                  / sum(map(len, scores.values())), 3)}
+    print(json.dumps(rec), flush=True)
+
+
+if __name__ == "__main__":
+    main()
