@@ -316,13 +316,14 @@ class FisherScorer:
         flags = [p.requires_grad for p in params]
         was_training = transformer.training
         checkpointing = bool(getattr(transformer, "is_gradient_checkpointing", False))
-        if self.checkpoint and not checkpointing and getattr(transformer, "_supports_gradient_checkpointing", False):
-            transformer.enable_gradient_checkpointing()  # type: ignore[operator]
         model = make_denoiser(transformer)
         ref_power = []
         threads = torch.get_num_threads()
         bar = tqdm(total=len(self.inputs), desc="htg fisher criterion", disable=not ctx.progress, leave=False)
         try:
+            if self.checkpoint and not checkpointing and getattr(transformer, "_supports_gradient_checkpointing",
+                                                                  False):
+                transformer.enable_gradient_checkpointing()  # type: ignore[operator]
             torch.set_num_threads(max(threads, ctx.threads))  # forward and backward passes of the whole model
             for p in params:
                 p.requires_grad_(False)
