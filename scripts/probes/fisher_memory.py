@@ -2,11 +2,12 @@
 gradient checkpointing in its backward passes (docs/fullsize/fullsize.md).
 
 Calibrates HTG's statistics on one DDPM step x one sample (CFG batch 2), then runs the Fisher criterion's passes over
-every site (two candidates each: the mid-range shift at alpha 0.5, rotated where the site rotates, and no shift) on
-one probe of ROWS batch rows. The resident high-water mark (VmHWM) is reset before the criterion, so the peak is
-the criterion's own. With --limit-gb the process's address space is capped there: an allocation beyond it fails in
-Python instead of waking the kernel's OOM killer.
+every site on one probe of ROWS batch rows: two candidates per site (mid-range shift, no smoothing and alpha 0.5,
+rotated where HTG would rotate), or with --all-candidates every one HTG scores (for timing). The resident high-water
+mark (VmHWM) is reset before the criterion, so the peak is the criterion's own. With --limit-gb the process's
+address space is capped there: an allocation beyond it fails in Python instead of waking the kernel's OOM killer.
 Usage: python scripts/probes/fisher_memory.py [MODEL] [--rows N] [--no-checkpoint] [--limit-gb G] [--threads T]
+       [--all-candidates]
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def main() -> None:
     ap.add_argument("--no-checkpoint", action="store_true")
     ap.add_argument("--limit-gb", type=float, default=0.0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--all-candidates", action="store_true", help="every candidate of every site, as HTG scores")
     args = ap.parse_args()
     if args.limit_gb:
         cap = int(args.limit_gb * 2**30)
@@ -72,11 +74,11 @@ def main() -> None:
     grouping = group_timesteps(ctx.timesteps, ranges, 1, num_train_timesteps=ctx.num_train_timesteps, bits=8,
                                max_groups=1)
     blocks = site_rotations(ctx, htg.ROTATION_AUTO)
-    cfg = htg.HTGConfig(alphas=(0.5,))
+    cfg = htg.HTGConfig() if args.all_candidates else htg.HTGConfig(alphas=(0.5,))
     cands = {}
     for site in ctx.sites:
         opts = cfg._candidates(ctx, site, grouping, blocks[site.name], search=False)
-        keep = [k for k in opts if k[2] == blocks[site.name]][:2]
+        keep = list(opts) if args.all_candidates else [k for k in opts if k[2] == blocks[site.name]][:2]
         cands[site.name] = {k: (*opts[k][:3], k[2]) for k in keep}
 
     Path("/proc/self/clear_refs").write_text("5")
@@ -87,6 +89,7 @@ def main() -> None:
     seconds = time.perf_counter() - start
     rec = {"model": args.model, "rows": len(scorer.inputs[0][0]), "tokens_per_row": tokens,
            "checkpoint": not args.no_checkpoint, "threads": args.threads, "sites": len(cands),
+           "candidates": sum(map(len, cands.values())),
            "fisher_seconds": round(seconds, 1), "fisher_peak_rss_gb": round(peak_gb(), 2),
            "mean_score_db": round(sum(v for s in scores.values() for v in s.values())
                                   / sum(map(len, scores.values())), 3)}

@@ -270,11 +270,12 @@ class FisherScorer:
             """``g`` [samples, rows, C]: the input gradients of the sampled rows ``x`` [rows, C]."""
             i, group = state["probe"], self.probe_groups[state["probe"]]
             spec = ctx.default_spec(site)
+            g2 = g.square().mean(0)  # unrotated candidates: mean over samples of (g s)^2 is s^2 mean(g^2)
             for key, (z, s, sc, rot) in candidates[site.name].items():
                 xp = rotate((x - z[group]) / s, rot)
                 xq = (dynamic_fake_quant(xp, spec.a_bits) if self.per_token
                       else fake_quant(xp, float(sc[group]), spec.a_bits, spec.fmt))
-                gp2 = rotate(g * s, rot).square().mean(0)
+                gp2 = rotate(g * s, rot).square().mean(0) if rot else g2 * s.square()
                 noise[site.name][key][i] += weight_of_row * float((gp2 * (xq - xp).square()).sum())
 
         def by_row(t: torch.Tensor) -> torch.Tensor:
