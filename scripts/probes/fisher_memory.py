@@ -16,17 +16,9 @@ import argparse
 import json
 import resource
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
-
-
-def peak_gb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 2**20
-    return float("nan")
 
 
 class Captured(Exception):
@@ -47,6 +39,7 @@ def main() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     torch.set_num_threads(args.threads)
 
+    from ditq.bench.fullsize import _reset_peak, _rss_peak_bytes
     from ditq.calibration.calibrate import CalibConfig, calibrate
     from ditq.calibration.groups import SiteRange, group_timesteps
     from ditq.calibration.methods import htg
@@ -68,7 +61,7 @@ def main() -> None:
     except Captured:
         pass
     ctx = captured["ctx"]
-    print(f"statistics: {time.perf_counter() - start:.0f} s, peak {peak_gb():.2f} GB", flush=True)
+    print(f"statistics: {time.perf_counter() - start:.0f} s, peak {_rss_peak_bytes() / 2**30:.2f} GB", flush=True)
 
     ranges = [SiteRange(st.ch_max.numpy(), st.ch_min.numpy(), max(st.power, 1e-12)) for st in ctx.stats.values()]
     grouping = group_timesteps(ctx.timesteps, ranges, 1, num_train_timesteps=ctx.num_train_timesteps, bits=8,
@@ -81,7 +74,7 @@ def main() -> None:
         keep = list(opts) if args.all_candidates else [k for k in opts if k[2] == blocks[site.name]][:2]
         cands[site.name] = {k: (*opts[k][:3], k[2]) for k in keep}
 
-    Path("/proc/self/clear_refs").write_text("5")
+    _reset_peak()
     start = time.perf_counter()
     scorer = FisherScorer(ctx, grouping, n_timesteps=1, batch=args.rows, checkpoint=not args.no_checkpoint)
     tokens = image_tokens(ctx, scorer.inputs[0][0])
@@ -90,7 +83,7 @@ def main() -> None:
     rec = {"model": args.model, "rows": len(scorer.inputs[0][0]), "tokens_per_row": tokens,
            "checkpoint": not args.no_checkpoint, "threads": args.threads, "sites": len(cands),
            "candidates": sum(map(len, cands.values())),
-           "fisher_seconds": round(seconds, 1), "fisher_peak_rss_gb": round(peak_gb(), 2),
+           "fisher_seconds": round(seconds, 1), "fisher_peak_rss_gb": round(_rss_peak_bytes() / 2**30, 2),
            "mean_score_db": round(sum(v for s in scores.values() for v in s.values())
                                   / sum(map(len, scores.values())), 3)}
     print(json.dumps(rec), flush=True)

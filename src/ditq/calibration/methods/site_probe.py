@@ -316,14 +316,15 @@ class FisherScorer:
         params = list(transformer.parameters())
         flags = [p.requires_grad for p in params]
         was_training = transformer.training
-        checkpointing = bool(getattr(transformer, "is_gradient_checkpointing", False))
+        # diffusers' gradient checkpointing, turned on here unless the model already has it (and then back off)
+        checkpoint = (self.checkpoint and getattr(transformer, "_supports_gradient_checkpointing", False)
+                      and not getattr(transformer, "is_gradient_checkpointing", False))
         model = make_denoiser(transformer)
         ref_power = []
         threads = torch.get_num_threads()
         bar = tqdm(total=len(self.inputs), desc="htg fisher criterion", disable=not ctx.progress, leave=False)
         try:
-            if self.checkpoint and not checkpointing and getattr(transformer, "_supports_gradient_checkpointing",
-                                                                  False):
+            if checkpoint:
                 transformer.enable_gradient_checkpointing()  # type: ignore[operator]
             torch.set_num_threads(max(threads, ctx.threads))  # forward and backward passes of the whole model
             for p in params:
@@ -359,7 +360,7 @@ class FisherScorer:
                 h.remove()
             for p, f in zip(params, flags):
                 p.requires_grad_(f)
-            if not checkpointing and getattr(transformer, "is_gradient_checkpointing", False):
+            if checkpoint:
                 transformer.disable_gradient_checkpointing()  # type: ignore[operator]
             transformer.train(was_training)
             state.clear()
