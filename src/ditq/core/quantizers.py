@@ -281,6 +281,14 @@ def rotation_matrix(k: int, block: int) -> torch.Tensor:
     return torch.block_diag(*[hadamard(block)] * (k // block))
 
 
+def rotation_signs(k: int, seed: int = 0) -> torch.Tensor:
+    """``k`` pseudo-random signs (+-1, float32) from ``seed``: ``(x * d) @ H`` is a randomized Hadamard (QuaRot's
+    form). A plain Sylvester block's first column is all ones, so a common offset of the block's channels
+    (e.g. a shifted post-GELU input) piles up in its coordinate 0; random signs spread it like any other direction.
+    HTG folds ``d`` into its smoothing vector, so the online rotation itself stays the plain block-Hadamard."""
+    return (torch.randint(0, 2, (k,), generator=torch.Generator().manual_seed(seed)) * 2 - 1).float()
+
+
 def rotate(x: torch.Tensor, block: int) -> torch.Tensor:
     """``x @ R`` over the last dimension for ``R = rotation_matrix(k, block)`` (``x`` itself for block 0), without
     forming R: each ``block``-wide slice times the Hadamard of that order, k x block work per row instead of k x k

@@ -50,6 +50,43 @@ def test_htg_rotation_act_scales_are_those_of_the_rotated_input(tiny_model):
     assert float(rotated[0]) != pytest.approx(float(plain[0]), rel=1e-3)
 
 
+def test_htg_rotation_signs_ride_on_the_smoothing_vector(calibrated, tiny_model):
+    """Rotated sites take random channel signs (a randomized Hadamard) through their smoothing vector, so the graph
+    keeps the plain block-Hadamard; ``rotation_signs=False`` gives the plain rotation (positive smoothing)."""
+    from ditq.core.quantizers import rotation_signs
+
+    rec = calibrated("htg", rotation=BLOCK, rotation_choice=False)
+    plain = calibrated("htg", rotation=BLOCK, rotation_choice=False, rotation_signs=False)
+    for site in rec.sites:
+        k = _k(rec, site)
+        assert torch.equal(rec.smooth(site.name).sign(), rotation_signs(k)), site.name
+        assert bool((plain.smooth(site.name) > 0).all()), site.name
+    assert_fold_exact(tiny_model, rec)
+
+
+def test_rotation_signs_spread_the_common_offset_a_plain_hadamard_piles_into_one_coordinate(tiny_model):
+    """fc2's input, shifted by its mid-range, sits mostly on one side of zero: a plain Sylvester block (first column
+    all ones) sums that offset into its coordinate 0, and random signs spread it (a smaller rotated amax)."""
+    from ditq.calibration.calibrate import CalibConfig
+    from ditq.calibration.methods.base import act_scales_for, pooled_range
+    from ditq.calibration.methods.smoothquant import one_group
+    from ditq.core.quantizers import rotate, rotation_signs
+
+    ctx = htg_context(tiny_model, CalibConfig(steps=4, samples=2, progress=False), groups=1, alpha_criterion="local",
+                      rotation=BLOCK)
+    site = next(s for s in ctx.sites if s.name.endswith("ff.net.2"))
+    grouping = one_group(ctx)
+    st = ctx.stats[site.name]
+    k = st.ch_max.shape[1]
+    hi, lo = pooled_range(st, list(range(len(ctx.timesteps))))
+    z, d = ((hi + lo) / 2)[None], rotation_signs(k)
+    plain, _ = act_scales_for(ctx, site, grouping, z, torch.ones(k), search=False, rotation=BLOCK)
+    signed, _ = act_scales_for(ctx, site, grouping, z, d, search=False, rotation=BLOCK)
+    assert float(signed[0]) < 0.8 * float(plain[0])
+    x = rotate(st.reservoir.reshape(-1, k).float() - z, BLOCK).abs().amax(0).reshape(-1, BLOCK)
+    assert bool((x[:, 0] > 2 * x[:, 1:].median(1).values).all())  # the plain rotation's coordinate 0 of each block
+
+
 def _all_site_inputs(model, config):
     """Every input row of every site's first Linear over one run of the calibration loop, per timestep."""
     from ditq.calibration.calibrate import sampler_forward_loop
