@@ -6,6 +6,11 @@ MatMuls, timed interleaved in the runtime's own fused session (``ort_session(fus
 The recipes are SmoothQuant's by default (cheap to calibrate; every site rotated: the upper bound of the cost).
 ``--method htg`` times HTG's recipes instead, where the criterion keeps the rotation only at the sites it prefers
 (the default recipe's real cost; calibrated 4 steps x 2 samples, so the rotated sites may differ from a full run).
+``--sets DIR ...`` also times group 0 of ONNX sets already exported (e.g. ``ditq bench quality``'s ``onnx/*``), the
+recipes of a full calibration:
+
+    PYTHONPATH=src python scripts/rotation_latency.py --model demo --method htg --rotations 0 --repeats 60 \
+        --sets OUT_A/onnx/htg-W8A8-seed1 OUT_B/onnx/htg-W8A8-seed1
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=40)
     p.add_argument("--dense", action="store_true", help="also time each rotation as one dense k x k MatMul")
     p.add_argument("--method", choices=["smoothquant", "htg"], default="smoothquant")
+    p.add_argument("--sets", nargs="*", default=[], help="exported ONNX sets whose group 0 to time as well")
     args = p.parse_args(argv)
 
     import onnx
@@ -59,6 +65,14 @@ def main(argv: list[str] | None = None) -> int:
                          "fused": rep["fused"], "unfused": rep["unfused"], "float_gemms": rep["float_gemms"],
                          "exported": dict(collections.Counter(
                              n.op_type for n in nodes if n.op_type in ("MatMul", "Reshape", "Sub", "Mul")))}
+        for d in args.sets:
+            path = Path(d) / "group_0.onnx"
+            sess = ort_session(path, args.threads, fuse=True)
+            fns[d] = lambda s=sess: s.run(None, feeds)
+            rep = fusion_report(path, args.threads)
+            nodes = onnx.load(str(path), load_external_data=False).graph.node
+            ops[d] = {"rotated_sites": len({n.name for n in nodes if n.name.endswith(".rotate")}),
+                      "fused": rep["fused"], "unfused": rep["unfused"], "float_gemms": rep["float_gemms"]}
         stats = time_interleaved(fns, warmup=5, repeats=args.repeats)
     base = stats[f"rotation={args.rotations[0]}"]["median_ms"]
     for name, st in stats.items():
