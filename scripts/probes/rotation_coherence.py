@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 
-import torch
 from _common import htg_solution
 
 from ditq.calibration.methods.base import folded_group_inputs
-from ditq.core.quantizers import largest_pow2_divisor, rotate
+from ditq.core.quantizers import largest_pow2_divisor, rotate, rotation_signs
 
 
 def main() -> None:
@@ -34,7 +33,7 @@ def main() -> None:
         rows = folded_group_inputs(ctx, site, sol.grouping, sol.shifts[site.name], sol.smooth[site.name])
         k = rows[0].shape[-1]
         block = min(args.block, largest_pow2_divisor(k))
-        d = (torch.randint(0, 2, (k,), generator=torch.Generator().manual_seed(0)) * 2 - 1).float()
+        d = rotation_signs(k)  # HTG's default draw
         plain = [float(rotate(x, block).abs().amax()) for x in rows]
         signed = [float(rotate(x * d, block).abs().amax()) for x in rows]
         coord = [rotate(x, block).abs().amax(0).reshape(-1, block) for x in rows]  # [blocks, block] per group
