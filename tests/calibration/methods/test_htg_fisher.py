@@ -139,9 +139,7 @@ def test_fisher_scores_pixart_caption_sites(pixart_model):
     est, exact = _compare(ctx, _two_groups(ctx), kv)
     diffs = [est[k] - exact[k] for k in exact]
     assert abs(sum(diffs) / len(diffs)) < 2.0, diffs
-    # one rounding's scatter: qkv's rotated alpha-0.5 candidate measures about 2 dB above its neighbours (a lucky
-    # rounding) since the rotation takes random channel signs; the mean above is what the estimate must get right
-    assert max(abs(d) for d in diffs) < 4.5, diffs
+    assert max(abs(d) for d in diffs) < 4.0, diffs
     assert _spearman(list(exact.values()), [est[k] for k in exact]) > 0.75  # (its errors are ~90 dB down: one
     # rounding's measured score scatters by 3 dB between neighbouring candidates, so no pick-by-pick check here)
 
