@@ -48,6 +48,18 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(args.model)
     reference = export_reference(model)
     fns, ops = {}, {}
+
+    def add(name: str, path: Path, feeds: dict) -> None:
+        """Time group graph ``path`` as ``name``: a fused session, its fusion report and its exported ops."""
+        sess = ort_session(path, args.threads, fuse=True)
+        fns[name] = lambda s=sess: s.run(None, feeds)
+        rep = fusion_report(path, args.threads)
+        nodes = onnx.load(str(path), load_external_data=False).graph.node
+        ops[name] = {"rotated_sites": len({n.name for n in nodes if n.name.endswith(".rotate")}),
+                     "fused": rep["fused"], "unfused": rep["unfused"], "float_gemms": rep["float_gemms"],
+                     "exported": dict(collections.Counter(
+                         n.op_type for n in nodes if n.op_type in ("MatMul", "Reshape", "Sub", "Mul")))}
+
     with tempfile.TemporaryDirectory() as tmp:
         feeds = ort_feeds(model.sample_shape, args.batch, model.num_conditions)
         for rot, dense in [(r, d) for r in args.rotations for d in ([False, True] if args.dense and r else [False])]:
@@ -57,22 +69,9 @@ def main(argv: list[str] | None = None) -> int:
             name = f"rotation={rot}" + (" dense" if dense else "")
             art = export_onnx(model, recipe, Path(tmp) / name.replace(" ", "_"), progress=False, reference=reference)
             qdq.DENSE_ROTATION_BLOCKS = 1
-            sess = ort_session(art.path(0), args.threads, fuse=True)
-            fns[name] = lambda s=sess: s.run(None, feeds)
-            rep = fusion_report(art.path(0), args.threads)
-            nodes = onnx.load(str(art.path(0)), load_external_data=False).graph.node
-            ops[name] = {"rotated_sites": len({n.name for n in nodes if n.name.endswith(".rotate")}),
-                         "fused": rep["fused"], "unfused": rep["unfused"], "float_gemms": rep["float_gemms"],
-                         "exported": dict(collections.Counter(
-                             n.op_type for n in nodes if n.op_type in ("MatMul", "Reshape", "Sub", "Mul")))}
+            add(name, art.path(0), feeds)
         for d in args.sets:
-            path = Path(d) / "group_0.onnx"
-            sess = ort_session(path, args.threads, fuse=True)
-            fns[d] = lambda s=sess: s.run(None, feeds)
-            rep = fusion_report(path, args.threads)
-            nodes = onnx.load(str(path), load_external_data=False).graph.node
-            ops[d] = {"rotated_sites": len({n.name for n in nodes if n.name.endswith(".rotate")}),
-                      "fused": rep["fused"], "unfused": rep["unfused"], "float_gemms": rep["float_gemms"]}
+            add(d, Path(d) / "group_0.onnx", feeds)
         stats = time_interleaved(fns, warmup=5, repeats=args.repeats)
     base = stats[f"rotation={args.rotations[0]}"]["median_ms"]
     for name, st in stats.items():

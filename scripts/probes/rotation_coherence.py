@@ -34,9 +34,9 @@ def main() -> None:
         k = rows[0].shape[-1]
         block = min(args.block, largest_pow2_divisor(k))
         d = rotation_signs(k)  # HTG's default draw
-        plain = [float(rotate(x, block).abs().amax()) for x in rows]
+        coord = [rotate(x, block).abs().amax(0).reshape(-1, block) for x in rows]  # plain: [blocks, block] per group
+        plain = [float(c.amax()) for c in coord]
         signed = [float(rotate(x * d, block).abs().amax()) for x in rows]
-        coord = [rotate(x, block).abs().amax(0).reshape(-1, block) for x in rows]  # [blocks, block] per group
         c0 = [float((c[:, 0] / c[:, 1:].median(1).values).median()) for c in coord]
         a, b = sum(plain) / len(plain), sum(signed) / len(signed)
         ratios.append(b / a)
