@@ -98,10 +98,78 @@ def method_config(name: str, **params: Any) -> MethodConfig:
     """Instantiate a registered method's config; unknown names and options are one-line errors."""
     if name not in METHODS:
         raise DitqError(f"unknown method {name!r}; choose one of {', '.join(sorted(METHODS))}")
+    cls = METHODS[name]
+    hints = _option_types(cls)
+    for key, value in params.items():
+        tp = hints.get(key)
+        if tp is not None and not _matches(value, tp):
+            raise DitqError(f"bad options for method {name!r}: {key} must be {_type_name(tp)}, got {value!r}")
     try:
-        return METHODS[name](**params)
+        return cls(**params)
     except TypeError as err:
         raise DitqError(f"bad options for method {name!r}: {err}") from err
+
+
+def _option_types(cls: type[MethodConfig]) -> dict[str, Any]:
+    """A config's option annotations (dataclass fields, not ClassVars); {} if they do not resolve."""
+    import typing
+    from dataclasses import fields
+
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # an annotation this module cannot resolve: leave the checking to the dataclass
+        return {}
+    return {f.name: hints[f.name] for f in fields(cls) if f.name in hints}
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    """Whether a parsed option value (JSON: bool, int, float, str, list/tuple, dict, None) fits annotation ``tp``;
+    annotations it does not know pass (the dataclass's own checks still run)."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if origin is typing.Literal:
+        return value in args
+    if origin in (tuple, list):
+        if not isinstance(value, (tuple, list)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args))
+        return not args or all(_matches(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _type_name(tp: Any) -> str:
+    import typing
+
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+    if tp in names:
+        return names[tp]
+    plural = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}
+    if typing.get_origin(tp) in (tuple, list):
+        item = (typing.get_args(tp) or (None,))[0]
+        return "a list" + (f" of {plural[item]}" if item in plural else "")
+    args = typing.get_args(tp)
+    if args and all(a in names for a in args):
+        return " or ".join(names[a] for a in args)
+    return str(tp)
 
 
 def folded_group_inputs(ctx: Context, site: Site, grouping: Grouping, shifts: torch.Tensor,
