@@ -105,3 +105,17 @@ def test_channel_group_activations_stay_float_ops_and_are_refused_for_tensorrt(c
     assert grouped.float_quantized_linears == (lin,)
     with pytest.raises(DitqError, match="channel group"):
         weight_only_linears(grouped, "tensorrt")
+
+
+def test_viditq_rotation_signs_ride_on_the_smoothing_vector(calibrated, tiny_model, tiny_reference, tmp_path):
+    """``rotation_signs=True``: the randomized Hadamard's signs multiply the smoothing vector (the online rotation
+    stays the plain Sylvester one); the FP fold stays exact and the export still matches the fake-quant backend."""
+    from ditq.core.quantizers import rotation_signs
+
+    plain, signed = calibrated("viditq"), calibrated("viditq", rotation_signs=True)
+    for site in signed.sites:
+        s, p = signed.smooth(site.name), plain.smooth(site.name)
+        assert bool((p > 0).all()), site.name
+        assert torch.equal(s.sign(), rotation_signs(s.numel())) and torch.allclose(s.abs(), p), site.name
+    assert_fold_exact(tiny_model, signed)
+    export_and_compare(tiny_model, signed, tiny_reference, tmp_path / "signed")

@@ -6,6 +6,8 @@ metric-decoupled mixed precision.
   calibration timesteps, folded like HTG's smoothing; fc2 through an explicit Mul), then an online Hadamard
   rotation x' = (x / s) H with W' = W diag(s) H folded into the weight. H is the normalised Sylvester Hadamard of
   the largest power of two dividing K (block-diagonal when K is not a power of two), or of ``rotation_block``.
+  ``rotation_signs``: random channel signs d first, x' = ((x / s) * d) H (QuaRot's randomized Hadamard, HTG's
+  default too), folded into the smoothing vector like HTG's, so the online rotation stays the plain Sylvester one.
 - Metric-decoupled mixed precision: sensitivity of each layer group (a site: qkv, out-proj, fc1 or fc2 of a
   block) is measured separately per timestep segment (``segments`` metrics: the output noise of the model on
   calibration inputs of that segment when only that site is quantized), each metric normalised over sites; a
@@ -37,7 +39,7 @@ from ditq.calibration.methods.base import (
     register_method,
 )
 from ditq.calibration.methods.smoothquant import one_group, site_smoothing
-from ditq.core.quantizers import largest_pow2_divisor, rotate_weight, weight_scales
+from ditq.core.quantizers import largest_pow2_divisor, rotate_weight, rotation_signs, weight_scales
 from ditq.errors import DitqError
 
 
@@ -56,6 +58,10 @@ class ViDiTQConfig(MethodConfig):
     alpha: float = 0.5
     smooth_fc2: bool = True
     rotation_block: int = 0  # 0: the largest power of two dividing each Linear's K
+    # random channel signs d before the Hadamard, x' = ((x / s) * d) H (QuaRot's randomized form, as HTG's), folded
+    # into the smoothing vector; off = the paper's plain Sylvester Hadamard
+    rotation_signs: bool = False
+    rotation_seed: int = 0
     mixed_precision: bool = True
     mp_extra_bits: float = 0.5  # mean weight bits (parameter-weighted) may exceed the target by this much
     segments: int = 2  # timestep segments, one sensitivity metric each
@@ -82,6 +88,8 @@ class ViDiTQConfig(MethodConfig):
                 ctx, site, self.alpha, smooth_explicit=self.smooth_fc2)
             base = ctx.default_spec(site)
             rotation = rotation_block(smooth[site.name].numel(), self.rotation_block)
+            if self.rotation_signs:  # every viditq site carries a smoothing vector when smooth_fc2 is on
+                smooth[site.name] = smooth[site.name] * rotation_signs(smooth[site.name].numel(), self.rotation_seed)
             for lin in site.linears:
                 specs[lin] = LinearSpec(w_bits=base.w_bits, w_block=base.w_block, act="dynamic_token",
                                         a_bits=ctx.a_bits, rotation=rotation)
