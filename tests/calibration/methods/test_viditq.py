@@ -108,11 +108,12 @@ def test_channel_group_activations_stay_float_ops_and_are_refused_for_tensorrt(c
 
 
 def test_viditq_rotation_signs_ride_on_the_smoothing_vector(calibrated, tiny_model, tiny_reference, tmp_path):
-    """``rotation_signs=True``: the randomized Hadamard's signs multiply the smoothing vector (the online rotation
-    stays the plain Sylvester one); the FP fold stays exact and the export still matches the fake-quant backend."""
+    """``rotation_signs`` (default on): the randomized Hadamard's signs multiply the smoothing vector (the online
+    rotation stays the plain Sylvester one); the FP fold stays exact and the export still matches the fake-quant
+    backend. ``rotation_signs=False`` keeps a positive smoothing (the plain Hadamard)."""
     from ditq.core.quantizers import rotation_signs
 
-    plain, signed = calibrated("viditq"), calibrated("viditq", rotation_signs=True)
+    plain, signed = calibrated("viditq", rotation_signs=False), calibrated("viditq")
     for site in signed.sites:
         s, p = signed.smooth(site.name), plain.smooth(site.name)
         assert bool((p > 0).all()), site.name
