@@ -247,6 +247,47 @@ def test_torch_int8_runs_a_static_rotated_recipe_like_fake_quant(calibrated, tin
 def test_rotation_without_smoothing_global_criterion(calibrated, tiny_model):
     """Rotation in place of smoothing (``alphas=()``): the global criterion used to fail on its empty key list."""
     rec = calibrated("htg", rotation=BLOCK, alphas=(), alpha_criterion="global")
-    assert all(site.alpha is None and torch.equal(rec.smooth(site.name), torch.ones_like(rec.smooth(site.name)))
+    # no smoothing: the smoothing vector is ones, or the rotation's random signs on a rotated site
+    assert all(site.alpha is None and torch.equal(rec.smooth(site.name).abs(), torch.ones_like(rec.smooth(site.name)))
                for site in rec.sites)
+    assert any(rec.linear_spec(site.linears[0]).rotation for site in rec.sites)
     assert_fold_exact(tiny_model, rec)
+
+
+def test_htg_rotated_shift_centres_every_rotated_coordinate(tiny_model):
+    """A rotated site's shift (``rotation_shift="rotated"``, the default) centres each coordinate of the rotated
+    input over its group's reservoir rows, so no common offset is left for the rotation to add into every coordinate;
+    its rotated amax is then the least any shift gives. ``"channel"`` keeps the channel mid-range of x."""
+    from ditq.calibration.calibrate import CalibConfig
+    from ditq.calibration.methods.base import folded_group_inputs
+    from ditq.calibration.methods.htg import HTGConfig
+    from ditq.calibration.methods.smoothquant import one_group
+    from ditq.core.quantizers import rotate
+
+    params = dict(alpha_criterion="local", rotation=BLOCK, rotation_choice=False, shift_choice=False)
+    ctx = htg_context(tiny_model, CalibConfig(steps=4, samples=2, progress=False), groups=1, **params)
+    grouping = one_group(ctx)
+    shrunk = 0
+    for site in ctx.sites:
+        block = min(BLOCK, largest_pow2_divisor(ctx.stats[site.name].ch_max.shape[1]))
+        cands = HTGConfig(**params)._candidates(ctx, site, grouping, block)
+        chan = HTGConfig(**params, rotation_shift="channel")._candidates(ctx, site, grouping, block)
+        for key, (z, s, scales, _) in cands.items():
+            zc, sc_, scales_c, _ = chan[key]
+            assert torch.equal(s, sc_)
+            u = rotate(folded_group_inputs(ctx, site, grouping, z, s)[0].double(), block)
+            centre = (u.amax(0) + u.amin(0)) / 2
+            assert float(centre.abs().max()) <= 1e-4 * float(u.abs().max()), (site.name, key)
+            u_c = rotate(folded_group_inputs(ctx, site, grouping, zc, s)[0].double(), block)
+            assert float(u.abs().max()) <= float(u_c.abs().max()) * (1 + 1e-6), (site.name, key)
+            assert float(scales[0]) <= float(scales_c[0]) * (1 + 1e-6)
+            shrunk += float(u.abs().max()) < 0.9 * float(u_c.abs().max())
+    assert shrunk  # some site's rotated range shrinks by over 10 % (fc2's post-GELU offset)
+
+
+def test_htg_rotated_shift_recipe_folds_exactly(calibrated, tiny_model, tiny_reference, tmp_path):
+    rec = calibrated("htg", rotation=BLOCK, rotation_choice=False)
+    chan = calibrated("htg", rotation=BLOCK, rotation_choice=False, rotation_shift="channel")
+    assert any(not torch.allclose(rec.shift(s.name, 0), chan.shift(s.name, 0)) for s in rec.sites)
+    assert_fold_exact(tiny_model, rec)
+    export_and_compare(tiny_model, rec, tiny_reference, tmp_path / "rotshift")

@@ -90,13 +90,14 @@ from ditq.calibration.methods.base import (
     Solution,
     act_scales_for,
     check_rotation,
+    folded_group_inputs,
     pooled_range,
     register_method,
     site_rotations,
 )
 from ditq.calibration.methods.site_probe import FisherScorer, SiteScorer, auto_criterion
 from ditq.calibration.methods.smoothquant import smoothing_scale
-from ditq.core.quantizers import rotation_signs
+from ditq.core.quantizers import rotate, rotation_signs
 from ditq.core.sites import Site
 from ditq.errors import DitqError
 
@@ -144,6 +145,12 @@ class HTGConfig(MethodConfig):
     # post-GELU input: 7x the median coordinate's range on the demo DiT); see the module docstring
     rotation_signs: bool = True
     rotation_seed: int = 0  # seed of those signs
+    # a rotated site's shift: "rotated" centres every coordinate of the rotated input, z_g = s (c_g R^T) with c_g
+    # the mid-range of (x / s) R over the group's reservoir rows (exact: the shift folds like any other); "channel":
+    # the channel mid-range of x, as unrotated sites. A channel-centred input still carries a common offset (fc2's
+    # post-GELU bulk sits at one end of its range), which the rotation adds into every coordinate; see the module
+    # docstring
+    rotation_shift: str = "rotated"
     # a rotated input's static scale: the amax of the group's "reservoir" rows (the sampled rows the searches use;
     # it clips the rarest large values of the near-Gaussian rotated tensor) or its "exact" amax over a second run
     # of the calibration loop, which measured 0.5-0.7 dB lower step SQNR (docs/static_rotation.md)
@@ -178,6 +185,8 @@ class HTGConfig(MethodConfig):
             check_rotation("htg", self.rotation)
         if self.act not in ("static", "token"):
             raise DitqError(f"htg act must be 'static' or 'token', got {self.act!r}")
+        if self.rotation_shift not in ("rotated", "channel"):
+            raise DitqError(f"htg rotation_shift must be 'rotated' or 'channel', got {self.rotation_shift!r}")
         if self.rotation_ranges not in ("exact", "reservoir"):
             raise DitqError(f"htg rotation_ranges must be 'exact' or 'reservoir', got {self.rotation_ranges!r}")
 
@@ -303,11 +312,26 @@ class HTGConfig(MethodConfig):
                 for rot in ([0, block] if block and self.rotation_choice else [block]):
                     # rotated with signs d: ((x - z) / (s d)) @ H = (((x - z) / s) * d) @ H, the randomized form
                     sr = s * signs if rot and signs is not None else s
-                    sc, err = act_scales_for(ctx, site, grouping, z, sr, search=search, absolute=fp8, rotation=rot)
+                    zr = rotated_midrange(ctx, site, grouping, sr, rot) if (
+                        rot and shifted and self.rotation_shift == "rotated") else z
+                    sc, err = act_scales_for(ctx, site, grouping, zr, sr, search=search, absolute=fp8, rotation=rot)
                     if search and not self.act_clip_search:
-                        sc, _ = act_scales_for(ctx, site, grouping, z, sr, search=False, rotation=rot)
-                    out[(shifted, alpha, rot)] = (z, sr, sc, err)
+                        sc, _ = act_scales_for(ctx, site, grouping, zr, sr, search=False, rotation=rot)
+                    out[(shifted, alpha, rot)] = (zr, sr, sc, err)
         return out
+
+
+def rotated_midrange(ctx: Context, site: Site, grouping: Grouping, smooth: torch.Tensor, block: int) -> torch.Tensor:
+    """Per-group shifts [G, C] that centre each coordinate of the rotated input: ``((x - z_g) / s) R`` spans
+    ``[-r, r]`` coordinate by coordinate over group g's reservoir rows, i.e. ``z_g = s * (c_g R^T)`` with ``c_g`` the
+    mid-range of ``(x / s) R``. The block-Hadamard is symmetric (``R^T = R``)."""
+    zero = torch.zeros(len(grouping.segments), smooth.numel())
+    shifts = []
+    for rows in folded_group_inputs(ctx, site, grouping, zero, smooth):
+        u = rotate(rows.double(), block)
+        c = (u.amax(0) + u.amin(0)) / 2
+        shifts.append(rotate(c[None], block)[0] * smooth.double())
+    return torch.stack(shifts).float()
 
 
 def _nearest(options: dict[tuple[bool, float | None, int], Any], key: tuple[bool, float | None, bool | int],
