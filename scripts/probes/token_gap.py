@@ -96,7 +96,7 @@ def main() -> None:
                         us = [rotate((xs[t] - z) / s * dd, block) for t in g]  # [B, N, C]
                         amax = max(float(u.abs().max()) for u in us)
                         for u in us:
-                            r = {"static": lambda u: amax, "call": lambda u: u.abs().amax(),
+                            r = {"static": lambda u, amax=amax: amax, "call": lambda u: u.abs().amax(),
                                  "cfg half": lambda u: torch.stack([h.abs().amax().expand(h.shape[0])
                                                                     for h in u.chunk(2)]).reshape(-1, 1, 1),
                                  "sample": lambda u: u.abs().amax((1, 2), keepdim=True),
@@ -119,7 +119,8 @@ def main() -> None:
         x = torch.randn(n, k, generator=gen, dtype=torch.float64)
         gap = 10 * math.log10(float((q(x, x.abs().max()) - x).pow(2).sum())
                               / float((q(x, x.abs().amax(1, keepdim=True)) - x).pow(2).sum()))
-        print(f"{kind:<5} {'iid Gaussian rows':<30} {'':>{10 * len(MODES) - 1}} {gap:>12.2f}   ({n} rows of {k}, one group)")
+        pad = 10 * len(MODES) - 1
+        print(f"{kind:<5} {'iid Gaussian rows':<30} {'':>{pad}} {gap:>12.2f}   ({n} rows of {k}, one group)")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ import pytest
 from ditq.errors import DitqError
 
 
-
 @pytest.mark.parametrize(("method", "params", "message"), [
     ("htg", {"rotation_signs": "maybe"}, "rotation_signs must be true or false, got 'maybe'"),
     ("htg", {"groups": True}, "groups must be an integer or a string"),
@@ -24,7 +23,8 @@ def test_method_options_of_the_wrong_type_are_one_line_errors(method, params, me
 
     with pytest.raises(DitqError, match=re.escape(message)):
         method_config(method, **params)
-    assert method_config("htg", rotation_signs=False, groups="auto", alphas=(0.5, 0.8), rotation=64).alphas == (0.5, 0.8)
+    ok = method_config("htg", rotation_signs=False, groups="auto", alphas=(0.5, 0.8), rotation=64)
+    assert ok.alphas == (0.5, 0.8)
 
 
 def test_cli_refuses_a_mistyped_option_before_calibrating(tiny_model_dir, tmp_path, capsys):

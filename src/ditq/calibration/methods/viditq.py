@@ -91,7 +91,7 @@ class ViDiTQConfig(MethodConfig):
                 ctx, site, self.alpha, smooth_explicit=self.smooth_fc2)
             base = ctx.default_spec(site)
             rotation = rotation_block(smooth[site.name].numel(), self.rotation_block)
-            if self.rotation_signs:  # every viditq site carries a smoothing vector when smooth_fc2 is on
+            if self.rotation_signs:  # folded like the smoothing (with smooth_fc2 off, fc2's explicit Mul carries them)
                 smooth[site.name] = smooth[site.name] * rotation_signs(smooth[site.name].numel(), self.rotation_seed)
             for lin in site.linears:
                 specs[lin] = LinearSpec(w_bits=base.w_bits, w_block=base.w_block, act="dynamic_token",
