@@ -28,7 +28,9 @@ def test_quick_quality_grid_through_the_cli(tmp_path, capsys):
         if np.isfinite(c["ort_vs_torch_sqnr_db"]):  # (bit-identical outputs would make both infinite)
             assert 20 < c["ort_vs_torch_margin_db"] < c["ort_vs_torch_sqnr_db"] - 10
         assert len(c["sqnr_per_step_db"]) == c["steps"] == 5
-    assert cells["htg", "W4A8"]["artifact_bytes"] < cells["htg", "W8A8"]["artifact_bytes"]  # INT4 weights
+    # INT4 weights shrink the artifact (min-max: HTG's recipes rotate different sites at W4A8 and W8A8, and on this
+    # tiny model a rotation's Hadamard constant weighs as much as a Linear's weights)
+    assert cells["minmax", "W4A8"]["artifact_bytes"] < cells["minmax", "W8A8"]["artifact_bytes"]
     ag = body["agreement"]
     assert abs(ag["onnxruntime"]["sqnr_mean_db"] - ag["torch"]["sqnr_mean_db"]) < 0.5
     rows = list(csv.DictReader(open(out / "quality.csv")))
