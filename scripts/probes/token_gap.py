@@ -28,6 +28,8 @@ import torch
 from _common import block_taps
 from _common import fake_int8 as q
 
+from ditq.calibration.methods.htg import centring_shift
+from ditq.calibration.methods.smoothquant import smoothing_scale
 from ditq.core.quantizers import rotate, rotation_signs
 
 BLOCK = 64
@@ -71,8 +73,8 @@ def main() -> None:
                 zs.append((xg.amax(0) + xg.amin(0)) / 2)
             a = torch.stack([(torch.cat([xs[t].reshape(-1, k) for t in g]) - z).abs().amax(0)
                              for g, z in zip(groups, zs)]).amax(0).clamp_min(1e-5)
-            wmax = w.abs().amax(0).clamp_min(1e-5)
-            smoothings = {"alpha 0.8": a ** 0.8 / wmax ** 0.2, "alpha 0.5": a ** 0.5 / wmax ** 0.5}
+            wmax = w.abs().amax(0)
+            smoothings = {"alpha 0.8": smoothing_scale(a, wmax, 0.8), "alpha 0.5": smoothing_scale(a, wmax, 0.5)}
             if ln is not None:  # an adaLN input: x = LN(h) (1 + gamma) + beta
                 sh, sc = chunks
                 lns = [t.double() for t in rec[i][ln]]
@@ -90,8 +92,7 @@ def main() -> None:
                     e_tot = 0.0
                     for g, z in zip(groups, zs):
                         if shift == "rotated":  # centre every rotated coordinate (HTG's rotation_shift default)
-                            u0 = rotate(torch.cat([xs[t].reshape(-1, k) for t in g]) / s * d, BLOCK)
-                            z = rotate(((u0.amax(0) + u0.amin(0)) / 2)[None], BLOCK)[0] * d * s
+                            z = centring_shift(torch.cat([xs[t].reshape(-1, k) for t in g]) / (s * d), s * d, BLOCK)
                         block, dd = (0, 1.0) if shift == "unrotated" else (BLOCK, d)
                         us = [rotate((xs[t] - z) / s * dd, block) for t in g]  # [B, N, C]
                         amax = max(float(u.abs().max()) for u in us)

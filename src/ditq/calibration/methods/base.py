@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import types
+import typing
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -112,9 +114,6 @@ def method_config(name: str, **params: Any) -> MethodConfig:
 
 def _option_types(cls: type[MethodConfig]) -> dict[str, Any]:
     """A config's option annotations (dataclass fields, not ClassVars); {} if they do not resolve."""
-    import typing
-    from dataclasses import fields
-
     try:
         hints = typing.get_type_hints(cls)
     except Exception:  # an annotation this module cannot resolve: leave the checking to the dataclass
@@ -125,9 +124,6 @@ def _option_types(cls: type[MethodConfig]) -> dict[str, Any]:
 def _matches(value: Any, tp: Any) -> bool:
     """Whether a parsed option value (JSON: bool, int, float, str, list/tuple, dict, None) fits annotation ``tp``;
     annotations it does not know pass (the dataclass's own checks still run)."""
-    import types
-    import typing
-
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any:
         return True
@@ -157,8 +153,6 @@ def _matches(value: Any, tp: Any) -> bool:
 
 
 def _type_name(tp: Any) -> str:
-    import typing
-
     names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
     if tp in names:
         return names[tp]

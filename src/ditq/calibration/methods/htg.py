@@ -339,12 +339,14 @@ def rotated_midrange(ctx: Context, site: Site, grouping: Grouping, smooth: torch
     ``[-r, r]`` coordinate by coordinate over group g's reservoir rows, i.e. ``z_g = s * (c_g R^T)`` with ``c_g`` the
     mid-range of ``(x / s) R``. The block-Hadamard is symmetric (``R^T = R``)."""
     zero = torch.zeros(len(grouping.segments), smooth.numel())
-    shifts = []
-    for rows in folded_group_inputs(ctx, site, grouping, zero, smooth):
-        u = rotate(rows.double(), block)
-        c = (u.amax(0) + u.amin(0)) / 2
-        shifts.append(rotate(c[None], block)[0] * smooth.double())
-    return torch.stack(shifts).float()
+    return torch.stack([centring_shift(rows, smooth, block)
+                        for rows in folded_group_inputs(ctx, site, grouping, zero, smooth)]).float()
+
+
+def centring_shift(rows: torch.Tensor, smooth: torch.Tensor, block: int) -> torch.Tensor:
+    """The shift z [C] that centres ``((x - z) / s) R`` coordinate by coordinate over ``rows`` = ``x / s`` [n, C]."""
+    u = rotate(rows.double(), block)
+    return rotate(((u.amax(0) + u.amin(0)) / 2)[None], block)[0] * smooth.double()
 
 
 def _nearest(options: dict[tuple[bool, float | None, int], Any], key: tuple[bool, float | None, bool | int],
