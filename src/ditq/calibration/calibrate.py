@@ -218,8 +218,9 @@ def calibrate(model: LoadedModel, method: MethodConfig, config: CalibConfig,
 def _exact_ranges(model: LoadedModel, loop: ForwardLoop, sites: list[Any], sol: Any, specs: dict[str, LinearSpec],
                   config: CalibConfig) -> None:
     """Replace the reservoir amax of ``sol.exact_range_sites`` (rotated static inputs) by the exact amax over a
-    second run of the calibration loop, per group, in place. A group the second run does not reach keeps its
-    reservoir scale (a loop that is not repeatable, e.g. an exhausted iterator: logged)."""
+    second run of the calibration loop, per group of ``sol.exact_range_groups`` (default every group), in place. A
+    group the second run does not reach keeps its reservoir scale (a loop that is not repeatable, e.g. an exhausted
+    iterator: logged)."""
     chosen = [s for s in sites if s.name in sol.exact_range_sites]
     transforms = {}
     for site in chosen:
@@ -241,6 +242,8 @@ def _exact_ranges(model: LoadedModel, loop: ForwardLoop, sites: list[Any], sol: 
     ratios, missed = [], 0
     for name, amaxes in collector.amax.items():
         for g, amax in enumerate(amaxes):
+            if sol.exact_range_groups is not None and g not in sol.exact_range_groups:
+                continue
             if amax is None:
                 missed += 1
                 continue

@@ -140,6 +140,29 @@ def test_htg_rotated_scales_are_the_exact_amax_of_the_rotated_input(tiny_model, 
     assert grew  # the reservoir missed some group's largest rotated row
 
 
+def test_exact_but_final_ranges_keep_the_reservoir_in_the_group_that_ends_sampling(tiny_model):
+    """``rotation_ranges="exact_but_final"``: the exact amax in every group but group 0 (t = 0's), which keeps the
+    reservoir's; nothing else of the recipe changes."""
+    from ditq.calibration.calibrate import CalibConfig, calibrate
+    from ditq.calibration.methods.htg import HTGConfig
+
+    config = CalibConfig(steps=6, samples=2, progress=False)
+    method = HTGConfig(groups=2, alpha_criterion="local", rotation=BLOCK, rotation_choice=False, timesteps_per_group=0,
+                       rotation_ranges="exact_but_final")
+    mixed = calibrate(tiny_model, method, config)
+    exact, sampled = (calibrate(tiny_model, HTGConfig(**{**method.params(), "rotation_ranges": r}), config)
+                      for r in ("exact", "reservoir"))
+    assert mixed.groups[0].interval[0] == 0 and mixed.num_groups == 2
+    assert all(torch.equal(mixed.tensors[k], sampled.tensors[k]) for k in sampled.tensors
+               if not k.endswith(".act_scale"))
+    grew = 0
+    for site in mixed.sites:
+        assert torch.equal(mixed.act_scale(site.name, 0), sampled.act_scale(site.name, 0))
+        assert torch.equal(mixed.act_scale(site.name, 1), exact.act_scale(site.name, 1))
+        grew += float(exact.act_scale(site.name, 1)) > float(sampled.act_scale(site.name, 1))
+    assert grew  # group 1 did take a range the reservoir had missed
+
+
 def test_exact_rotated_ranges_keep_the_reservoir_where_the_loop_does_not_repeat(tiny_model, caplog):
     from ditq.calibration.calibrate import CalibConfig, calibrate, sampler_forward_loop
     from ditq.calibration.methods.htg import HTGConfig

@@ -65,6 +65,8 @@ class Solution:
     # static sites whose scales are their groups' amax of a tensor the statistics do not bound (rotated inputs),
     # so far taken from the reservoir rows: calibrate() measures it exactly in a second run of the forward loop
     exact_range_sites: tuple[str, ...] = ()
+    # the groups whose scales that second run replaces (None: every group; the others keep the reservoir's)
+    exact_range_groups: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
