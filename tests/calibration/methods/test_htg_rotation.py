@@ -163,6 +163,25 @@ def test_exact_but_final_ranges_keep_the_reservoir_in_the_group_that_ends_sampli
     assert grew  # group 1 did take a range the reservoir had missed
 
 
+def test_exact_but_final_with_one_group_is_the_reservoir_without_a_second_run(tiny_model):
+    from ditq.calibration.calibrate import CalibConfig, calibrate, sampler_forward_loop
+    from ditq.calibration.methods.htg import HTGConfig
+
+    config = CalibConfig(steps=4, samples=2, progress=False)
+    runs = []
+
+    def loop(transformer):
+        runs.append(1)
+        sampler_forward_loop(tiny_model, config)(transformer)
+
+    method = HTGConfig(groups=1, alpha_criterion="local", rotation=BLOCK, rotation_choice=False,
+                       rotation_ranges="exact_but_final")
+    rec = calibrate(tiny_model, method, config, forward_loop=loop)
+    assert len(runs) == 1 and rec.linear_spec(rec.sites[0].linears[0]).rotation
+    ref = calibrate(tiny_model, HTGConfig(**{**method.params(), "rotation_ranges": "reservoir"}), config)
+    assert all(torch.equal(rec.tensors[k], ref.tensors[k]) for k in ref.tensors)
+
+
 def test_exact_rotated_ranges_keep_the_reservoir_where_the_loop_does_not_repeat(tiny_model, caplog):
     from ditq.calibration.calibrate import CalibConfig, calibrate, sampler_forward_loop
     from ditq.calibration.methods.htg import HTGConfig

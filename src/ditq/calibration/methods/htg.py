@@ -69,9 +69,9 @@ Widening one group's ranges at a time (``scripts/probes/drift_groups.py``) puts 
 the trajectory where rounding noise averages out. ``rotation_ranges="exact_but_final"`` takes the exact amax in
 every group but group 0, whose error reaches the image directly: +5.4 dB pooled / +1.3 dB per-image PSNR on the
 demo DiT at 100 steps, but −0.1..−1.7 / −0.2..−1.8 dB in the other rows (patches DiT, tiny PixArt, demo at 25
-steps; docs/static_rotation.md, eleventh pass),
-so the reservoir stays the default and this mode is the one to try where long samplings drift (pooled PSNR far
-below the per-image mean in ``ditq bench quality``).
+steps; docs/static_rotation.md, eleventh pass), so the reservoir stays the default and this mode is the one to try
+where long samplings drift (pooled PSNR far below the per-image mean in ``ditq bench quality``). With one group it
+is the reservoir.
 
 ``act="token"``: not a static recipe. The same groups, folded shifts, smoothing and GPTQ weights, but every input
 is quantized per token at run time (the criterion scores the candidates that way). The export writes TensorRT's
@@ -305,9 +305,10 @@ class HTGConfig(MethodConfig):
             info["unshifted_sites"] = [name for name, key in chosen.items() if not key[0]]
         if rotation:
             info["rotated_sites"] = {name: key[2] for name, key in chosen.items() if key[2]}
-        exact = self.rotation_ranges != "reservoir" and not token and not self.act_clip_search
-        # "exact_but_final": group 0 holds t = 0 (the groups tile the timestep axis from 0 upwards)
+        # "exact_but_final": group 0 holds t = 0 (the groups tile the timestep axis from 0 upwards); with one group
+        # nothing is left to measure, and the second calibration run is skipped
         groups = tuple(range(1, len(grouping.segments))) if self.rotation_ranges == "exact_but_final" else None
+        exact = (self.rotation_ranges != "reservoir" and groups != () and not token and not self.act_clip_search)
         return Solution(grouping, shifts, smooth, scales, alphas, info=info, linear_specs=specs,
                         exact_range_sites=tuple(name for name, key in chosen.items() if key[2] and exact),
                         exact_range_groups=groups)
