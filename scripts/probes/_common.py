@@ -106,3 +106,29 @@ def end_to_end_row(label: str, model: Any, denoise: Any, spec: Any, ref: Any, **
     return {"label": label, "global": round(image_metrics(q["images"], ref.images)["psnr_global_db"], 2),
             "mean": round(float(q["psnr_db"]), 2), "sqnr": round(q["sqnr_mean_db"], 2), **extra}
 
+
+
+def cached_recipe(model: Any, src: str, entry: str, seed: int) -> Any:
+    """The recipe of ``entry`` (``method[:key=value...]``) calibrated as ``ditq bench quality`` does (100 x 16,
+    calibration seed ``seed``), cached under /tmp/ditq_drift so the drift probes calibrate each once."""
+    from pathlib import Path
+
+    from ditq.artifacts.recipe import Recipe
+
+    cache = Path("/tmp/ditq_drift") / "".join(c if c.isalnum() else "_" for c in f"{src}_{entry}_{seed}")
+    if (cache / "manifest.json").exists():
+        return Recipe.load(cache)
+    name, params = parse_method(entry)
+    recipe = calibrate(model, method_config(name, **params), CalibConfig(seed=seed, progress=False))
+    recipe.save(cache, force=True)
+    return recipe
+
+
+def psnr_row(label: str, images: torch.Tensor, ref: Any) -> torch.Tensor:
+    """Print ``label``'s PSNR global / mean vs the FP images and its three worst images; return the per-image PSNR."""
+    m = image_metrics(images, ref.images)
+    psnr = torch.tensor(m["psnr_per_image_db"])
+    worst = torch.argsort(psnr)[:3]
+    print(f"{label:22s} global {m['psnr_global_db']:6.2f}  mean {float(psnr.mean()):6.2f}  worst "
+          + ", ".join(f"{int(i)} ({float(psnr[i]):.1f})" for i in worst), flush=True)
+    return psnr

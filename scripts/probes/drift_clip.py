@@ -11,11 +11,8 @@ import sys
 from collections import defaultdict
 
 import torch
+from _common import cached_recipe, psnr_row
 
-from ditq.bench.quality_grid.config import parse_method
-from ditq.calibration.calibrate import CalibConfig, calibrate
-from ditq.calibration.methods import method_config
-from ditq.core.metrics import image_mse
 from ditq.core.qlinear import QLinear
 from ditq.models.loading import load_model
 from ditq.runtime.backends.fake_quant import group_denoiser
@@ -30,8 +27,7 @@ def main() -> None:
     spec = SamplingSpec(steps=steps, cfg_scale=3.0, seed=0)
     labels = torch.arange(images) % model.num_conditions
     ref = fp_reference(model, labels, spec)
-    name, params = parse_method(entry)
-    recipe = calibrate(model, method_config(name, **params), CalibConfig(seed=seed, progress=False))
+    recipe = cached_recipe(model, src, entry, seed)
     dens = [group_denoiser(model, recipe, g.group_id) for g in recipe.groups]
     # stats[(group, linear)] -> per call: (clipped share [B], max ratio [B])
     stats: dict[tuple[int, str], list[tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)
@@ -49,12 +45,8 @@ def main() -> None:
 
     with torch.no_grad():
         out = run_sampler(model, denoise, labels, spec)
-    mse = image_mse(out, ref.images)
-    psnr = -10 * torch.log10(mse)
+    psnr = psnr_row(f"{entry} seed {seed}", out, ref)
     order = torch.argsort(psnr)
-    print(f"{entry} seed {seed}: global {float(-10 * torch.log10(mse.mean())):.2f} dB, mean "
-          f"{float(psnr.mean()):.2f}; worst images " + ", ".join(f"{int(i)} ({float(psnr[i]):.1f})"
-                                                             for i in order[:4]))
     median = int(order[len(order) // 2])
     rows = []
     for (g, lin), calls in stats.items():

@@ -8,26 +8,13 @@ Usage: python scripts/probes/drift_ranges.py MODEL STEPS IMAGES SEED
 """
 
 import sys
-from pathlib import Path
 
 import torch
+from _common import cached_recipe, psnr_row
 
-from ditq.artifacts.recipe import Recipe
-from ditq.calibration.calibrate import CalibConfig, calibrate
-from ditq.calibration.methods import method_config
-from ditq.core.metrics import image_mse
 from ditq.models.loading import load_model
-from ditq.runtime.backends.fake_quant import group_denoiser
+from ditq.runtime.backends.fake_quant import fake_quant_backend
 from ditq.testbed.scoring import SamplingSpec, fp_reference, run_sampler
-
-
-def cached(model, src: str, seed: int, ranges: str) -> Recipe:
-    cache = Path("/tmp/ditq_drift") / "".join(c if c.isalnum() else "_" for c in f"{src}_htg_{ranges}_{seed}")
-    if (cache / "manifest.json").exists():
-        return Recipe.load(cache)
-    recipe = calibrate(model, method_config("htg", rotation_ranges=ranges), CalibConfig(seed=seed, progress=False))
-    recipe.save(cache, force=True)
-    return recipe
 
 
 def main() -> None:
@@ -35,7 +22,7 @@ def main() -> None:
     torch.set_num_threads(1)
     model = load_model(src)
     labels = torch.arange(images) % model.num_conditions
-    res, exact = cached(model, src, seed, "reservoir"), cached(model, src, seed, "exact")
+    res, exact = (cached_recipe(model, src, entry, seed) for entry in ("htg", 'htg:rotation_ranges="exact"'))
     n = res.num_groups
     assert all(torch.equal(res.tensors[k], exact.tensors[k]) for k in res.tensors if not k.endswith(".act_scale"))
     ratio = [max(float(exact.tensors[k] / res.tensors[k]) for k in res.tensors
@@ -51,17 +38,7 @@ def main() -> None:
         for label, groups in variants.items():
             res.tensors = {k: (exact.tensors[k] if k.endswith(".act_scale") and int(k[1:k.index("/")]) in groups
                                else v) for k, v in base.items()}
-            dens = [group_denoiser(model, res, g.group_id) for g in res.groups]
-            with torch.no_grad():
-                out = run_sampler(model, lambda x, t, y, dens=dens: dens[res.group_of(float(t[0]))].predict(x, t, y),
-                                  labels, spec)
-            psnr = -10 * torch.log10(image_mse(out, ref.images))
-            torch.save(psnr, Path("/tmp/ditq_drift") / f"psnr_{Path(src).name}_{seed}_{s}_{label.replace(' ', '_')}.pt")
-            order = torch.argsort(psnr)
-            mse = image_mse(out, ref.images)
-            print(f"{s:4d} steps {label:16s} global {float(-10 * torch.log10(mse.mean())):6.2f}  mean "
-                  f"{float(psnr.mean()):6.2f}  worst " + ", ".join(f"{int(i)} ({float(psnr[i]):.1f})"
-                                                                 for i in order[:3]), flush=True)
+            psnr_row(f"{s:4d} steps {label}", run_sampler(model, fake_quant_backend(model, res), labels, spec), ref)
 
 
 main()
