@@ -33,6 +33,7 @@ from ditq.core.quantizers import (
 from ditq.core.sampler import make_scheduler, sample
 from ditq.errors import DitqError
 from ditq.models.loading import LoadedModel, make_denoiser, quant_sites
+from ditq.models.quantized import group_denoiser
 
 log = logging.getLogger(__name__)
 # Model Optimizer's convention: the caller's loop runs the model (``loop(transformer)``) on its own data; ditq's
@@ -82,28 +83,43 @@ class CalibConfig:
                             f"--w-block {self.w_block}: drop them or use --format int")
 
 
-def sampler_forward_loop(model: LoadedModel, config: CalibConfig, rows: Any = None) -> ForwardLoop:
+class SamplerLoop:
     """The default calibration data: the FP model's own sampling trajectories, CFG batch included, over
-    ``config.samples`` conditions cycling through ``rows`` (class labels or caption rows; default: all)."""
+    ``config.samples`` conditions cycling through ``rows`` (class labels or caption rows; default: all).
+    ``run`` repeats the same trajectories' sampling with other models (a calibration that compares candidate
+    recipes end to end samples them on the calibration's own noise)."""
 
-    def loop(transformer: torch.nn.Module) -> None:
+    def __init__(self, model: LoadedModel, config: CalibConfig, rows: Any = None) -> None:
+        self.model, self.config, self.rows = model, config, rows
+
+    def __call__(self, transformer: torch.nn.Module) -> None:
         denoiser = make_denoiser(transformer)
+        self.run(lambda _t: denoiser.predict, "calibrate")
+
+    def run(self, denoiser_at: Callable[[float], Callable[..., torch.Tensor]], desc: str) -> torch.Tensor:
+        """Sample the calibration's conditions, steps, CFG and noise seed with ``denoiser_at(timestep)`` at each
+        step; the final samples."""
+        model, config = self.model, self.config
         scheduler = make_scheduler(model.scheduler_config, config.scheduler)
         ids = torch.arange(config.samples) % model.num_conditions
-        if rows is not None:
-            ids = torch.as_tensor(list(rows), dtype=torch.int64)[torch.arange(config.samples) % len(rows)]
-        cond = model.cond(ids)
-        bar = tqdm(total=config.steps, desc="calibrate", disable=not config.progress, leave=False)
+        if self.rows is not None:
+            ids = torch.as_tensor(list(self.rows), dtype=torch.int64)[torch.arange(config.samples) % len(self.rows)]
+        bar = tqdm(total=config.steps, desc=desc, disable=not config.progress, leave=False)
 
         def denoise(x: torch.Tensor, t: torch.Tensor, c: Cond) -> torch.Tensor:
             bar.update(1)
-            return denoiser.predict(x, t, c)
+            return denoiser_at(float(t.reshape(-1)[0]))(x, t, c)
 
-        sample(denoise, scheduler, cond, steps=config.steps, cfg_scale=config.cfg_scale,
-               null_cond=model.null_cond(), sample_shape=model.sample_shape, seed=config.seed)
-        bar.close()
+        try:
+            return sample(denoise, scheduler, model.cond(ids), steps=config.steps, cfg_scale=config.cfg_scale,
+                          null_cond=model.null_cond(), sample_shape=model.sample_shape, seed=config.seed)
+        finally:
+            bar.close()
 
-    return loop
+
+def sampler_forward_loop(model: LoadedModel, config: CalibConfig, rows: Any = None) -> SamplerLoop:
+    """The default calibration forward loop (``SamplerLoop``)."""
+    return SamplerLoop(model, config, rows)
 
 
 @torch.no_grad()
@@ -119,11 +135,12 @@ def calibrate(model: LoadedModel, method: MethodConfig, config: CalibConfig,
     collector = ActivationCollector(model.transformer, sites, rows_per_call=config.rows_per_call, seed=config.seed,
                                     timestep_from=model.transformer)
     probes: list[tuple[torch.Tensor, torch.Tensor, Cond]] = []
+    loop = forward_loop or sampler_forward_loop(model, config)
     if method.needs_model:  # record the model inputs too: the method evaluates candidate quantizers on them
         names = model.denoiser().cond_names
         probe_hook = model.transformer.register_forward_pre_hook(_probe_recorder(probes, names), with_kwargs=True)
     try:
-        (forward_loop or sampler_forward_loop(model, config))(model.transformer)
+        loop(model.transformer)
     finally:
         collector.remove()
         if method.needs_model:
@@ -147,9 +164,17 @@ def calibrate(model: LoadedModel, method: MethodConfig, config: CalibConfig,
         torch.set_num_threads(threads)
     folded, _ = fold_state(state, sites, {s.name: sol.shifts[s.name][0] for s in sites}, sol.smooth)
     specs = {lin: sol.linear_specs.get(lin) or ctx.default_spec(s) for s in sites for lin in s.linears}
+    select = bool(sol.exact_range_sites) and sol.exact_range_select
+    if select and not isinstance(loop, SamplerLoop):
+        log.warning("the rotated ranges are chosen by sampling the calibration's own trajectories, which a custom "
+                    "forward loop does not define: keeping the reservoir ranges")
+        sol.info["rotation_ranges"] = {"chosen": "reservoir", "why": "custom forward loop"}
+        sol.exact_range_sites, select = (), False
+    reservoir = {name: sol.act_scales[name].clone() for name in sol.exact_range_sites} if select else {}
     if sol.exact_range_sites:
-        _exact_ranges(model, forward_loop or sampler_forward_loop(model, config), sites, sol, specs, config)
+        _exact_ranges(model, loop, sites, sol, specs, config)
     tensors: dict[str, torch.Tensor] = {}
+    unchanged: dict[str, torch.Tensor] = {}  # with ``select``: the reservoir candidate's own scales (and corrections)
     correct = config.bias_correction and all(f"{lin}.bias" in state for s in sites for lin in s.linears)
     if config.bias_correction and not correct:
         log.warning("some quantized Linears have no bias: no bias correction")
@@ -160,6 +185,8 @@ def calibrate(model: LoadedModel, method: MethodConfig, config: CalibConfig,
             tensors[f"g{g}/{site.name}.shift"] = sol.shifts[site.name][g].float()
             if static:
                 tensors[f"g{g}/{site.name}.act_scale"] = sol.act_scales[site.name][g].reshape(()).float()
+            if site.name in reservoir:
+                unchanged[f"g{g}/{site.name}.act_scale"] = reservoir[site.name][g].reshape(()).float()
         inputs = None
         gptq = config.weight_rounding == "gptq"
         weigh_inputs = gptq or (sol.weight_clip_search and config.weight_clip == "output")  # H = E[x^T x] needed
@@ -191,28 +218,75 @@ def calibrate(model: LoadedModel, method: MethodConfig, config: CalibConfig,
                 for g, rows in enumerate(group_rows):
                     tensors[f"g{g}/{lin}.bias_correction"] = bias_correction(
                         rows, weight, qweight, float(sol.act_scales[site.name][g]), spec)
+                    if site.name in reservoir:
+                        unchanged[f"g{g}/{lin}.bias_correction"] = bias_correction(
+                            rows, weight, qweight, float(reservoir[site.name][g]), spec)
     grouping = sol.grouping
-    recipe = Recipe(
-        method=method.name, params=_as_json(method.params()), model_source=model.source, model_sha256=model.sha256,
-        num_train_timesteps=model.num_train_timesteps, w_bits=config.w_bits, a_bits=config.a_bits,
-        groups=tuple(GroupSpec(g, grouping.intervals[g], tuple(sorted(grouping.members(g))))
-                     for g in range(len(grouping.segments))),
-        sites=tuple(SiteSpec(s.name, s.linears, sol.alphas[s.name]) for s in sites),
-        tensors=tensors,
-        calibration=_as_json({**{k: v for k, v in asdict(config).items() if k != "progress"},
-                              "scheduler": type(make_scheduler(model.scheduler_config, config.scheduler)).__name__,
-                              "seconds": round(time.perf_counter() - start, 3),
-                              **({"method": sol.info} if sol.info else {})}),
-        cost_curve=tuple(grouping.cost_curve),
-        linear_specs={lin: spec for lin, spec in specs.items() if spec != LinearSpec(config.w_bits, 0, "static",
-                                                                                    config.a_bits)},
-        scheduler_config=_as_json(dict(model.scheduler_config)),
-        weight_rounding=config.weight_rounding,
-        bias_correction=correct and any(k.endswith(".bias_correction") for k in tensors),
-    )
+
+    def build(tensors: dict[str, torch.Tensor]) -> Recipe:
+        return Recipe(
+            method=method.name, params=_as_json(method.params()), model_source=model.source,
+            model_sha256=model.sha256, num_train_timesteps=model.num_train_timesteps, w_bits=config.w_bits,
+            a_bits=config.a_bits,
+            groups=tuple(GroupSpec(g, grouping.intervals[g], tuple(sorted(grouping.members(g))))
+                         for g in range(len(grouping.segments))),
+            sites=tuple(SiteSpec(s.name, s.linears, sol.alphas[s.name]) for s in sites),
+            tensors=tensors,
+            calibration=_as_json({**{k: v for k, v in asdict(config).items() if k != "progress"},
+                                  "scheduler": type(make_scheduler(model.scheduler_config, config.scheduler)).__name__,
+                                  "seconds": round(time.perf_counter() - start, 3),
+                                  **({"method": sol.info} if sol.info else {})}),
+            cost_curve=tuple(grouping.cost_curve),
+            linear_specs={lin: spec for lin, spec in specs.items()
+                          if spec != LinearSpec(config.w_bits, 0, "static", config.a_bits)},
+            scheduler_config=_as_json(dict(model.scheduler_config)),
+            weight_rounding=config.weight_rounding,
+            bias_correction=correct and any(k.endswith(".bias_correction") for k in tensors),
+        )
+
+    recipe = build(tensors)
+    if select:
+        assert isinstance(loop, SamplerLoop)
+        candidates = {"reservoir": build({**tensors, **unchanged}), "exact_but_final": recipe}
+        chosen = _choose_by_sampling(model, loop, candidates, sol)
+        recipe = build(candidates[chosen].tensors)  # its calibration record now holds the choice and its time
     recipe.check()
     log.info("calibrated %s: %d groups in %.1f s", method.name, recipe.num_groups, recipe.calibration["seconds"])
     return recipe
+
+
+def _choose_by_sampling(model: LoadedModel, loop: SamplerLoop, candidates: dict[str, Recipe], sol: Any) -> str:
+    """The candidate recipe whose fake-quantized model samples the calibration's own trajectories (its conditions,
+    steps, CFG and noise) closest to the FP model's final samples, by the mean per-sample PSNR; ties go to the
+    first. Records every candidate's PSNR and the choice in ``sol.info["rotation_ranges"]``.
+
+    The choice is end to end on purpose: what decides between the reservoir and the exact ranges is whether the
+    reservoir's slight clipping builds up along a long trajectory (it does on some models and not on others,
+    docs/static_rotation.md), which no per-layer statistic measured here predicted."""
+    start = time.perf_counter()
+    with torch.no_grad():
+        fp_den = model.denoiser()
+        reference = loop.run(lambda _t: fp_den.predict, "ranges: FP")
+        psnr = {}
+        for name, recipe in candidates.items():
+            built: dict[int, Any] = {}  # one group's model at a time: the steps visit the groups in order
+
+            def denoiser_at(t: float, recipe: Recipe = recipe, built: dict[int, Any] = built) -> Any:
+                g = recipe.group_of(t)
+                if g not in built:
+                    built.clear()
+                    built[g] = group_denoiser(model, recipe, g).predict
+                return built[g]
+
+            images = loop.run(denoiser_at, f"ranges: {name}")
+            mse = (images.float() - reference.float()).square().flatten(1).mean(1).clamp(min=1e-20)
+            psnr[name] = float((10 * torch.log10(4.0 / mse)).mean())  # [-1, 1] samples: peak-to-peak 2
+    chosen = max(psnr, key=psnr.__getitem__)  # the first of equals
+    sol.info["rotation_ranges"] = {"chosen": chosen, "mean_psnr_db": {k: round(v, 3) for k, v in psnr.items()},
+                                   "seconds": round(time.perf_counter() - start, 3)}
+    log.info("rotated ranges chosen by sampling the calibration trajectories: %s (mean PSNR vs FP %s; %.1f s)",
+             chosen, ", ".join(f"{k} {v:.2f} dB" for k, v in psnr.items()), time.perf_counter() - start)
+    return chosen
 
 
 def _exact_ranges(model: LoadedModel, loop: ForwardLoop, sites: list[Any], sol: Any, specs: dict[str, LinearSpec],

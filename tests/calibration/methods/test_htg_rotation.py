@@ -163,6 +163,56 @@ def test_exact_but_final_ranges_keep_the_reservoir_in_the_group_that_ends_sampli
     assert grew  # group 1 did take a range the reservoir had missed
 
 
+def test_auto_ranges_keep_the_candidate_that_samples_the_calibration_trajectories_closest_to_fp(tiny_model):
+    """``rotation_ranges="auto"`` (the default): the reservoir or the exact-but-final ranges, whichever recipe's
+    fake-quantized model samples the calibration's own conditions and noise closer to FP (mean per-sample PSNR);
+    the recorded PSNRs are recomputed here, and the recipe is the chosen candidate exactly."""
+    from ditq.calibration.calibrate import CalibConfig, calibrate, sampler_forward_loop
+    from ditq.calibration.methods.htg import HTGConfig
+    from ditq.runtime.backends.fake_quant import group_denoiser
+
+    assert HTGConfig().rotation_ranges == "auto"
+    config = CalibConfig(steps=6, samples=2, progress=False)
+    method = HTGConfig(groups=2, alpha_criterion="local", rotation=BLOCK, rotation_choice=False, timesteps_per_group=0)
+    auto = calibrate(tiny_model, method, config)
+    cands = {r: calibrate(tiny_model, HTGConfig(**{**method.params(), "rotation_ranges": r}), config)
+             for r in ("reservoir", "exact_but_final")}
+    assert any(not torch.equal(v, cands["exact_but_final"].tensors[k]) for k, v in cands["reservoir"].tensors.items())
+    record = auto.calibration["method"]["rotation_ranges"]
+    loop = sampler_forward_loop(tiny_model, config)
+    ref = loop.run(lambda _t: tiny_model.denoiser().predict, "fp")
+    psnr = {}
+    for name, rec in cands.items():
+        dens = [group_denoiser(tiny_model, rec, g).predict for g in range(rec.num_groups)]
+        out = loop.run(lambda t, rec=rec, dens=dens: dens[rec.group_of(t)], name)
+        psnr[name] = float((10 * torch.log10(4 / (out - ref).square().flatten(1).mean(1))).mean())
+        assert record["mean_psnr_db"][name] == pytest.approx(psnr[name], abs=2e-3)
+    assert record["chosen"] == max(psnr, key=psnr.__getitem__)
+    chosen = cands[record["chosen"]]
+    assert set(auto.tensors) == set(chosen.tensors)
+    assert all(torch.equal(auto.tensors[k], chosen.tensors[k]) for k in chosen.tensors)
+
+
+def test_auto_ranges_with_a_custom_forward_loop_keep_the_reservoir_in_one_run(tiny_model, caplog):
+    from ditq.calibration.calibrate import CalibConfig, calibrate, sampler_forward_loop
+    from ditq.calibration.methods.htg import HTGConfig
+
+    config = CalibConfig(steps=6, samples=2, progress=False)
+    runs = []
+
+    def loop(transformer):  # the user's data: nothing defines trajectories to compare candidates on
+        runs.append(1)
+        sampler_forward_loop(tiny_model, config)(transformer)
+
+    method = HTGConfig(groups=2, alpha_criterion="local", rotation=BLOCK, rotation_choice=False, timesteps_per_group=0)
+    with caplog.at_level("WARNING", logger="ditq.calibration.calibrate"):
+        rec = calibrate(tiny_model, method, config, forward_loop=loop)
+    assert len(runs) == 1 and "keeping the reservoir ranges" in caplog.text
+    assert rec.calibration["method"]["rotation_ranges"]["chosen"] == "reservoir"
+    ref = calibrate(tiny_model, HTGConfig(**{**method.params(), "rotation_ranges": "reservoir"}), config)
+    assert all(torch.equal(rec.tensors[k], ref.tensors[k]) for k in ref.tensors)
+
+
 def test_exact_but_final_with_one_group_is_the_reservoir_without_a_second_run(tiny_model):
     from ditq.calibration.calibrate import CalibConfig, calibrate, sampler_forward_loop
     from ditq.calibration.methods.htg import HTGConfig

@@ -67,6 +67,9 @@ class Solution:
     exact_range_sites: tuple[str, ...] = ()
     # the groups whose scales that second run replaces (None: every group; the others keep the reservoir's)
     exact_range_groups: tuple[int, ...] | None = None
+    # True: calibrate() keeps the exact ranges only if the fake-quantized model then samples the calibration's own
+    # trajectories closer to FP than with the reservoir ranges (calibrate._choose_by_sampling)
+    exact_range_select: bool = False
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,8 @@ static rotation, a TensorRT-static form of ViDiT-Q's online Hadamard. After the 
 and smoothing, each quantized input is rotated online by a block-diagonal Hadamard R, ``((x - z_g) / s) @ R``,
 before one static per-tensor scale (weights quantized as ``W diag(s) R``, exact in float: R is orthogonal). The
 candidates' scores, the weight clip search and GPTQ all see the rotated tensors. A rotated input's scale is the
-amax of its group's reservoir rows (``rotation_ranges="reservoir"``): the per-channel statistics do not bound a
+amax of its group's reservoir rows (``rotation_ranges="reservoir"``; the default "auto" chooses between it and
+exact ranges by sampling, see ``rotation_shift`` below): the per-channel statistics do not bound a
 rotated tensor, and its exact amax over a second run of the calibration loop (``"exact"``) measured 0.5-0.7 dB
 lower step SQNR, the near-Gaussian rotated tensor losing more to a coarser step than to clipping its rarest values.
 A site whose channel count the block does not divide takes the largest power of two that does (1: unrotated;
@@ -69,9 +70,16 @@ Widening one group's ranges at a time (``scripts/probes/drift_groups.py``) puts 
 the trajectory where rounding noise averages out. ``rotation_ranges="exact_but_final"`` takes the exact amax in
 every group but group 0, whose error reaches the image directly: +5.4 dB pooled / +1.3 dB per-image PSNR on the
 demo DiT at 100 steps, but −0.1..−1.7 / −0.2..−1.8 dB in the other rows (patches DiT, tiny PixArt, demo at 25
-steps; docs/static_rotation.md, eleventh pass), so the reservoir stays the default and this mode is the one to try
-where long samplings drift (pooled PSNR far below the per-image mean in ``ditq bench quality``). With one group it
-is the reservoir.
+steps; docs/static_rotation.md, eleventh pass). No per-layer statistic predicted which models drift: a rule
+weighing each range's clipping as building up over the steps a group serves fixed the demo but cost 1-2 dB on the
+patches DiT (twelfth pass, ``scripts/probes/range_rules.py``). So the default, ``rotation_ranges="auto"``, decides
+end to end: calibrate samples its own trajectories (its conditions, steps, CFG and noise) with both recipes,
+fake-quantized, and keeps the one whose samples are closer to FP (mean per-sample PSNR; recorded in the recipe).
+It picked the evaluation's winner on 6 of 7 (model, seed) pairs (demo DiT 3/3 exact-but-final, patches DiT 2/2
+reservoir, tiny PixArt 1/2, where the miss cost 0.2 dB): against the reservoir, pooled PSNR +2.0..+8.0 dB at 100
+steps on the demo DiT, −1.0..+0.6 at 25, unchanged on the patches DiT. Cost: the second calibration run and three
+samplings of the calibration set (+48 s of a 254 s demo calibration). With one group, or a custom forward loop
+(nothing to sample), it is the reservoir.
 
 ``act="token"``: not a static recipe. The same groups, folded shifts, smoothing and GPTQ weights, but every input
 is quantized per token at run time (the criterion scores the candidates that way). The export writes TensorRT's
@@ -125,9 +133,10 @@ log = logging.getLogger(__name__)
 # rotation="auto" with integer activations (static or per token): the block-Hadamard size (channel counts not
 # divisible by it take their largest power-of-two divisor)
 ROTATION_AUTO = 64
-# a rotated input's static range: its group's reservoir rows, the exact amax over a second calibration run, or
-# the exact amax in every group but the one that ends sampling (see HTGConfig.rotation_ranges)
-RANGE_MODES = ("reservoir", "exact", "exact_but_final")
+# a rotated input's static range: its group's reservoir rows, the exact amax over a second calibration run, the
+# exact amax in every group but the one that ends sampling, or whichever of the first and the last samples the
+# calibration trajectories closer to FP (see HTGConfig.rotation_ranges)
+RANGE_MODES = ("reservoir", "exact", "exact_but_final", "auto")
 
 
 @register_method("htg")
@@ -180,8 +189,10 @@ class HTGConfig(MethodConfig):
     # rotated shift, "exact" stops the demo DiT's 100-step drift but costs 0.5-2.3 dB PSNR elsewhere (tenth pass).
     # "exact_but_final": exact in every group but group 0 (t = 0's, whose error has no later steps to build up in);
     # the demo's drift comes from the middle groups' clipping, and this mode beats "exact" in 14 of 16 seed-rows,
-    # but it loses 0.1-1.8 dB to the reservoir on the patches DiT and the tiny PixArt (eleventh pass)
-    rotation_ranges: str = "reservoir"
+    # but it loses 0.1-1.8 dB to the reservoir on the patches DiT and the tiny PixArt (eleventh pass). "auto"
+    # (default): "reservoir" or "exact_but_final", whichever samples the calibration's own trajectories closer to FP
+    # (twelfth pass; see the module docstring)
+    rotation_ranges: str = "auto"
     # "static" (per tensor, per group: the TensorRT-static recipe) or "token": the same groups, shifts, smoothing and
     # weights with activations quantized per token at run time (exported as constant-scale Q/DQ around a row
     # rescale, TensorRT's explicit form; a ReduceMax per GEMM input at run time); see the module docstring
@@ -307,11 +318,12 @@ class HTGConfig(MethodConfig):
             info["rotated_sites"] = {name: key[2] for name, key in chosen.items() if key[2]}
         # "exact_but_final": group 0 holds t = 0 (the groups tile the timestep axis from 0 upwards); with one group
         # nothing is left to measure, and the second calibration run is skipped
-        groups = tuple(range(1, len(grouping.segments))) if self.rotation_ranges == "exact_but_final" else None
+        groups = (tuple(range(1, len(grouping.segments))) if self.rotation_ranges in ("exact_but_final", "auto")
+                  else None)
         exact = (self.rotation_ranges != "reservoir" and groups != () and not token and not self.act_clip_search)
         return Solution(grouping, shifts, smooth, scales, alphas, info=info, linear_specs=specs,
                         exact_range_sites=tuple(name for name, key in chosen.items() if key[2] and exact),
-                        exact_range_groups=groups)
+                        exact_range_groups=groups, exact_range_select=self.rotation_ranges == "auto")
 
     def _candidates(self, ctx: Context, site: Site, grouping: Grouping, block: int = 0, *, search: bool = True
                     ) -> dict[tuple[bool, float | None, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]]:
