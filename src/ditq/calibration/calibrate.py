@@ -87,14 +87,16 @@ class SamplerLoop:
     """The default calibration data: the FP model's own sampling trajectories, CFG batch included, over
     ``config.samples`` conditions cycling through ``rows`` (class labels or caption rows; default: all).
     ``run`` repeats the same trajectories' sampling with other models (a calibration that compares candidate
-    recipes end to end samples them on the calibration's own noise)."""
+    recipes end to end samples them on the calibration's own noise); ``finals`` keeps the last call's final
+    samples (the FP model's, as the hooks only read)."""
 
     def __init__(self, model: LoadedModel, config: CalibConfig, rows: Any = None) -> None:
         self.model, self.config, self.rows = model, config, rows
+        self.finals: torch.Tensor | None = None
 
     def __call__(self, transformer: torch.nn.Module) -> None:
         denoiser = make_denoiser(transformer)
-        self.run(lambda _t: denoiser.predict, "calibrate")
+        self.finals = self.run(lambda _t: denoiser.predict, "calibrate")
 
     def run(self, denoiser_at: Callable[[float], Callable[..., torch.Tensor]], desc: str) -> torch.Tensor:
         """Sample the calibration's conditions, steps, CFG and noise seed with ``denoiser_at(timestep)`` at each
@@ -265,8 +267,10 @@ def _choose_by_sampling(model: LoadedModel, loop: SamplerLoop, candidates: dict[
     docs/static_rotation.md), which no per-layer statistic measured here predicted."""
     start = time.perf_counter()
     with torch.no_grad():
-        fp_den = model.denoiser()
-        reference = loop.run(lambda _t: fp_den.predict, "ranges: FP")
+        reference = loop.finals  # the FP samples of the calibration runs (the same trajectories)
+        if reference is None:
+            fp_den = model.denoiser()
+            reference = loop.run(lambda _t: fp_den.predict, "ranges: FP")
         psnr = {}
         for name, recipe in candidates.items():
             built: dict[int, Any] = {}  # one group's model at a time: the steps visit the groups in order
