@@ -29,8 +29,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = DemoConfig(model=args.model, steps=args.steps, samples=args.samples, eval_samples=args.eval_samples,
                         groups=args.groups, baseline=args.baseline, progress=not args.quiet)
-    if not args.quiet:  # measured: 95 s wall on a 2-core AVX-512 CPU at the defaults (1.5 min CPU per method)
-        minutes = "about 1.5-3 minutes" if args.baseline else "about 1-2 minutes"
+    if not args.quiet:  # measured: 172 s wall on an idle 2-core AVX-512 Xeon at the defaults (HTG calibration 74 s)
+        minutes = "about 2-3 minutes" if args.baseline else "about 1-2 minutes"
         print(f"ditq demo: calibrate, export, validate and sample HTG{' and min-max' if args.baseline else ''} on "
               f"the {'bundled' if args.model == 'demo' else 'given'} model; {minutes} on 2 CPU cores", file=sys.stderr,
               flush=True)
