@@ -75,7 +75,7 @@ weighing each range's clipping as building up over the steps a group serves fixe
 patches DiT (twelfth pass, ``scripts/probes/range_rules.py``). So the default, ``rotation_ranges="auto"``, decides
 end to end: calibrate samples its own trajectories (its conditions, steps, CFG and noise) with both recipes,
 fake-quantized, and keeps the one whose samples are closer to FP (mean per-sample PSNR; recorded in the recipe).
-It picked the evaluation's winner on 6 of 7 (model, seed) pairs (demo DiT 3/3 exact-but-final, patches DiT 2/2
+It picked the evaluation's winner on 7 of 8 (model, seed) pairs (demo DiT 3/3 exact-but-final, patches DiT 3/3
 reservoir, tiny PixArt 1/2, where the miss cost 0.2 dB): against the reservoir, pooled PSNR +2.0..+8.0 dB at 100
 steps on the demo DiT, −1.0..+0.6 at 25, unchanged on the patches DiT. Cost: the second calibration run and two
 fake-quantized samplings of the calibration set (its FP samples come from that run): the demo DiT's calibration
