@@ -132,3 +132,22 @@ def psnr_row(label: str, images: torch.Tensor, ref: Any) -> torch.Tensor:
     print(f"{label:22s} global {m['psnr_global_db']:6.2f}  mean {float(psnr.mean()):6.2f}  worst "
           + ", ".join(f"{int(i)} ({float(psnr[i]):.1f})" for i in worst), flush=True)
     return psnr
+
+
+def scale_group(key: str) -> int:
+    """The timestep group of a per-group recipe tensor key ``g{group}/{site}.{name}``."""
+    return int(key[1:key.index("/")])
+
+
+def range_pair(model: Any, src: str, seed: int) -> tuple[Any, Any]:
+    """HTG's recipes with the reservoir and with the exact rotated ranges (``cached_recipe``, calibration seed
+    ``seed``): one solve, so they must differ in the activation scales only (checked)."""
+    res, exact = (cached_recipe(model, src, entry, seed) for entry in ("htg", 'htg:rotation_ranges="exact"'))
+    assert all(torch.equal(res.tensors[k], exact.tensors[k]) for k in res.tensors if not k.endswith(".act_scale"))
+    return res, exact
+
+
+def exact_in(tensors: dict[str, torch.Tensor], exact: Any, groups: Any) -> dict[str, torch.Tensor]:
+    """Recipe ``tensors`` with ``exact``'s activation scales in the timestep groups ``groups``."""
+    return {k: (exact.tensors[k] if k.endswith(".act_scale") and scale_group(k) in groups else v)
+            for k, v in tensors.items()}

@@ -10,7 +10,7 @@ Usage: python scripts/probes/drift_groups.py MODEL STEPS IMAGES SEED [METHOD] [F
 import sys
 
 import torch
-from _common import cached_recipe, psnr_row
+from _common import cached_recipe, psnr_row, scale_group
 
 from ditq.models.loading import load_model
 from ditq.runtime.backends.fake_quant import fake_quant_backend
@@ -30,7 +30,7 @@ def main() -> None:
     base = dict(recipe.tensors)
 
     def run(label: str, widened: set[int]) -> None:
-        recipe.tensors = {k: (v * factor if k.endswith(".act_scale") and int(k[1:k.index("/")]) in widened else v)
+        recipe.tensors = {k: (v * factor if k.endswith(".act_scale") and scale_group(k) in widened else v)
                           for k, v in base.items()}
         psnr_row(label, run_sampler(model, fake_quant_backend(model, recipe), labels, spec), ref)
 

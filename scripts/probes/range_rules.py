@@ -19,7 +19,7 @@ import sys
 
 import numpy as np
 import torch
-from _common import cached_recipe, psnr_row
+from _common import exact_in, psnr_row, range_pair, scale_group
 
 from ditq.bench.quality_grid.seeds import global_psnr
 from ditq.calibration.calibrate import CalibConfig, sampler_forward_loop
@@ -28,10 +28,6 @@ from ditq.core.quantizers import rotate
 from ditq.models.loading import load_model
 from ditq.runtime.backends.fake_quant import fake_quant_backend
 from ditq.testbed.scoring import SamplingSpec, fp_reference, run_sampler
-
-
-def group_of_key(key: str) -> int:
-    return int(key[1:key.index("/")])
 
 
 def coherent_scales(model, res, exact, seed: int) -> dict[str, torch.Tensor]:
@@ -77,28 +73,26 @@ def main() -> None:
     torch.set_num_threads(1)
     model = load_model(src)
     labels = torch.arange(images) % model.num_conditions
-    res, exact = (cached_recipe(model, src, entry, seed) for entry in ("htg", 'htg:rotation_ranges="exact"'))
-    assert all(torch.equal(res.tensors[k], exact.tensors[k]) for k in res.tensors if not k.endswith(".act_scale"))
+    res, exact = range_pair(model, src, seed)
     n = res.num_groups
-    scales = [k for k in res.tensors if k.endswith(".act_scale")]
     rule = coherent_scales(model, res, exact, seed)
-    took = [sum(1 for k, v in rule.items() if group_of_key(k) == g and not torch.equal(v, res.tensors[k]))
+    took = [sum(1 for k, v in rule.items() if scale_group(k) == g and not torch.equal(v, res.tensors[k]))
             for g in range(n)]
     print(f"{src} seed {seed}: groups " + " ".join(f"g{g.group_id}={list(g.interval)}" for g in res.groups)
           + f"; the rule takes the exact range at {took} of {len(rule) // n} rotated sites per group", flush=True)
+    base = res.tensors
     variants = {
-        "reservoir": {},
-        "exact but g0": {k: exact.tensors[k] for k in scales if group_of_key(k) > 0},
-        "coherent": rule,
-        "coherent but g0": {k: v for k, v in rule.items() if group_of_key(k) > 0},
+        "reservoir": base,
+        "exact but g0": exact_in(base, exact, range(1, n)),
+        "coherent": {**base, **rule},
+        "coherent but g0": {**base, **{k: v for k, v in rule.items() if scale_group(k) > 0}},
     }
-    base = dict(res.tensors)
     for s in (int(v) for v in steps.split(",")):
         spec = SamplingSpec(steps=s, cfg_scale=3.0, seed=0)
         ref = fp_reference(model, labels, spec)
         psnr = {}
-        for label, replace in variants.items():
-            res.tensors = {**base, **replace}
+        for label, tensors in variants.items():
+            res.tensors = tensors
             psnr[label] = psnr_row(f"{s:4d} steps {label}", run_sampler(model, fake_quant_backend(model, res),
                                                                         labels, spec), ref).numpy()
         for label in ("exact but g0", "coherent", "coherent but g0"):

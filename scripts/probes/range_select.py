@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 import torch
-from _common import cached_recipe, psnr_row
+from _common import exact_in, psnr_row, range_pair
 
 from ditq.bench.quality_grid.seeds import global_psnr
 from ditq.models.loading import load_model
@@ -27,16 +27,14 @@ def main() -> None:
     n = int(sys.argv[4]) if len(sys.argv) > 4 else 16
     torch.set_num_threads(1)
     model = load_model(src)
-    res, exact = (cached_recipe(model, src, entry, seed) for entry in ("htg", 'htg:rotation_ranges="exact"'))
-    assert all(torch.equal(res.tensors[k], exact.tensors[k]) for k in res.tensors if not k.endswith(".act_scale"))
+    res, exact = range_pair(model, src, seed)
     labels = torch.arange(n) % model.num_conditions
     spec = SamplingSpec(steps=steps, cfg_scale=3.0, seed=seed)
     ref = fp_reference(model, labels, spec)
     base = dict(res.tensors)
     psnr = {}
     for label, groups in (("reservoir", ()), ("exact_but_final", range(1, res.num_groups))):
-        res.tensors = {k: (exact.tensors[k] if k.endswith(".act_scale") and int(k[1:k.index("/")]) in groups
-                           else v) for k, v in base.items()}
+        res.tensors = exact_in(base, exact, groups)
         psnr[label] = psnr_row(f"{src} seed {seed} {steps} steps {label}",
                                run_sampler(model, fake_quant_backend(model, res), labels, spec), ref).numpy()
     res.tensors = base

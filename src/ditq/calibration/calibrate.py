@@ -283,6 +283,8 @@ def _choose_by_sampling(model: LoadedModel, loop: SamplerLoop, candidates: dict[
                 return built[g]
 
             images = loop.run(denoiser_at, f"ranges: {name}")
+            # not core.metrics.psnr_db: that clamps to the [-1, 1] pixel range, and a latent model's final samples
+            # are latents; the choice reads only the difference between candidates
             mse = (images.float() - reference.float()).square().flatten(1).mean(1).clamp(min=1e-20)
             psnr[name] = float((10 * torch.log10(4.0 / mse)).mean())  # [-1, 1] samples: peak-to-peak 2
     chosen = max(psnr, key=psnr.__getitem__)  # the first of equals
