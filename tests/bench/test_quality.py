@@ -202,3 +202,25 @@ def test_calibration_seeds_must_differ_from_the_evaluation_noise():
     assert QualityConfig().seeds == (1,) and QualityConfig(calib_seeds=(1, 2, 3)).seeds == (1, 2, 3)
     with pytest.raises(DitqError, match="--calib-seeds"):
         QualityConfig(calib_seeds=(0, 1))
+
+
+def test_calibration_size_flags_reach_the_grid_config(tmp_path, monkeypatch, capsys):
+    import ditq.bench.quality_grid as grid
+    from ditq.cli.main import main
+
+    seen = {}
+
+    def fake_grid(out, config, force=False, progress=None):
+        seen["config"] = config
+        raise SystemExit(0)  # stop before any model is loaded
+
+    monkeypatch.setattr(grid, "run_quality_grid", fake_grid)
+    with pytest.raises(SystemExit):
+        main(["-q", "bench", "quality", "-o", str(tmp_path / "q"), "--calib-steps", "40", "--calib-samples", "32"])
+    assert (seen["config"].calib_steps, seen["config"].calib_samples) == (40, 32)
+    with pytest.raises(SystemExit):
+        main(["-q", "bench", "quality", "-o", str(tmp_path / "q")])
+    assert (seen["config"].calib_steps, seen["config"].calib_samples) == (None, None)  # each method's own
+    with pytest.raises(SystemExit) as err:
+        main(["bench", "quality", "-o", str(tmp_path / "q"), "--calib-samples", "0"])
+    assert err.value.code == 2 and "--calib-samples" in capsys.readouterr().err

@@ -107,6 +107,10 @@ def add_quality_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-seeds", type=nonnegative_int, nargs="+", default=None, metavar="SEED",
                    help="calibrate and evaluate every cell (and peer row) once per seed; the table shows the mean "
                         "and min-max over seeds (default: one seed, 1)")
+    p.add_argument("--calib-steps", type=positive_int, default=None,
+                   help="calibration sampler steps (default: each method's own; 100, PTQ4DiT 25)")
+    p.add_argument("--calib-samples", type=positive_int, default=None,
+                   help="calibration samples (default: each method's own; 16, PTQ4DiT 32)")
     p.add_argument("--w-block", type=int, choices=(0, 32, 64, 128), default=None,
                    help="W4A8 weight block along the input; 0: per output channel (default: 0)")
     p.add_argument("--peer", action=argparse.BooleanOptionalAction, default=None,
@@ -124,6 +128,7 @@ def run_quality(args: argparse.Namespace) -> int:
     base = quick_config() if args.quick else QualityConfig()
     overrides = {"model": args.model, "methods": _csv(args.methods), "bits": _csv(args.bits),
                  "steps": args.steps, "eval_samples": args.eval_samples, "w4_block": args.w_block,
+                 "calib_steps": args.calib_steps, "calib_samples": args.calib_samples,
                  "peer": args.peer, "plots": args.plots, "threads": args.threads,
                  "calib_seeds": tuple(args.calib_seeds) if args.calib_seeds else None}
     config = replace(base, **{k: v for k, v in overrides.items() if v is not None})
