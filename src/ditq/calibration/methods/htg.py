@@ -167,6 +167,10 @@ class HTGConfig(MethodConfig):
     # "output" | "fisher" (per site) | "global" | "local": see the module docstring
     alpha_criterion: str = "auto"
     shift_choice: bool = True  # also try each site without its mid-range shift (same criterion)
+    # "output" criterion: after each site's choice with only that site quantized, this many sweeps of coordinate
+    # descent re-choose every site (in model order) with every other site quantized as chosen so far, by the
+    # output SQNR of the whole quantized model on the same probes (sites x candidates more runs per sweep)
+    joint_sweeps: int = 0
     probe_timesteps: int = 6  # calibration calls the criterion runs (spread over the trajectory)
     probe_batch: int = 8  # rows of each
     # online block-Hadamard size before each activation quantizer (0: none; "auto": ROTATION_AUTO with integer
@@ -215,6 +219,8 @@ class HTGConfig(MethodConfig):
         if self.timesteps_per_group < 0 or self.max_groups < 1:
             raise DitqError(f"timesteps_per_group must be >= 0 and max_groups >= 1, got {self.timesteps_per_group}, "
                             f"{self.max_groups}")
+        if self.joint_sweeps < 0:
+            raise DitqError(f"htg joint_sweeps must be >= 0, got {self.joint_sweeps}")
         if self.probe_timesteps < 1 or self.probe_batch < 1:
             raise DitqError(f"probe_timesteps and probe_batch must be >= 1, got {self.probe_timesteps}, "
                             f"{self.probe_batch}")
@@ -273,9 +279,10 @@ class HTGConfig(MethodConfig):
         if criterion == "auto":
             criterion = auto_criterion(ctx, sum(map(len, options.values())), self.probe_timesteps, self.probe_batch)
         scorer: SiteScorer | FisherScorer | None = None
+        joint_trace: list[float] = []  # whole-model output SQNR on the probes before and after each joint sweep
         if criterion in ("output", "global"):
             scorer = SiteScorer(ctx, grouping, n_timesteps=self.probe_timesteps, batch=self.probe_batch,
-                                per_token=token)
+                                per_token=token, keep_modules=criterion == "output" and self.joint_sweeps > 0)
         elif criterion == "fisher":
             scorer = FisherScorer(ctx, grouping, n_timesteps=self.probe_timesteps, batch=self.probe_batch,
                                   per_token=token)
@@ -291,6 +298,11 @@ class HTGConfig(MethodConfig):
             for site in tqdm(ctx.sites, desc="htg output criterion", disable=not ctx.progress, leave=False):
                 opts = options[site.name]
                 chosen[site.name] = max(opts, key=lambda k: scorer.score(site, *opts[k][:3], rotation=k[2]))
+            if self.joint_sweeps:
+                chosen = self._joint_sweeps(ctx, scorer, options, chosen, joint_trace)
+        elif self.joint_sweeps:
+            log.warning("htg: joint_sweeps needs the 'output' criterion (this calibration uses %r); no sweep run",
+                        criterion)
         else:  # "global": one (shift on/off, alpha, rotation on/off) for the model, by the output SQNR, all quantized
             rots = [True, False] if rotation and self.rotation_choice else [bool(rotation)]
             alphas = self.alphas or (None,)  # no alphas: rotation (or nothing) in place of smoothing
@@ -313,6 +325,8 @@ class HTGConfig(MethodConfig):
                 base = replace(ctx.default_spec(site), rotation=key[2], act="dynamic_token" if token else "static")
                 specs.update({lin: base for lin in site.linears})
         info: dict = {"alpha_criterion": criterion, "act": self.act}
+        if joint_trace:
+            info["joint_sqnr_db"] = joint_trace
         if self.shift_choice:
             info["unshifted_sites"] = [name for name, key in chosen.items() if not key[0]]
         if rotation:
@@ -325,6 +339,34 @@ class HTGConfig(MethodConfig):
         return Solution(grouping, shifts, smooth, scales, alphas, info=info, linear_specs=specs,
                         exact_range_sites=tuple(name for name, key in chosen.items() if key[2] and exact),
                         exact_range_groups=groups, exact_range_select=self.rotation_ranges == "auto")
+
+    def _joint_sweeps(self, ctx: Context, scorer: SiteScorer, options: dict[str, dict[Any, Any]],
+                      chosen: dict[str, Any], trace: list[float]) -> dict[str, Any]:
+        """``joint_sweeps`` rounds of coordinate descent from ``chosen``: each site in turn takes the candidate with
+        the best output SQNR of the model with every site quantized (the others as chosen so far). ``trace`` gets
+        that SQNR before the first sweep and after each (it never falls: the current choice is a candidate)."""
+        from tqdm.auto import tqdm
+
+        def total(picks: dict[str, Any]) -> float:
+            return scorer.score_all({n: options[n][k][:3] for n, k in picks.items()},
+                                    {n: k[2] for n, k in picks.items()})
+
+        chosen = dict(chosen)
+        trace.append(round(total(chosen), 3))
+        for sweep in range(self.joint_sweeps):
+            changed = 0
+            for site in tqdm(ctx.sites, desc=f"htg joint sweep {sweep + 1}", disable=not ctx.progress, leave=False):
+                opts = options[site.name]
+                scores = {key: total({**chosen, site.name: key}) for key in opts}
+                best = max(scores, key=scores.__getitem__)
+                changed += best != chosen[site.name]
+                chosen[site.name] = best
+            trace.append(round(scores[best], 3))
+            log.info("htg: joint sweep %d changed %d of %d sites; whole-model output SQNR on the probes %.2f -> "
+                     "%.2f dB", sweep + 1, changed, len(ctx.sites), trace[-2], trace[-1])
+            if not changed:
+                break
+        return chosen
 
     def _candidates(self, ctx: Context, site: Site, grouping: Grouping, block: int = 0, *, search: bool = True
                     ) -> dict[tuple[bool, float | None, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]]:

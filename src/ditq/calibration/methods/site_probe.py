@@ -76,10 +76,13 @@ class SiteScorer:
     ``per_token``: inputs quantized per token at run time, as the recipe's Linears will be (act_scales unused)."""
 
     def __init__(self, ctx: Context, grouping: Grouping, *, n_timesteps: int = 6, batch: int = 8,
-                 per_token: bool = False) -> None:
-        self.ctx, self.per_token = ctx, per_token
+                 per_token: bool = False, keep_modules: bool = False) -> None:
+        self.ctx, self.per_token, self.keep_modules = ctx, per_token, keep_modules
         self.evaluator = ProbeEvaluator(ctx, n_timesteps=n_timesteps, batch=batch)
         self.probe_groups = [grouping.group_of(t) for t in self.evaluator.timesteps]
+        # with keep_modules, a site's quantized Linears per candidate (its tensors' ids and rotation; the tensors are
+        # kept with them, so an id is never reused): joint scoring quantizes every site in every call
+        self._modules: dict[tuple[str, int, int, int, int], tuple[Any, list[tuple[str, GroupedSiteLinear]]]] = {}
 
     def score(self, site: Site, shifts: torch.Tensor, smooth: torch.Tensor, act_scales: torch.Tensor,
               rotation: int = 0) -> float:
@@ -94,13 +97,19 @@ class SiteScorer:
             if site.name not in choices:
                 continue
             shifts, smooth, act_scales = choices[site.name]
-            spec = self.ctx.default_spec(site)
-            for lin in site.linears:
-                repl[lin] = GroupedSiteLinear(self.evaluator.modules[lin], shifts, smooth,  # type: ignore[arg-type]
-                                              act_scales, w_bits=spec.w_bits, a_bits=spec.a_bits,
-                                              w_block=spec.w_block, fmt=spec.fmt,
-                                              rotation=(rotations or {}).get(site.name, 0),
-                                              per_token=self.per_token)
+            rotation = (rotations or {}).get(site.name, 0)
+            key = (site.name, id(shifts), id(smooth), id(act_scales), rotation)
+            if key not in self._modules:
+                spec = self.ctx.default_spec(site)
+                self._modules[key] = (choices[site.name], [
+                    (lin, GroupedSiteLinear(self.evaluator.modules[lin], shifts, smooth,  # type: ignore[arg-type]
+                                            act_scales, w_bits=spec.w_bits, a_bits=spec.a_bits,
+                                            w_block=spec.w_block, fmt=spec.fmt, rotation=rotation,
+                                            per_token=self.per_token))
+                    for lin in site.linears])
+            repl.update(self._modules[key][1])
+            if not self.keep_modules:
+                del self._modules[key]
 
         def point(i: int) -> None:
             for m in repl.values():
