@@ -34,6 +34,7 @@ from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 from onnx import NodeProto, TensorProto, numpy_helper
 
 from ditq._deps import MIN_TRT_MAJOR, trt_major
+from ditq.artifacts.onnx_data import tensor_value
 from ditq.errors import DitqError
 
 if TYPE_CHECKING:
@@ -159,7 +160,7 @@ class _Graph:
         if t is None or (t.data_location == TensorProto.EXTERNAL and self.base_dir is None):
             return None
         try:
-            return numpy_helper.to_array(t, str(self.base_dir or ""))
+            return tensor_value(t, self.base_dir or "")
         except (ValueError, OSError) as e:  # external data file missing, truncated or garbled
             where = next((kv.value for kv in t.external_data if kv.key == "location"), "its external data file")
             raise DitqError(f"cannot read tensor {name!r} from {Path(self.base_dir or '') / where} "

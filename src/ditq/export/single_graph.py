@@ -15,17 +15,16 @@ pre-shifts, activation scales); TensorRT plans embed their weights, so G engines
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
-from onnx.external_data_helper import load_external_data_for_tensor
+from onnx import helper
 
 from ditq.artifacts.onnx import OnnxArtifact
+from ditq.artifacts.onnx_data import tensor_value
 from ditq.artifacts.single_graph import save_feeds
 from ditq.errors import DitqError
 
@@ -47,10 +46,7 @@ def _key(tensor: onnx.TensorProto) -> tuple[Any, ...]:
 
 
 def _value(tensor: onnx.TensorProto, base_dir: Path) -> np.ndarray:
-    if tensor.data_location == onnx.TensorProto.EXTERNAL:
-        tensor = copy.deepcopy(tensor)
-        load_external_data_for_tensor(tensor, str(base_dir))
-    return numpy_helper.to_array(tensor)
+    return tensor_value(tensor, base_dir)  # not onnx's loader: it refuses ditq triton's hard-linked weights.bin
 
 
 def single_graph(art: OnnxArtifact) -> SingleGraph:
