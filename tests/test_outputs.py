@@ -229,7 +229,7 @@ _HOLDER = textwrap.dedent("""
 def test_concurrent_cli_writer_is_refused(tiny_recipe_dir: Path, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "onnx"
-    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(out), "30"], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(out), "600"], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
         assert main(["export", str(tiny_recipe_dir), "-o", str(out)]) == 1
