@@ -4,8 +4,12 @@ float Linear, fake-quant backend for the rest) and prints final-image PSNR globa
 share of the sampler's quantized multiply-adds left in FP. Model Optimizer SmoothQuant alpha 0.8 runs the same
 kinds disabled (every step: it has no groups), so the comparison stays like for like.
 Usage: python scripts/probes/fp_fallback.py MODEL STEPS IMAGES METHOD [CALIB_SEED] [--no-peer] [--only=SETS]
-SETS: ``;``-separated sets of ``kind@group`` pairs joined by ``,`` (kind qkv | out | fc1 | fc2; group an index, or
-``*`` for every group), e.g. ``--only='qkv@*,out@*;fc1@2'``; the default is a fixed list of MLP sets.
+                                            [--recipe=DIR]
+SETS: ``;``-separated sets of ``kind@group`` pairs joined by ``,`` (kind qkv | out | fc1 | fc2, and on PixArt the
+cross-attention's cq | ckv | cout: its query, caption key/value and output projections; group an index, or ``*``
+for every group), e.g. ``--only='qkv@*,out@*;fc1@2'``; the default is a fixed list of MLP sets. ``--recipe=DIR``: a
+saved recipe of MODEL (e.g. one of ``ditq bench quality``'s, calibrated 100 x 16) instead of calibrating METHOD
+25 x 8.
 """
 
 import copy
@@ -26,14 +30,25 @@ torch.set_num_threads(1)
 args = [a for a in sys.argv[1:] if not a.startswith("--")]
 peer = "--no-peer" not in sys.argv
 only = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--only=")), None)
+saved = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--recipe=")), None)
 src, steps, images, entry = args[0], int(args[1]), int(args[2]), args[3]
 seed = int(args[4]) if len(args) > 4 else 1
-model, spec, ref, recipe = calibrated_reference(src, steps, images, entry, seed)
+if saved is None:
+    model, spec, ref, recipe = calibrated_reference(src, steps, images, entry, seed)
+else:
+    from ditq.artifacts.recipe import Recipe
+    from ditq.models.loading import load_model
+    from ditq.testbed.scoring import fp_reference
+
+    model, spec = load_model(src), SamplingSpec(steps=steps, cfg_scale=3.0, seed=0)
+    ref = fp_reference(model, torch.arange(images) % model.num_conditions, spec)
+    recipe = Recipe.load(saved)
 G = recipe.num_groups
 print("groups", [g.interval for g in recipe.groups], flush=True)
 
 sites = quant_sites(model.transformer)
-KINDS = {"qkv": "attn1.qkv", "out": "attn1.to_out.0", "fc1": "ff.net.0.proj", "fc2": "ff.net.2"}
+KINDS = {"qkv": "attn1.qkv", "out": "attn1.to_out.0", "fc1": "ff.net.0.proj", "fc2": "ff.net.2",
+         "cq": "attn2.to_q", "ckv": "attn2.kv", "cout": "attn2.to_out.0"}
 modules = dict(model.transformer.named_modules())
 macs = {lin: modules[lin].weight.numel() for s in sites for lin in s.linears}  # per token; every Linear sees them all
 # the sampler's steps per group: the share of the work each group's graph does
