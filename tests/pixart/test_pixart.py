@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import TINY_STEPS
 
 from ditq.errors import DitqError
 
@@ -41,6 +42,40 @@ def test_folding_is_exact_in_every_group(pixart_model, pixart_recipe_dir):
             with torch.no_grad():
                 ref = den(x, tt, cond)
                 assert float((folded(x, tt, cond) - ref).abs().max() / ref.abs().max()) < 1e-5
+
+
+def test_caption_key_value_inputs_get_an_independent_dither_in_each_group(pixart_model, pixart_recipe_dir):
+    """The caption K/V input is the same at every timestep: HTG gives each group its own rounding of it (a shift of
+    at most half a step per channel, the scale widened by 128/127); every other site keeps its per-group ranges."""
+    from ditq.artifacts.recipe import Recipe
+    from ditq.calibration.calibrate import CalibConfig, calibrate
+    from ditq.calibration.methods import method_config
+    from ditq.core.quantizers import rotate
+
+    recipe = Recipe.load(pixart_recipe_dir)
+    dithered = recipe.calibration["method"]["dithered_sites"]
+    assert sorted(dithered) == sorted(s.name for s in recipe.sites if s.name.endswith("attn2.kv"))
+    t = recipe.tensors
+    plain = calibrate(pixart_model, method_config("htg", groups=3, invariant_dither=False),
+                      CalibConfig(steps=TINY_STEPS, samples=6, progress=False))
+    assert "dithered_sites" not in plain.calibration["method"]
+    for name in dithered:
+        rot = recipe.linear_spec(next(s for s in recipe.sites if s.name == name).linears[0]).rotation
+        smooth = t[f"{name}.smooth"]
+        steps = [float(t[f"g{g.group_id}/{name}.act_scale"]) for g in recipe.groups]
+        assert steps == [pytest.approx(float(plain.tensors[f"g{g.group_id}/{name}.act_scale"]) * 128 / 127)
+                         for g in recipe.groups]
+        # the same input, the same range in every group; in the quantizer's coordinates the groups' shifts differ
+        # by the difference of two dithers in [-1/2, 1/2) steps (mean magnitude 1/3)
+        assert len(set(steps)) == 1
+        for g in recipe.groups[1:]:
+            diff = rotate(((t[f"g{g.group_id}/{name}.shift"] - t[f"g0/{name}.shift"]) / smooth)[None].double(),
+                          rot)[0] / steps[0]
+            assert float(diff.abs().max()) < 1.0 and 0.2 < float(diff.abs().mean()) < 0.5
+
+
+def test_a_class_conditioned_dit_has_no_timestep_invariant_site(tiny_recipe):
+    assert tiny_recipe.num_groups > 1 and "dithered_sites" not in tiny_recipe.calibration["method"]
 
 
 def test_table_sites_fold_the_shift_into_the_table_and_scale_with_a_mul(pixart_model, pixart_recipe_dir):

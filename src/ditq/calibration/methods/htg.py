@@ -198,6 +198,12 @@ class HTGConfig(MethodConfig):
     # (default): "reservoir" or "exact_but_final", whichever samples the calibration's own trajectories closer to FP
     # (twelfth pass; see the module docstring)
     rotation_ranges: str = "auto"
+    # a static input the calibration saw identical at every timestep (PixArt's caption key/value input) is rounded
+    # the same way at every step, and its error builds up over the trajectory coherently: with this on, each group's
+    # (free, folded) shift adds its own uniform dither of one quantization step per channel, so the groups' errors
+    # are independent and add in power (the scale widens by 128/127 so nothing new clips; see the module docstring)
+    invariant_dither: bool = True
+    dither_seed: int = 0
     # "static" (per tensor, per group: the TensorRT-static recipe) or "token": the same groups, shifts, smoothing and
     # weights with activations quantized per token at run time (exported as constant-scale Q/DQ around a row
     # rescale, TensorRT's explicit form; a ReduceMax per GEMM input at run time); see the module docstring
@@ -324,7 +330,11 @@ class HTGConfig(MethodConfig):
             if key[2] or token:
                 base = replace(ctx.default_spec(site), rotation=key[2], act="dynamic_token" if token else "static")
                 specs.update({lin: base for lin in site.linears})
+        dithered = self._dither(ctx, chosen, shifts, smooth, scales) if (
+            self.invariant_dither and not token and ctx.fmt == "int" and len(grouping.segments) > 1) else []
         info: dict = {"alpha_criterion": criterion, "act": self.act}
+        if dithered:
+            info["dithered_sites"] = dithered
         if joint_trace:
             info["joint_sqnr_db"] = joint_trace
         if self.shift_choice:
@@ -337,8 +347,35 @@ class HTGConfig(MethodConfig):
                   else None)
         exact = (self.rotation_ranges != "reservoir" and groups != () and not token and not self.act_clip_search)
         return Solution(grouping, shifts, smooth, scales, alphas, info=info, linear_specs=specs,
-                        exact_range_sites=tuple(name for name, key in chosen.items() if key[2] and exact),
+                        exact_range_sites=tuple(name for name, key in chosen.items()
+                                                if key[2] and exact and name not in dithered),
                         exact_range_groups=groups, exact_range_select=self.rotation_ranges == "auto")
+
+    def _dither(self, ctx: Context, chosen: dict[str, Any], shifts: dict[str, torch.Tensor],
+                smooth: dict[str, torch.Tensor], scales: dict[str, torch.Tensor]) -> list[str]:
+        """Dither the timestep-invariant sites in place (``invariant_dither``); returns their names.
+
+        A site is invariant when its calibration ranges are identical at every timestep. Group g's quantizer sees
+        ``((x - z_g) / s) R``; with ``z_g += s * (d_g R)``, ``d_g = step_g * u_g``, ``u_g`` uniform in [-1/2, 1/2)
+        per coordinate, it sees the same minus ``d_g`` (R is a symmetric orthogonal block-Hadamard: ``R R = I``).
+        The shift folds into the bias, so the float model is unchanged."""
+        gen = torch.Generator().manual_seed(self.dither_seed)
+        done = []
+        for site in ctx.sites:
+            st = ctx.stats[site.name]
+            if not (torch.equal(st.ch_max, st.ch_max[:1].expand_as(st.ch_max))
+                    and torch.equal(st.ch_min, st.ch_min[:1].expand_as(st.ch_min))):
+                continue
+            name, rot = site.name, chosen[site.name][2]
+            step = scales[name].double() * 128 / 127  # amax + step / 2 fits in 127.5 old steps < 127 new ones
+            u = torch.rand(len(step), smooth[name].numel(), generator=gen, dtype=torch.float64) - 0.5
+            shifts[name] = (shifts[name].double()
+                            + smooth[name].double() * rotate(step[:, None] * u, rot)).to(shifts[name].dtype)
+            scales[name] = step.to(scales[name].dtype)
+            done.append(name)
+        if done:
+            log.info("htg: %d timestep-invariant site(s) dithered per group: %s", len(done), ", ".join(done[:4]))
+        return done
 
     def _joint_sweeps(self, ctx: Context, scorer: SiteScorer, options: dict[str, dict[Any, Any]],
                       chosen: dict[str, Any], trace: list[float]) -> dict[str, Any]:
