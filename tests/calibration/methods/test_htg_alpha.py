@@ -92,7 +92,8 @@ def test_joint_sweep_chooses_sites_with_the_whole_model_quantized(gated_model):
     trace = sol.info["joint_sqnr_db"]
     assert 2 <= len(trace) <= 3 and all(b >= a for a, b in zip(trace, trace[1:])), trace
     assert trace[-1] > trace[0], trace
-    rescored = SiteScorer(ctx, sol.grouping).score_all(
+    n_timesteps, batch = sol.info["probes"]
+    rescored = SiteScorer(ctx, sol.grouping, n_timesteps=n_timesteps, batch=batch).score_all(
         {s.name: (sol.shifts[s.name], sol.smooth[s.name], sol.act_scales[s.name]) for s in ctx.sites})
     assert rescored == pytest.approx(trace[-1], abs=1e-3)
     plain = HTGConfig(groups=2, alphas=(0.3, 0.8), rotation=0).solve(ctx)
@@ -100,6 +101,24 @@ def test_joint_sweep_chooses_sites_with_the_whole_model_quantized(gated_model):
     assert plain.alphas != sol.alphas or plain.info["unshifted_sites"] != sol.info["unshifted_sites"]
     with pytest.raises(DitqError, match="joint_sweeps"):
         HTGConfig(joint_sweeps=-1)
+
+
+def test_auto_criterion_takes_the_small_probe_set_before_the_fisher_criterion(gated_model, monkeypatch):
+    """12 x 16 probes where the output criterion fits its budget with them, else 6 x 8, else the Fisher criterion."""
+    from ditq.calibration.methods import site_probe
+    from ditq.calibration.methods.htg import SMALL_PROBES
+
+    _, ctx = _context(gated_model, seed=0)
+    cfg = HTGConfig(groups=1, alphas=(0.5,), rotation=0)
+    assert (cfg.probe_timesteps, cfg.probe_batch) == (12, 16) and SMALL_PROBES == (6, 8)
+    options = sum(len(cfg._candidates(ctx, s, cfg.solve(ctx).grouping, search=False)) for s in ctx.sites)
+    big, small = (site_probe.output_criterion_macs(ctx, options, *p) for p in ((12, 16), SMALL_PROBES))
+    assert big > small  # 8 of the 8 recorded calls against 6 (4 rows each)
+    for budget, want in ((big, ("output", [12, 16])), ((big + small) / 2, ("output", [6, 8])),
+                         (small / 2, ("fisher", [6, 8]))):
+        monkeypatch.setattr(site_probe, "OUTPUT_CRITERION_BUDGET_MACS", budget)
+        info = cfg.solve(ctx).info
+        assert (info["alpha_criterion"], info["probes"]) == want, budget
 
 
 def test_alpha_criterion_is_checked():

@@ -141,14 +141,15 @@ def output_criterion_macs(ctx: Context, scorings: int, n_timesteps: int, batch: 
     return float(scorings) * tokens * params
 
 
-def auto_criterion(ctx: Context, scorings: int, n_timesteps: int, batch: int) -> str:
+def auto_criterion(ctx: Context, scorings: int, n_timesteps: int, batch: int, *, quiet: bool = False) -> str:
     """``"output"`` where its ``scorings`` whole-model runs fit ``OUTPUT_CRITERION_BUDGET_MACS``, else ``"fisher"``
-    (logged)."""
+    (logged unless ``quiet``)."""
     macs = output_criterion_macs(ctx, scorings, n_timesteps, batch)
     if macs <= OUTPUT_CRITERION_BUDGET_MACS:
         return "output"
-    log.info("alpha criterion: fisher (the per-site model-output criterion would run %d whole-model scorings, "
-             "%.1e multiply-adds, above the %.0e budget)", scorings, macs, OUTPUT_CRITERION_BUDGET_MACS)
+    if not quiet:
+        log.info("alpha criterion: fisher (the per-site model-output criterion would run %d whole-model scorings, "
+                 "%.1e multiply-adds, above the %.0e budget)", scorings, macs, OUTPUT_CRITERION_BUDGET_MACS)
     return "fisher"
 
 
