@@ -108,7 +108,8 @@ if only is not None:
         pairs = [p.split("@") for p in text.split(",")]
         configs[f"{text} FP"] = {(k, g) for k, gs in pairs for g in (range(G) if gs == "*" else [int(gs)])}
 for label, fp in configs.items():
-    be = GroupedBackend(label, [g.interval for g in recipe.groups], mixed(fp), num_classes=model.num_classes)
+    be = GroupedBackend(label, [g.interval for g in recipe.groups], mixed(fp),
+                        num_classes=model.num_classes if model.kind == "dit" else None)
     report(f"{entry}: {label}", be, share(fp))
 
 if peer:
