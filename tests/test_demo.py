@@ -19,6 +19,9 @@ def test_demo_end_to_end_on_a_tiny_model(capsys, tiny_model_dir, tmp_path):
                  "onnx-htg/group_1.onnx", "onnx-minmax/validation/validation.json"):
         assert (out / name).is_file(), name
     assert main(["lint", str(out / "onnx-htg")]) == 0
+    # the demo scores HTG's candidates on the quick 6 x 8 probes (the library default is 12 x 16)
+    recipe = json.loads((out / "recipe-htg" / "recipe.json").read_text())
+    assert recipe["calibration"]["method"]["probes"] == [6, 8]
 
 
 def test_quality_rows_show_a_dash_for_what_a_row_does_not_measure():
