@@ -101,6 +101,9 @@ def test_joint_sweep_chooses_sites_with_the_whole_model_quantized(gated_model):
     assert plain.alphas != sol.alphas or plain.info["unshifted_sites"] != sol.info["unshifted_sites"]
     with pytest.raises(DitqError, match="joint_sweeps"):
         HTGConfig(joint_sweeps=-1)
+    # another criterion runs as without it (the sweep needs the per-site output criterion)
+    glob = HTGConfig(groups=2, alphas=(0.3, 0.8), rotation=0, alpha_criterion="global", joint_sweeps=1).solve(ctx)
+    assert glob.info["alpha_criterion"] == "global" and "joint_sqnr_db" not in glob.info
 
 
 def test_auto_criterion_takes_the_small_probe_set_before_the_fisher_criterion(gated_model, monkeypatch):

@@ -334,9 +334,6 @@ class HTGConfig(MethodConfig):
                 chosen[site.name] = max(opts, key=lambda k: scorer.score(site, *opts[k][:3], rotation=k[2]))
             if self.joint_sweeps:
                 chosen = self._joint_sweeps(ctx, scorer, options, chosen, joint_trace)
-        elif self.joint_sweeps:
-            log.warning("htg: joint_sweeps needs the 'output' criterion (this calibration uses %r); no sweep run",
-                        criterion)
         else:  # "global": one (shift on/off, alpha, rotation on/off) for the model, by the output SQNR, all quantized
             rots = [True, False] if rotation and self.rotation_choice else [bool(rotation)]
             alphas = self.alphas or (None,)  # no alphas: rotation (or nothing) in place of smoothing
@@ -349,6 +346,9 @@ class HTGConfig(MethodConfig):
                                               {name: k[2] for name, k in picks.items()})
             best = max(score, key=score.__getitem__)
             chosen = {name: _nearest(opts, best, blocks[name]) for name, opts in options.items()}
+        if self.joint_sweeps and criterion != "output":
+            log.warning("htg: joint_sweeps needs the 'output' criterion (this calibration uses %r); no sweep run",
+                        criterion)
         shifts, smooth, scales, alphas = {}, {}, {}, {}
         specs: dict[str, LinearSpec] = {}
         for site in ctx.sites:
