@@ -19,7 +19,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="also run the minmax baseline for comparison (default: on)")
     p.add_argument("--full-criterion", action="store_true",
                    help="score HTG's candidates on the library default's 12 x 16 probes instead of the demo's 6 x 8 "
-                        "(about +1 minute; +0.8 dB PSNR at 100 steps on the demo model)")
+                        "(about twice HTG's calibration time; +0.8 dB PSNR at 100 steps on the demo model)")
     p.add_argument("--force", action="store_true")
 
 
