@@ -303,16 +303,9 @@ class HTGConfig(MethodConfig):
                    for site in ctx.sites}
         criterion = self.alpha_criterion if use_model else "local"
         probes = (self.probe_timesteps, self.probe_batch)
-        if criterion == "auto":
-            # the configured probes where the per-site output criterion fits its budget with them, else the small
-            # set (with which the output criterion, else the Fisher one, was measured on full-size models)
-            scorings = sum(map(len, options.values()))
+        if criterion == "auto":  # the configured probes, else SMALL_PROBES, for the output criterion; else Fisher's
             small = (min(probes[0], SMALL_PROBES[0]), min(probes[1], SMALL_PROBES[1]))
-            if probes != small and auto_criterion(ctx, scorings, *probes, quiet=True) != "output":
-                log.info("htg: %d x %d criterion probes are over the output criterion's budget; %d x %d",
-                         *probes, *small)
-                probes = small
-            criterion = auto_criterion(ctx, scorings, *probes)
+            criterion, probes = auto_criterion(ctx, sum(map(len, options.values())), probes, small)
         scorer: SiteScorer | FisherScorer | None = None
         joint_trace: list[float] = []  # whole-model output SQNR on the probes before and after each joint sweep
         if criterion in ("output", "global"):

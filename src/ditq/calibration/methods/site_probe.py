@@ -80,9 +80,24 @@ class SiteScorer:
         self.ctx, self.per_token, self.keep_modules = ctx, per_token, keep_modules
         self.evaluator = ProbeEvaluator(ctx, n_timesteps=n_timesteps, batch=batch)
         self.probe_groups = [grouping.group_of(t) for t in self.evaluator.timesteps]
-        # with keep_modules, a site's quantized Linears per candidate (its tensors' ids and rotation; the tensors are
-        # kept with them, so an id is never reused): joint scoring quantizes every site in every call
-        self._modules: dict[tuple[str, int, int, int, int], tuple[Any, list[tuple[str, GroupedSiteLinear]]]] = {}
+        # keep_modules: each candidate's quantized Linears, kept for joint scoring (which quantizes every site in
+        # every call), keyed by the ids of its tensors, which are kept with them so that an id is never reused
+        self._kept: dict[tuple[Any, ...], tuple[Any, list[tuple[str, GroupedSiteLinear]]]] = {}
+
+    def _linears(self, site: Site, choice: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                 rotation: int) -> list[tuple[str, GroupedSiteLinear]]:
+        key = (site.name, *map(id, choice), rotation)
+        if key in self._kept:
+            return self._kept[key][1]
+        shifts, smooth, act_scales = choice
+        spec = self.ctx.default_spec(site)
+        mods = [(lin, GroupedSiteLinear(self.evaluator.modules[lin], shifts, smooth,  # type: ignore[arg-type]
+                                        act_scales, w_bits=spec.w_bits, a_bits=spec.a_bits, w_block=spec.w_block,
+                                        fmt=spec.fmt, rotation=rotation, per_token=self.per_token))
+                for lin in site.linears]
+        if self.keep_modules:
+            self._kept[key] = (choice, mods)
+        return mods
 
     def score(self, site: Site, shifts: torch.Tensor, smooth: torch.Tensor, act_scales: torch.Tensor,
               rotation: int = 0) -> float:
@@ -96,20 +111,7 @@ class SiteScorer:
         for site in self.ctx.sites:
             if site.name not in choices:
                 continue
-            shifts, smooth, act_scales = choices[site.name]
-            rotation = (rotations or {}).get(site.name, 0)
-            key = (site.name, id(shifts), id(smooth), id(act_scales), rotation)
-            if key not in self._modules:
-                spec = self.ctx.default_spec(site)
-                self._modules[key] = (choices[site.name], [
-                    (lin, GroupedSiteLinear(self.evaluator.modules[lin], shifts, smooth,  # type: ignore[arg-type]
-                                            act_scales, w_bits=spec.w_bits, a_bits=spec.a_bits,
-                                            w_block=spec.w_block, fmt=spec.fmt, rotation=rotation,
-                                            per_token=self.per_token))
-                    for lin in site.linears])
-            repl.update(self._modules[key][1])
-            if not self.keep_modules:
-                del self._modules[key]
+            repl.update(self._linears(site, choices[site.name], (rotations or {}).get(site.name, 0)))
 
         def point(i: int) -> None:
             for m in repl.values():
@@ -141,16 +143,21 @@ def output_criterion_macs(ctx: Context, scorings: int, n_timesteps: int, batch: 
     return float(scorings) * tokens * params
 
 
-def auto_criterion(ctx: Context, scorings: int, n_timesteps: int, batch: int, *, quiet: bool = False) -> str:
-    """``"output"`` where its ``scorings`` whole-model runs fit ``OUTPUT_CRITERION_BUDGET_MACS``, else ``"fisher"``
-    (logged unless ``quiet``)."""
-    macs = output_criterion_macs(ctx, scorings, n_timesteps, batch)
-    if macs <= OUTPUT_CRITERION_BUDGET_MACS:
-        return "output"
-    if not quiet:
-        log.info("alpha criterion: fisher (the per-site model-output criterion would run %d whole-model scorings, "
-                 "%.1e multiply-adds, above the %.0e budget)", scorings, macs, OUTPUT_CRITERION_BUDGET_MACS)
-    return "fisher"
+def auto_criterion(ctx: Context, scorings: int, probes: tuple[int, int],
+                   fallback: tuple[int, int] | None = None) -> tuple[str, tuple[int, int]]:
+    """``("output", probes)`` where its ``scorings`` whole-model runs on ``probes`` (calibration calls x rows) fit
+    ``OUTPUT_CRITERION_BUDGET_MACS``, else the same with the smaller ``fallback`` probes where those fit, else
+    ``("fisher", fallback or probes)`` (logged)."""
+    tried = [probes] if fallback in (None, probes) else [probes, fallback]
+    for p in tried:
+        macs = output_criterion_macs(ctx, scorings, *p)
+        if macs <= OUTPUT_CRITERION_BUDGET_MACS:
+            if p != probes:
+                log.info("alpha criterion: output on %d x %d probes (%d x %d would be over its budget)", *p, *probes)
+            return "output", p
+    log.info("alpha criterion: fisher (the per-site model-output criterion would run %d whole-model scorings, "
+             "%.1e multiply-adds, above the %.0e budget)", scorings, macs, OUTPUT_CRITERION_BUDGET_MACS)
+    return "fisher", tried[-1]
 
 
 Candidate = tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]  # shifts [G, C], smooth [C], act scales [G], rotation
