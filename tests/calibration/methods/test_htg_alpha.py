@@ -148,3 +148,36 @@ def test_default_activation_scale_is_the_groups_calibration_amax(gated_model, cl
         assert min(ratios) < 0.99
     else:
         assert ratios == pytest.approx([1.0] * len(ratios), rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["dit", "pixart"])
+def test_scoring_a_site_skips_the_blocks_before_it_with_the_same_result(kind, gated_model, request):
+    """The output criterion starts from the FP hidden states it recorded at the site's block: the blocks before it
+    are not run, and every score is bit for bit what the whole model gives (one site or several)."""
+    from ditq.calibration.calibrate import CalibConfig
+    from ditq.calibration.methods.base import block_index
+    from ditq.calibration.methods.site_probe import SiteScorer
+    from ditq.calibration.methods.smoothquant import one_group
+
+    model = gated_model if kind == "dit" else request.getfixturevalue("pixart_model")
+    params = dict(groups=1, shift_choice=False, alpha_criterion="local")
+    ctx = htg_context(model, CalibConfig(steps=8, samples=2, seed=0, progress=False), **params)
+    cfg, grouping = HTGConfig(**params), one_group(ctx)
+    fast, slow = (SiteScorer(ctx, grouping, n_timesteps=3, batch=4) for _ in range(2))
+    slow.evaluator.block_inputs = None  # what the scorer computed before it kept the block inputs
+    blocks = fast.evaluator.blocks
+    assert fast.evaluator.block_inputs is not None and len(blocks) >= 2
+    ran = [0] * len(blocks)
+    for i, b in enumerate(blocks):
+        b.attn1.register_forward_hook(lambda *_, i=i: ran.__setitem__(i, ran[i] + 1))
+    by_block = {block_index(s.name): s for s in ctx.sites}
+    first, last = by_block[0], by_block[len(blocks) - 1]
+    choice = {s.name: next(iter(cfg._candidates(ctx, s, grouping).values()))[:3] for s in (first, last)}
+    for site in (first, last):
+        ran[:] = [0] * len(blocks)
+        score = fast.score(site, *choice[site.name])
+        start = block_index(site.name)
+        assert ran == [0] * start + [3] * (len(blocks) - start), (site.name, ran)
+        assert score == slow.score(site, *choice[site.name])
+    assert fast.score_all(choice) == slow.score_all(choice)
+    assert not any("forward" in vars(b) for b in blocks)  # the blocks run again afterwards

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -281,6 +283,18 @@ def pick_probes(ctx: Context, n_timesteps: int, batch: int) -> list[tuple[torch.
     return out
 
 
+# the evaluator keeps the FP hidden states entering each transformer block on its probes, so that a swap inside block
+# i runs blocks i.. only, while they take at most this much memory (the patches DiT's 12 x 16 probes: about 0.3 GB)
+BLOCK_CACHE_BYTES = 2 * 2**30
+_BLOCK_NAME = re.compile(r"transformer_blocks\.(\d+)\.")
+
+
+def block_index(name: str) -> int | None:
+    """The transformer block a module or site name lies in (``transformer_blocks.3.attn1.to_q`` -> 3), or None."""
+    found = _BLOCK_NAME.match(name)
+    return None if found is None else int(found.group(1))
+
+
 class ProbeEvaluator:
     """Output SQNR of the transformer, with some Linears swapped for quantized ones, on recorded calibration inputs.
 
@@ -288,12 +302,14 @@ class ProbeEvaluator:
     ``batch`` rows of each (conditional and unconditional rows alike); the reference is the FP output.
     ``state`` replaces the transformer's parameters first (a folded state: the same function, other weights) and
     ``pre`` adds the explicit pre-affines folding returned, keyed by site name. ``modules`` keeps the plain
-    Linears (with ``state``'s weights) to build replacements from.
+    Linears (with ``state``'s weights) to build replacements from. ``skip_blocks``: keep the FP hidden states
+    entering each transformer block on the probes (up to ``BLOCK_CACHE_BYTES``), so that a swap that changes only
+    blocks ``i..`` runs those blocks only.
     """
 
     def __init__(self, ctx: Context, *, n_timesteps: int = 4, batch: int = 8,
                  state: dict[str, torch.Tensor] | None = None,
-                 pre: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
+                 pre: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None, skip_blocks: bool = False) -> None:
         import copy
 
         from ditq.models.loading import make_denoiser
@@ -312,8 +328,68 @@ class ProbeEvaluator:
                     for lin in site.linears:
                         parent, _, attr = lin.rpartition(".")
                         setattr(self.modules[parent], attr, QLinear(self.modules[lin], pre=pre[site.name]))
+        self.blocks = list(getattr(transformer, "transformer_blocks", None) or [])
         with torch.no_grad():
-            self.reference = [self.model.predict(*inp) for inp in self.inputs]
+            self.reference, self.block_inputs = self._reference_pass(skip_blocks)
+
+    def _reference_pass(self, keep: bool) -> tuple[list[torch.Tensor], list[list[torch.Tensor]] | None]:
+        """The FP outputs on the probes and, per probe, the hidden states entering each transformer block (``None``
+        when they would take more than ``BLOCK_CACHE_BYTES``, or a block was not called once per probe with them
+        as its first argument)."""
+        seen: list[torch.Tensor | None] = []
+
+        def record(_m: nn.Module, args: tuple[Any, ...]) -> None:
+            seen.append(args[0] if args and isinstance(args[0], torch.Tensor) else None)
+
+        hooks = [b.register_forward_pre_hook(record) for b in self.blocks] if keep else []
+        reference: list[torch.Tensor] = []
+        cache: list[list[torch.Tensor]] | None = [] if keep and self.blocks else None
+        try:
+            for inp in self.inputs:
+                seen.clear()
+                reference.append(self.model.predict(*inp))
+                if cache is None:
+                    continue
+                if len(seen) != len(self.blocks) or any(h is None for h in seen):
+                    cache = None
+                    continue
+                cache.append(list(seen))  # type: ignore[arg-type]
+                if sum(h.numel() * h.element_size() for hs in cache for h in hs) > BLOCK_CACHE_BYTES:
+                    cache = None
+        finally:
+            for h in hooks:
+                h.remove()
+        return reference, cache
+
+    def first_block(self, names: typing.Iterable[str]) -> int:
+        """The first transformer block that a swap of the Linears ``names`` changes (0 where one lies outside the
+        blocks, or the block inputs are not cached): the blocks before it can be skipped."""
+        if self.block_inputs is None:
+            return 0
+        first = len(self.blocks)
+        for name in names:
+            index = block_index(name)
+            if index is None:
+                return 0
+            first = min(first, index)
+        return first if first < len(self.blocks) else 0
+
+    @contextlib.contextmanager
+    def _skipping(self, start: int, probe: int) -> typing.Iterator[None]:
+        """Blocks ``0 .. start - 1`` return probe ``probe``'s cached input of block ``start`` without computing:
+        the same hidden states the reference pass computed, so the result is unchanged (bit for bit)."""
+        if start == 0:
+            yield
+            return
+        cached = self.block_inputs[probe][start]  # type: ignore[index]
+        for j in range(start):
+            last = j == start - 1
+            self.blocks[j].forward = (lambda *a, **k: cached) if last else (lambda h, *a, **k: h)
+        try:
+            yield
+        finally:
+            for j in range(start):
+                del self.blocks[j].forward
 
     @property
     def timesteps(self) -> list[float]:
@@ -326,12 +402,14 @@ class ProbeEvaluator:
 
         ``on_probe(i)`` runs before probe ``i`` (e.g. to point grouped replacements at that probe's group).
         """
+        start = self.first_block(replacements)
         with swapped_modules(self.modules, replacements):
             ratios = []
             for i, (inp, ref) in enumerate(zip(self.inputs, self.reference)):
                 if on_probe is not None:
                     on_probe(i)
-                out = self.model.predict(*inp)
+                with self._skipping(start, i):
+                    out = self.model.predict(*inp)
                 ratios.append(noise_ratio(out, ref))
             return ratios
 

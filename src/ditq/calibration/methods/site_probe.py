@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ditq.calibration.groups import Grouping
-from ditq.calibration.methods.base import Context, ProbeEvaluator
+from ditq.calibration.methods.base import Context, ProbeEvaluator, block_index
 from ditq.core.metrics import ratio_db
 from ditq.core.quantizers import (
     dynamic_fake_quant,
@@ -78,7 +78,7 @@ class SiteScorer:
     def __init__(self, ctx: Context, grouping: Grouping, *, n_timesteps: int = 6, batch: int = 8,
                  per_token: bool = False, keep_modules: bool = False) -> None:
         self.ctx, self.per_token, self.keep_modules = ctx, per_token, keep_modules
-        self.evaluator = ProbeEvaluator(ctx, n_timesteps=n_timesteps, batch=batch)
+        self.evaluator = ProbeEvaluator(ctx, n_timesteps=n_timesteps, batch=batch, skip_blocks=True)
         self.probe_groups = [grouping.group_of(t) for t in self.evaluator.timesteps]
         # keep_modules: each candidate's quantized Linears, kept for joint scoring (which quantizes every site in
         # every call), keyed by the ids of its tensors, which are kept with them so that an id is never reused
@@ -139,8 +139,23 @@ def output_criterion_macs(ctx: Context, scorings: int, n_timesteps: int, batch: 
 
     probes = pick_probes(ctx, n_timesteps, batch)
     tokens = sum(x.shape[0] * image_tokens(ctx, x) for x, _, _ in probes)  # image tokens, every probe row
-    params = sum(w.numel() for ws in ctx.weights.values() for w in ws)
-    return float(scorings) * tokens * params
+    return float(scorings) * tokens * scored_params(ctx)
+
+
+def scored_params(ctx: Context) -> float:
+    """Weights one scoring multiplies, on average over the sites: the quantized Linears from the site's
+    transformer block on (``ProbeEvaluator`` skips the blocks before it), all of them for a site outside the blocks."""
+    if not ctx.sites:
+        return 0.0
+    size = {s.name: sum(w.numel() for w in ctx.weights[s.name]) for s in ctx.sites}
+
+    def after(name: str) -> int:
+        first = block_index(name)
+        if first is None:
+            return sum(size.values())
+        return sum(n for s, n in size.items() if (index := block_index(s)) is None or index >= first)
+
+    return sum(after(s.name) for s in ctx.sites) / len(ctx.sites)
 
 
 def auto_criterion(ctx: Context, scorings: int, probes: tuple[int, int],
