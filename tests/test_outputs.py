@@ -379,3 +379,24 @@ def test_validate_report_is_whole_or_old(tiny_onnx, tmp_path: Path, monkeypatch:
     afile.write_text("x")
     assert main(["-q", "validate", str(tiny_onnx.root), "-o", str(afile)]) == 1
     assert "not a directory" in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize("argv0, want", [
+    ("/venv/bin/ditq", "ditq calibrate demo -o 'my recipe'"),
+    ("/site-packages/ditq/__main__.py", "ditq calibrate demo -o 'my recipe'"),  # python -m ditq
+    ("/site-packages/ditq/cli/main.py", "ditq calibrate demo -o 'my recipe'"),  # python -m ditq.cli.main
+    ("bench_script.py", None),  # ditq used from Python: no command to record
+    ("-c", None),
+])
+def test_manifest_records_the_command_line_however_the_cli_was_started(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv0: str, want: str | None) -> None:
+    import json
+
+    monkeypatch.setattr(sys, "argv", [argv0, "calibrate", "demo", "-o", "my recipe"])
+    write_manifest(tmp_path, "ditq.recipe", {})
+    assert json.loads((tmp_path / MANIFEST).read_text())["command"] == want
+
+
+def test_python_dash_m_ditq_runs_the_cli() -> None:
+    run = subprocess.run([sys.executable, "-m", "ditq", "--version"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.startswith("ditq "), run

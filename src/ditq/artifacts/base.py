@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -35,13 +36,22 @@ def write_json(path: Path, body: Any) -> None:
     os.replace(tmp, path)
 
 
+def cli_command() -> str | None:
+    """The ``ditq`` command line this process runs (``ditq ...``, ``python -m ditq ...`` or ``python -m
+    ditq.cli.main ...``, written as ``ditq ...``), or None when ditq is used from Python."""
+    parts = Path(sys.argv[0]).parts
+    if parts[-1:] == ("ditq",) or parts[-2:] == ("ditq", "__main__.py") or parts[-3:] == ("ditq", "cli", "main.py"):
+        return shlex.join(["ditq", *sys.argv[1:]])
+    return None
+
+
 def write_manifest(root: Path, kind: str, body: dict[str, Any], *, parent_sha256: str | None = None) -> None:
     """Write ``manifest.json``: kind, format, producer, command, parent hash, then the kind's own fields."""
     head = {
         "kind": kind,
         "format_version": FORMAT_VERSION,
         "ditq_version": __version__,
-        "command": " ".join(["ditq", *sys.argv[1:]]) if Path(sys.argv[0]).name == "ditq" else None,
+        "command": cli_command(),
         "parent_sha256": parent_sha256,
     }
     write_json(root / MANIFEST, {**head, **body})
