@@ -156,7 +156,7 @@ def test_scoring_a_site_skips_the_blocks_before_it_with_the_same_result(kind, ga
     are not run, and every score is bit for bit what the whole model gives (one site or several)."""
     from ditq.calibration.calibrate import CalibConfig
     from ditq.calibration.methods.base import block_index
-    from ditq.calibration.methods.site_probe import SiteScorer
+    from ditq.calibration.methods.site_probe import SiteScorer, scored_params
     from ditq.calibration.methods.smoothquant import one_group
 
     model = gated_model if kind == "dit" else request.getfixturevalue("pixart_model")
@@ -181,3 +181,7 @@ def test_scoring_a_site_skips_the_blocks_before_it_with_the_same_result(kind, ga
         assert score == slow.score(site, *choice[site.name])
     assert fast.score_all(choice) == slow.score_all(choice)
     assert not any("forward" in vars(b) for b in blocks)  # the blocks run again afterwards
+    # the budget counts the blocks a scoring runs: (n + 1) / 2n of the weights where every block is alike
+    total = sum(w.numel() for ws in ctx.weights.values() for w in ws)
+    assert scored_params(ctx, skips=False) == total
+    assert scored_params(ctx) == pytest.approx(total * (len(blocks) + 1) / (2 * len(blocks)))

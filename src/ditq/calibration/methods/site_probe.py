@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ditq.calibration.groups import Grouping
-from ditq.calibration.methods.base import Context, ProbeEvaluator, block_index
+from ditq.calibration.methods.base import BLOCK_CACHE_BYTES, Context, ProbeEvaluator, block_index
 from ditq.core.metrics import ratio_db
 from ditq.core.quantizers import (
     dynamic_fake_quant,
@@ -133,25 +133,30 @@ def image_tokens(ctx: Context, x: torch.Tensor) -> int:
 
 
 def output_criterion_macs(ctx: Context, scorings: int, n_timesteps: int, batch: int) -> float:
-    """Multiply-adds of the quantized Linears in ``scorings`` whole-model runs on the criterion's probes (attention
-    and the rest left out): what the per-site model-output criterion costs."""
+    """Multiply-adds of the quantized Linears in ``scorings`` model runs on the criterion's probes, each from the
+    scored site's block on (attention and the rest left out): what the per-site model-output criterion costs."""
     from ditq.calibration.methods.base import pick_probes
 
     probes = pick_probes(ctx, n_timesteps, batch)
     tokens = sum(x.shape[0] * image_tokens(ctx, x) for x, _, _ in probes)  # image tokens, every probe row
-    return float(scorings) * tokens * scored_params(ctx)
+    # the hidden states SiteScorer keeps to skip the blocks before a site (the narrowest site input: the width)
+    blocks = {block_index(s.name) for s in ctx.sites} - {None}
+    width = min((w.shape[1] for ws in ctx.weights.values() for w in ws), default=0)
+    skips = tokens * width * 4 * len(blocks) <= BLOCK_CACHE_BYTES
+    return float(scorings) * tokens * scored_params(ctx, skips=skips)
 
 
-def scored_params(ctx: Context) -> float:
+def scored_params(ctx: Context, *, skips: bool = True) -> float:
     """Weights one scoring multiplies, on average over the sites: the quantized Linears from the site's
-    transformer block on (``ProbeEvaluator`` skips the blocks before it), all of them for a site outside the blocks."""
+    transformer block on (``ProbeEvaluator`` skips the blocks before it), all of them for a site outside the blocks
+    or without ``skips``."""
     if not ctx.sites:
         return 0.0
     size = {s.name: sum(w.numel() for w in ctx.weights[s.name]) for s in ctx.sites}
 
     def after(name: str) -> int:
         first = block_index(name)
-        if first is None:
+        if first is None or not skips:
             return sum(size.values())
         return sum(n for s, n in size.items() if (index := block_index(s)) is None or index >= first)
 
