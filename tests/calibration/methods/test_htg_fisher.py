@@ -104,17 +104,22 @@ def test_htg_fisher_and_auto_criteria(context, monkeypatch):
     assert HTGConfig(groups=2).solve(context).info["alpha_criterion"] == "fisher"
 
 
-def test_output_criterion_cost_estimate(context):
-    """Whole-model runs times probe tokens times quantized Linear parameters."""
+def test_output_criterion_cost_estimate(context, monkeypatch):
+    """Scorings times probe tokens times the quantized Linear parameters a scoring runs: those of the site's block
+    and the blocks after it, or all of them when the block inputs would not fit the scorer's cache."""
+    from ditq.calibration.methods import site_probe
     from ditq.calibration.methods.base import pick_probes
-    from ditq.calibration.methods.site_probe import output_criterion_macs
 
     ctx = context
     probes = pick_probes(ctx, 6, 8)
     rows = sum(x.shape[0] for x, _, _ in probes)
     tokens = ctx.probes[0][0][0, 0].numel() // ctx.transformer.config.patch_size ** 2
     params = sum(w.numel() for ws in ctx.weights.values() for w in ws)
-    assert output_criterion_macs(ctx, 10, 6, 8) == 10 * rows * tokens * params
+    blocks = len(ctx.transformer.transformer_blocks)
+    skipped = 10 * rows * tokens * params * (blocks + 1) / (2 * blocks)
+    assert site_probe.output_criterion_macs(ctx, 10, 6, 8) == pytest.approx(skipped)
+    monkeypatch.setattr(site_probe, "BLOCK_CACHE_BYTES", 0)
+    assert site_probe.output_criterion_macs(ctx, 10, 6, 8) == 10 * rows * tokens * params
 
 
 def _two_groups(ctx):
