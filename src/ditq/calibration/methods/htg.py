@@ -189,8 +189,9 @@ class HTGConfig(MethodConfig):
     # the criterion's probes: calibration calls (spread over the trajectory) and rows of each. 12 x 16 (4x the
     # earlier 6 x 8) chose steadier recipes: PSNR global +0.82 / +0.32 dB (demo DiT, 100 / 25 steps), +0.63 (tiny
     # PixArt, 100 steps, before invariant_dither; with it, -0.38 dB there), seed spread 0.2 dB where it was 1.1-2.8
-    # (3 seeds each; docs/bench_quality/README.md, fourteenth pass). With alpha_criterion "auto", a model whose
-    # output criterion would exceed its budget with them takes SMALL_PROBES instead (the patches DiT; full-size models)
+    # (3 seeds each; docs/bench_quality/README.md, fourteenth pass); -0.33 dB on the patches DiT, a tie (fifteenth
+    # pass). With alpha_criterion "auto", a model whose output criterion would exceed its budget with them takes
+    # SMALL_PROBES instead (full-size models)
     probe_timesteps: int = 12
     probe_batch: int = 16
     # online block-Hadamard size before each activation quantizer (0: none; "auto": ROTATION_AUTO with integer
