@@ -185,3 +185,27 @@ def test_scoring_a_site_skips_the_blocks_before_it_with_the_same_result(kind, ga
     total = sum(w.numel() for ws in ctx.weights.values() for w in ws)
     assert scored_params(ctx, skips=False) == total
     assert scored_params(ctx) == pytest.approx(total * (len(blocks) + 1) / (2 * len(blocks)))
+
+
+def test_the_output_criterion_runs_the_model_on_the_callers_threads(gated_model):
+    """solve() runs on one thread (its searches are tiny GEMMs); the criterion's model runs take the caller's back,
+    and the thread count is restored afterwards."""
+    import dataclasses
+
+    from ditq.calibration.methods.site_probe import SiteScorer
+    from ditq.calibration.methods.smoothquant import one_group
+
+    _, ctx = _context(gated_model, seed=0)
+    ctx = dataclasses.replace(ctx, threads=2)
+    seen = []
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        scorer = SiteScorer(ctx, one_group(ctx), n_timesteps=2, batch=2)
+        scorer.evaluator.blocks[-1].register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
+        site = ctx.sites[-1]
+        width = ctx.weights[site.name][0].shape[1]
+        scorer.score(site, torch.zeros(1, width), torch.ones(width), torch.ones(1))
+        assert seen == [2, 2] and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

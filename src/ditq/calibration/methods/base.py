@@ -266,6 +266,18 @@ def site_rotations(ctx: Context, rotation: int) -> dict[str, int]:
 
 
 
+@contextlib.contextmanager
+def caller_threads(ctx: Context) -> typing.Iterator[None]:
+    """Inside, torch runs on the caller's threads (``ctx.threads``): for a method's whole-model passes, which
+    ``solve()``'s single thread would slow down."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(threads, ctx.threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def pick_probes(ctx: Context, n_timesteps: int, batch: int) -> list[tuple[torch.Tensor, torch.Tensor, Any]]:
     """``n_timesteps`` of the recorded calibration calls (``Context.probes``), spread over the sampler's
     trajectory, and ``batch`` rows of each (conditional and unconditional rows alike): (x, t, cond) each."""

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ditq.calibration.groups import Grouping
-from ditq.calibration.methods.base import BLOCK_CACHE_BYTES, Context, ProbeEvaluator, block_index
+from ditq.calibration.methods.base import BLOCK_CACHE_BYTES, Context, ProbeEvaluator, block_index, caller_threads
 from ditq.core.metrics import ratio_db
 from ditq.core.quantizers import (
     dynamic_fake_quant,
@@ -78,7 +78,8 @@ class SiteScorer:
     def __init__(self, ctx: Context, grouping: Grouping, *, n_timesteps: int = 6, batch: int = 8,
                  per_token: bool = False, keep_modules: bool = False) -> None:
         self.ctx, self.per_token, self.keep_modules = ctx, per_token, keep_modules
-        self.evaluator = ProbeEvaluator(ctx, n_timesteps=n_timesteps, batch=batch, skip_blocks=True)
+        with caller_threads(ctx):  # the model runs use the caller's threads (solve() runs on one)
+            self.evaluator = ProbeEvaluator(ctx, n_timesteps=n_timesteps, batch=batch, skip_blocks=True)
         self.probe_groups = [grouping.group_of(t) for t in self.evaluator.timesteps]
         # keep_modules: each candidate's quantized Linears, kept for joint scoring (which quantizes every site in
         # every call), keyed by the ids of its tensors, which are kept with them so that an id is never reused
@@ -117,7 +118,8 @@ class SiteScorer:
             for m in repl.values():
                 m.group = self.probe_groups[i]
 
-        ratios = self.evaluator.noise_ratios(repl, on_probe=point)
+        with caller_threads(self.ctx):
+            ratios = self.evaluator.noise_ratios(repl, on_probe=point)
         return sum(ratio_db(max(r, 1e-30)) for r in ratios) / len(ratios)
 
 
