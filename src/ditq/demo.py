@@ -27,8 +27,8 @@ class DemoConfig:
     sqnr_images: int = 16  # images (with their CFG twins) the per-step SQNR is teacher-forced on
     groups: int | str = "auto"
     # HTG's criterion probes (calibration calls x rows). The library default, 12 x 16, takes the demo DiT's HTG
-    # calibration from 122 s to 293 s (idle 2-core Xeon, the whole demo 278 s -> 457 s) for +0.8 dB at 100 steps;
-    # the demo keeps the earlier 6 x 8 to stay near 3 minutes (`ditq demo --full-criterion` runs the default)
+    # calibration from 76 s to 120 s (idle 2-core Xeon; the whole demo 220 s -> 238 s) for +0.8 dB at 100 steps
+    # over 3 seeds; the demo keeps the earlier 6 x 8 (`ditq demo --full-criterion` runs the default)
     probes: tuple[int, int] | None = (6, 8)
     baseline: bool = True
     latency_batch: int = 8

@@ -19,7 +19,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="also run the minmax baseline for comparison (default: on)")
     p.add_argument("--full-criterion", action="store_true",
                    help="score HTG's candidates on the library default's 12 x 16 probes instead of the demo's 6 x 8 "
-                        "(about 2.4x HTG's calibration time; +0.8 dB PSNR at 100 steps on the demo model)")
+                        "(HTG's calibration 120 s against 76 s on a 2-core Xeon; +0.8 dB PSNR at 100 steps on the "
+                        "demo model over 3 seeds)")
     p.add_argument("--force", action="store_true")
 
 
@@ -33,12 +34,12 @@ def run(args: argparse.Namespace) -> int:
     config = DemoConfig(model=args.model, steps=args.steps, samples=args.samples, eval_samples=args.eval_samples,
                         groups=args.groups, baseline=args.baseline, progress=not args.quiet,
                         probes=None if args.full_criterion else DemoConfig.probes)
-    # measured on idle 2-core AVX-512 Xeons: 172 s and, on a slower one, 278 s at the defaults (HTG 193 s of it, the
-    # baseline 56 s); 457 s with --full-criterion on the slower one
+    # measured on idle 2-core AVX-512 Xeons: 172 s (issue 13's twelfth pass) and, on one 1.65x slower, 220 s at the
+    # defaults (HTG 134 s of it, the baseline 62 s) and 238 s with --full-criterion (fifteenth pass)
     if not args.quiet:
-        minutes = "about 3-5 minutes" if args.baseline else "about 2-4 minutes"
+        minutes = "about 2-4 minutes" if args.baseline else "about 1-3 minutes"
         if args.full_criterion:
-            minutes = "about 5-8 minutes" if args.baseline else "about 4-7 minutes"
+            minutes = "about 3-5 minutes" if args.baseline else "about 2-4 minutes"
         print(f"ditq demo: calibrate, export, validate and sample HTG{' and min-max' if args.baseline else ''} on "
               f"the {'bundled' if args.model == 'demo' else 'given'} model; {minutes} on 2 CPU cores", file=sys.stderr,
               flush=True)
