@@ -357,18 +357,18 @@ class ProbeEvaluator:
         hooks = [b.register_forward_pre_hook(record) for b in self.blocks] if keep else []
         reference: list[torch.Tensor] = []
         cache: list[list[torch.Tensor]] | None = [] if keep and self.blocks else None
+        size = 0
         try:
             for inp in self.inputs:
                 seen.clear()
                 reference.append(self.model.predict(*inp))
                 if cache is None:
                     continue
-                if len(seen) != len(self.blocks) or any(h is None for h in seen):
+                size += sum(h.numel() * h.element_size() for h in seen if h is not None)
+                if len(seen) != len(self.blocks) or any(h is None for h in seen) or size > BLOCK_CACHE_BYTES:
                     cache = None
                     continue
                 cache.append(list(seen))  # type: ignore[arg-type]
-                if sum(h.numel() * h.element_size() for hs in cache for h in hs) > BLOCK_CACHE_BYTES:
-                    cache = None
         finally:
             for h in hooks:
                 h.remove()

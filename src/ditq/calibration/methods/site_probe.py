@@ -167,7 +167,7 @@ def scored_params(ctx: Context, *, skips: bool = True) -> float:
 
 def auto_criterion(ctx: Context, scorings: int, probes: tuple[int, int],
                    fallback: tuple[int, int] | None = None) -> tuple[str, tuple[int, int]]:
-    """``("output", probes)`` where its ``scorings`` whole-model runs on ``probes`` (calibration calls x rows) fit
+    """``("output", probes)`` where its ``scorings`` model runs on ``probes`` (calibration calls x rows) fit
     ``OUTPUT_CRITERION_BUDGET_MACS``, else the same with the smaller ``fallback`` probes where those fit, else
     ``("fisher", fallback or probes)`` (logged)."""
     tried = [probes] if fallback in (None, probes) else [probes, fallback]
@@ -177,7 +177,7 @@ def auto_criterion(ctx: Context, scorings: int, probes: tuple[int, int],
             if p != probes:
                 log.info("alpha criterion: output on %d x %d probes (%d x %d would be over its budget)", *p, *probes)
             return "output", p
-    log.info("alpha criterion: fisher (the per-site model-output criterion would run %d whole-model scorings, "
+    log.info("alpha criterion: fisher (the per-site model-output criterion would run %d model scorings, "
              "%.1e multiply-adds, above the %.0e budget)", scorings, macs, OUTPUT_CRITERION_BUDGET_MACS)
     return "fisher", tried[-1]
 
@@ -360,41 +360,40 @@ class FisherScorer:
                       and not getattr(transformer, "is_gradient_checkpointing", False))
         model = make_denoiser(transformer)
         ref_power = []
-        threads = torch.get_num_threads()
         bar = tqdm(total=len(self.inputs), desc="htg fisher criterion", disable=not ctx.progress, leave=False)
         try:
             if checkpoint:
                 transformer.enable_gradient_checkpointing()  # type: ignore[operator]
-            torch.set_num_threads(max(threads, ctx.threads))  # forward and backward passes of the whole model
             for p in params:
                 p.requires_grad_(False)
-            for i, (x, t, cond) in enumerate(self.inputs):
-                # rows in passes of at most max_tokens image tokens (memory: every site's input stays until its
-                # gradient arrives); every term is a sum over rows, so the passes add up
-                per_pass = max(1, self.max_tokens // max(1, image_tokens(ctx, x)))
-                power = 0.0
-                for lo in range(0, x.shape[0], per_pass):
-                    sl = slice(lo, lo + per_pass)
-                    state.update(probe=i, rows={}, grads={}, partial={}, hooked=set(),
-                                 act_rows=max(1, -(-self.act_rows * len(x[sl]) // x.shape[0])))
-                    leaf = {k: v[sl].detach().float().requires_grad_(True) if v.is_floating_point() else v[sl]
-                            for k, v in cond.items()}
-                    with torch.enable_grad():
-                        out = model.predict(x[sl].detach().float().requires_grad_(True), t[sl], leaf)
-                        for k in range(samples):
-                            out.backward(torch.randn(out.shape, generator=gen, dtype=out.dtype),
-                                         retain_graph=k + 1 < samples)
-                    power += float(out.detach().double().square().sum())
-                    unfinished = [name for name in sites if name not in state["rows"]] + list(state["grads"])
-                    if unfinished:
-                        raise DitqError(f"the Fisher criterion got no gradient at site(s) "
-                                        f"{', '.join(unfinished[:3])} in a model call; use alpha_criterion='output'")
-                    del out
-                ref_power.append(max(power, 1e-30))
-                bar.update()
+            with caller_threads(ctx):  # forward and backward passes of the whole model
+                for i, (x, t, cond) in enumerate(self.inputs):
+                    # rows in passes of at most max_tokens image tokens (memory: every site's input stays until its
+                    # gradient arrives); every term is a sum over rows, so the passes add up
+                    per_pass = max(1, self.max_tokens // max(1, image_tokens(ctx, x)))
+                    power = 0.0
+                    for lo in range(0, x.shape[0], per_pass):
+                        sl = slice(lo, lo + per_pass)
+                        state.update(probe=i, rows={}, grads={}, partial={}, hooked=set(),
+                                     act_rows=max(1, -(-self.act_rows * len(x[sl]) // x.shape[0])))
+                        leaf = {k: v[sl].detach().float().requires_grad_(True) if v.is_floating_point() else v[sl]
+                                for k, v in cond.items()}
+                        with torch.enable_grad():
+                            out = model.predict(x[sl].detach().float().requires_grad_(True), t[sl], leaf)
+                            for k in range(samples):
+                                out.backward(torch.randn(out.shape, generator=gen, dtype=out.dtype),
+                                             retain_graph=k + 1 < samples)
+                        power += float(out.detach().double().square().sum())
+                        unfinished = [name for name in sites if name not in state["rows"]] + list(state["grads"])
+                        if unfinished:
+                            raise DitqError(f"the Fisher criterion got no gradient at site(s) "
+                                            f"{', '.join(unfinished[:3])} in a model call; "
+                                            "use alpha_criterion='output'")
+                        del out
+                    ref_power.append(max(power, 1e-30))
+                    bar.update()
         finally:
             bar.close()
-            torch.set_num_threads(threads)
             for h in handles:
                 h.remove()
             for p, f in zip(params, flags):
