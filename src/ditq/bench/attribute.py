@@ -34,6 +34,7 @@ from torch import nn
 
 from ditq.core.metrics import noise_ratio, ratio_db
 from ditq.core.sites import swapped_modules
+from ditq.core.threads import torch_threads
 from ditq.errors import DitqError
 
 log = logging.getLogger(__name__)
@@ -117,20 +118,14 @@ def run_attribution(out: Path, config: AttributeConfig = AttributeConfig(), *, f
 
     say = progress or (lambda msg: log.info("%s", msg))
     inputs = [p for p in (config.recipe, config.model) if p is not None and p not in ("demo", TINY)]
-    threads = torch.get_num_threads()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    try:
-        with staging_dir(Path(out), kind=KIND, force=force, inputs=inputs) as tmp:
-            model, recipe = _model_and_recipe(config, tmp, say)
-            result = _jsonable(attribute(model, recipe, config, say))
-            result["command"] = config.command(out)
-            if config.plots:
-                result["plot"] = write_plot(result, tmp / "attribution.png")
-            write_json(tmp / "attribution.json", result)
-            (tmp / "attribution.md").write_text(format_markdown(result))
-    finally:
-        torch.set_num_threads(threads)
+    with torch_threads(config.threads), staging_dir(Path(out), kind=KIND, force=force, inputs=inputs) as tmp:
+        model, recipe = _model_and_recipe(config, tmp, say)
+        result = _jsonable(attribute(model, recipe, config, say))
+        result["command"] = config.command(out)
+        if config.plots:
+            result["plot"] = write_plot(result, tmp / "attribution.png")
+        write_json(tmp / "attribution.json", result)
+        (tmp / "attribution.md").write_text(format_markdown(result))
     return result
 
 

@@ -31,6 +31,7 @@ from ditq.core.quantizers import (
     weight_scales,
 )
 from ditq.core.sampler import make_scheduler, sample
+from ditq.core.threads import torch_threads
 from ditq.errors import DitqError
 from ditq.models.loading import LoadedModel, make_denoiser, quant_sites
 from ditq.models.quantized import group_denoiser
@@ -159,11 +160,8 @@ def calibrate(model: LoadedModel, method: MethodConfig, config: CalibConfig,
         w_block=config.w_block, weight_clip=config.weight_clip, fmt=config.fmt, transformer=model.transformer,
         probes=probes, threads=threads, progress=config.progress,
     )
-    torch.set_num_threads(1)  # the searches run many tiny GEMMs: thread hand-offs would dominate
-    try:
+    with torch_threads(1):  # the searches run many tiny GEMMs: thread hand-offs would dominate
         sol = method.solve(ctx)
-    finally:
-        torch.set_num_threads(threads)
     folded, _ = fold_state(state, sites, {s.name: sol.shifts[s.name][0] for s in sites}, sol.smooth)
     specs = {lin: sol.linear_specs.get(lin) or ctx.default_spec(s) for s in sites for lin in s.linears}
     select = bool(sol.exact_range_sites) and sol.exact_range_select

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ditq.core.threads import torch_threads
 from ditq.testbed.digits import IMAGE_SIZE, NUM_CLASSES, load_digits_images, split_indices
 
 NULL_CLASS = NUM_CLASSES  # label 10: the unconditional / null label for classifier-free guidance
@@ -281,10 +282,8 @@ def train_demo(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    prev_threads = torch.get_num_threads()
-    torch.set_num_threads(TRAIN_THREADS)
     t_start = time.perf_counter()
-    try:
+    with torch_threads(TRAIN_THREADS):
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
         images, labels = load_digits_images()
@@ -330,8 +329,6 @@ def train_demo(
         result["total_seconds"] = time.perf_counter() - t_start
         (out / "TRAINING.md").write_text(_training_md(result))
         return result
-    finally:
-        torch.set_num_threads(prev_threads)
 
 
 def _training_md(r: dict[str, Any]) -> str:

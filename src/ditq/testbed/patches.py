@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ditq.core.threads import torch_threads
+
 NUM_CLASSES = 8
 IMAGE_SIZE = 32
 NUM_IMAGES = 6000
@@ -123,11 +125,9 @@ def train_patches(out_dir: str | Path, *, seed: int = 0, steps: int = DEFAULT_ST
     config = {**PATCHES_TRANSFORMER_CONFIG, **(transformer_config or {})}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    prev_threads = torch.get_num_threads()
     threads = threads or demo.TRAIN_THREADS
-    torch.set_num_threads(threads)
     start = time.perf_counter()
-    try:
+    with torch_threads(threads):
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
         data = build_patch_dataset(num_images, seed=seed)
@@ -151,8 +151,6 @@ def train_patches(out_dir: str | Path, *, seed: int = 0, steps: int = DEFAULT_ST
         result["total_seconds"] = time.perf_counter() - start
         (out / "TRAINING.md").write_text(_training_md(result, config))
         return result
-    finally:
-        torch.set_num_threads(prev_threads)
 
 
 def _quality(model_dir: Path, data: PatchData, seed: int) -> dict[str, Any]:

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ditq.core.threads import torch_threads
+
 CAPTION_LENGTH, CAPTION_DIM = 16, 32
 PIXART_DIGITS_CONFIG: dict[str, Any] = dict(
     num_attention_heads=4, attention_head_dim=32, in_channels=1, out_channels=1, num_layers=4, sample_size=16,
@@ -48,10 +50,8 @@ def train_pixart_digits(out_dir: str | Path, *, seed: int = 0, steps: int | None
     steps = steps or demo.DEFAULT_STEPS
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    prev_threads = torch.get_num_threads()
-    torch.set_num_threads(demo.TRAIN_THREADS)
     start = time.perf_counter()
-    try:
+    with torch_threads(demo.TRAIN_THREADS):
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
         images, labels = load_digits_images()
@@ -110,8 +110,6 @@ def train_pixart_digits(out_dir: str | Path, *, seed: int = 0, steps: int | None
             "# Tiny PixArt on digits (ditq train-demo --arch pixart)\n\n"
             + "\n".join(f"- {k}: {round(v, 4) if isinstance(v, float) else v}" for k, v in result.items()) + "\n")
         return result
-    finally:
-        torch.set_num_threads(prev_threads)
 
 
 def _quality(model_dir: Path, seed: int) -> dict[str, float]:

@@ -25,6 +25,7 @@ from ditq.bench.quality_grid.peers import peer_rows
 from ditq.bench.quality_grid.plots import write_plots
 from ditq.bench.quality_grid.report import cell_metrics, jsonable, write_results
 from ditq.bench.quality_grid.seeds import image_metrics, paired_comparisons, summarize
+from ditq.core.threads import torch_threads
 from ditq.errors import DitqError
 
 log = logging.getLogger("ditq.bench.quality_grid")
@@ -36,19 +37,14 @@ def run_quality_grid(out: Path, config: QualityConfig = QualityConfig(), *, forc
     from ditq.artifacts.outputs import staging_dir
 
     say = progress or (lambda msg: log.info("%s", msg))
-    threads = torch.get_num_threads()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    try:
-        with staging_dir(Path(out), kind="ditq.bench.quality", force=force,
-                         inputs=[] if config.model in ("demo", TINY) else [config.model]) as tmp:
-            result, grid_rows = _run(tmp, config, say)
-            result["output"] = str(out)
-            if config.plots:
-                result["plots"] = write_plots(result, tmp, grid_rows)
-            write_results(result, tmp)
-    finally:
-        torch.set_num_threads(threads)
+    with torch_threads(config.threads), staging_dir(
+            Path(out), kind="ditq.bench.quality", force=force,
+            inputs=[] if config.model in ("demo", TINY) else [config.model]) as tmp:
+        result, grid_rows = _run(tmp, config, say)
+        result["output"] = str(out)
+        if config.plots:
+            result["plots"] = write_plots(result, tmp, grid_rows)
+        write_results(result, tmp)
     return result
 
 

@@ -212,6 +212,7 @@ def _ort_sampling(bm: BenchModel, art: Any, sessions: dict[str, Any], config: Sp
     """Whole sampling runs: the FP reference session vs the INT8 group sessions behind the grouped backend."""
     import torch
 
+    from ditq.core.threads import torch_threads
     from ditq.runtime.backends import GroupedBackend, onnx_feeds, ort_session
 
     model = bm.model
@@ -226,11 +227,7 @@ def _ort_sampling(bm: BenchModel, art: Any, sessions: dict[str, Any], config: Sp
 
     fp_backend = GroupedBackend("onnxruntime-fp", [(0, model.num_train_timesteps - 1)], [fn(sessions["fp"])])
     q_backend = GroupedBackend("onnxruntime", art.intervals, [fn(s) for s in group_sessions])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the sampler's own torch ops are tiny; idle OpenMP workers would compete with ORT
-    try:
+    with torch_threads(1):  # the sampler's own torch ops are tiny; idle OpenMP workers would compete with ORT
         sampling = time_sampling(bm, {"fp": fp_backend, "int8": q_backend}, config)
-    finally:
-        torch.set_num_threads(threads)
     sampling["group_calls"] = q_backend.calls
     return sampling

@@ -35,14 +35,12 @@ def benchmark_speed(config: SpeedConfig, out: Path, *, progress: Callable[[str],
 
 
 def _benchmark_speed(config: SpeedConfig, out: Path, say: Callable[[str], None]) -> dict[str, Any]:
-    import torch
+    from ditq.core.threads import torch_threads  # imports torch: not at `ditq bench speed --help`
 
     result: dict[str, Any] = {"kind": "ditq.bench.speed", "config": asdict(config), "machine": machine_info(config),
                               "models": []}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
     started = time.perf_counter()
-    try:
+    with torch_threads(config.threads):
         for name in config.models:
             say(f"{name}: building and calibrating")
             bm = resolve_model(name, config.seed)
@@ -57,8 +55,6 @@ def _benchmark_speed(config: SpeedConfig, out: Path, say: Callable[[str], None])
             result["models"].append(entry)
             del bm, recipe
             write_results(result, out)
-    finally:
-        torch.set_num_threads(threads)
     result["seconds"] = round(time.perf_counter() - started, 1)
     result["peak_rss_bytes"] = hwm_bytes()
     result["machine"]["load_avg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None

@@ -20,6 +20,7 @@ from ditq.calibration.stats import SiteStats
 from ditq.core.metrics import noise_ratio, ratio_db
 from ditq.core.quantizers import block_for, largest_pow2_divisor, rotate, scale_from_amax, search_act_scale
 from ditq.core.sites import Site, swapped_modules
+from ditq.core.threads import torch_threads
 from ditq.errors import DitqError
 
 log = logging.getLogger(__name__)
@@ -270,12 +271,8 @@ def site_rotations(ctx: Context, rotation: int) -> dict[str, int]:
 def caller_threads(ctx: Context) -> typing.Iterator[None]:
     """Inside, torch runs on the caller's threads (``ctx.threads``): for a method's whole-model passes, which
     ``solve()``'s single thread would slow down."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(threads, ctx.threads))
-    try:
+    with torch_threads(max(torch.get_num_threads(), ctx.threads)):
         yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def pick_probes(ctx: Context, n_timesteps: int, batch: int) -> list[tuple[torch.Tensor, torch.Tensor, Any]]:
