@@ -40,6 +40,27 @@ def _delta_mean(p: np.ndarray) -> float:
     return float(p[0].mean() - p[1].mean())
 
 
+def paired(a: np.ndarray, b: np.ndarray, rng: np.random.Generator) -> tuple[float, float, float, float, float, float]:
+    """A minus B, both [seeds, images] on the same images: global, its 95 % interval, mean, its 95 % interval."""
+    if a.shape != b.shape:
+        raise SystemExit(f"{a.shape[1]} vs {b.shape[1]} images: not the same evaluation set")
+    pair = np.stack([a, b])  # the bootstrap resamples images, the same ones on both sides
+    n = pair.shape[-1]
+    draws = [pair[..., rng.integers(0, n, n)] for _ in range(BOOTSTRAP_RESAMPLES)]
+    boots = np.array([(_delta_global(d), _delta_mean(d)) for d in draws])
+    lo, hi = np.percentile(boots, [2.5, 97.5], axis=0)
+    return _delta_global(pair), float(lo[0]), float(hi[0]), _delta_mean(pair), float(lo[1]), float(hi[1])
+
+
+def common_seeds(a_rows: dict[int, np.ndarray], b_rows: dict[int, np.ndarray]) -> tuple[list[int], np.ndarray,
+                                                                                          np.ndarray]:
+    """The calibration seeds both rows have (at one step count), and each row's [seeds, images] on them."""
+    seeds = sorted(set(a_rows) & set(b_rows))
+    if not seeds:
+        raise SystemExit("no calibration seed in common")
+    return seeds, np.stack([a_rows[s] for s in seeds]), np.stack([b_rows[s] for s in seeds])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file_a")
@@ -51,19 +72,10 @@ def main() -> None:
     a_rows, b_rows = rows(args.file_a, args.method_a, args.bits), rows(args.file_b, args.method_b, args.bits)
     rng = np.random.default_rng(BOOTSTRAP_SEED)  # one stream over the step counts
     for steps in sorted(set(a_rows) & set(b_rows), reverse=True):
-        seeds = sorted(set(a_rows[steps]) & set(b_rows[steps]))
-        a = np.stack([a_rows[steps][s] for s in seeds])  # [seeds, images]
-        b = np.stack([b_rows[steps][s] for s in seeds])
-        if a.shape != b.shape:
-            raise SystemExit(f"{steps} steps: {a.shape[1]} vs {b.shape[1]} images: not the same evaluation set")
-        pair = np.stack([a, b])  # the bootstrap resamples images, the same ones on both sides
-        g, m = _delta_global(pair), _delta_mean(pair)
-        n = pair.shape[-1]
-        draws = [pair[..., rng.integers(0, n, n)] for _ in range(BOOTSTRAP_RESAMPLES)]
-        boots = np.array([(_delta_global(d), _delta_mean(d)) for d in draws])
-        lo, hi = np.percentile(boots, [2.5, 97.5], axis=0)
+        seeds, a, b = common_seeds(a_rows[steps], b_rows[steps])
+        g, g_lo, g_hi, m, m_lo, m_hi = paired(a, b, rng)
         print(f"{steps} steps, seeds {seeds}: {args.method_a} - {args.method_b} ({args.bits}): "
-              f"global {g:+.2f} [{lo[0]:+.2f}, {hi[0]:+.2f}], mean {m:+.2f} [{lo[1]:+.2f}, {hi[1]:+.2f}]")
+              f"global {g:+.2f} [{g_lo:+.2f}, {g_hi:+.2f}], mean {m:+.2f} [{m_lo:+.2f}, {m_hi:+.2f}]")
 
 
 if __name__ == "__main__":
