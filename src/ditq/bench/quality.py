@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,11 +16,9 @@ import torch
 
 from ditq.core.cond import select
 from ditq.core.metrics import psnr_db, sqnr_db
-from ditq.core.sampler import as_denoise
+from ditq.core.sampler import Denoise, as_denoise
 from ditq.models.loading import LoadedModel
 from ditq.testbed.scoring import FPReference, ImageScorer, SamplingSpec, run_sampler
-
-Denoise = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _cfg_rows(batch: int, rows: int | None) -> torch.Tensor | slice:

@@ -300,7 +300,7 @@ def _exact_ranges(model: LoadedModel, loop: ForwardLoop, sites: list[Any], sol: 
     group the second run does not reach keeps its reservoir scale (a loop that is not repeatable, e.g. an exhausted
     iterator: logged)."""
     chosen = [s for s in sites if s.name in sol.exact_range_sites]
-    transforms = {}
+    transforms: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {}
     for site in chosen:
         shifts, smooth = sol.shifts[site.name].float(), sol.smooth[site.name].float()
         block = specs[site.linears[0]].rotation

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ditq.core.cond import Cond
-from ditq.core.sampler import make_scheduler, sample
+from ditq.core.sampler import Denoise, make_scheduler, sample
 from ditq.models.loading import LoadedModel
-
-Denoise = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
