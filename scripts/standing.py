@@ -44,7 +44,7 @@ def _htg(a: dict[int, np.ndarray]) -> str:
 
 
 def table(spec: dict, root: Path) -> str:
-    out = []
+    out = [f"# {spec['title']}", "", spec["intro"], ""] if "title" in spec else []
     for section in spec["sections"]:
         cols = section["versus"]
         out += [f"### {section['title']}", "",
