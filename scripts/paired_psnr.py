@@ -30,35 +30,37 @@ def rows(path: str, method: str, bits: str) -> dict[int, dict[int, np.ndarray]]:
     return out
 
 
-def _delta_global(p: np.ndarray) -> float:
+def delta_global(p: np.ndarray) -> float:
     """A minus B [2, seeds, images]: the pooled-MSE PSNR of each seed, averaged over the seeds."""
     return float(np.mean([global_psnr(a) - global_psnr(b) for a, b in zip(p[0], p[1])]))
 
 
-def _delta_mean(p: np.ndarray) -> float:
+def delta_mean(p: np.ndarray) -> float:
     """A minus B [2, seeds, images]: the per-image PSNR averaged over images and seeds."""
     return float(p[0].mean() - p[1].mean())
 
 
 def paired(a: np.ndarray, b: np.ndarray, rng: np.random.Generator) -> tuple[float, float, float, float, float, float]:
     """A minus B, both [seeds, images] on the same images: global, its 95 % interval, mean, its 95 % interval."""
-    if a.shape != b.shape:
-        raise SystemExit(f"{a.shape[1]} vs {b.shape[1]} images: not the same evaluation set")
     pair = np.stack([a, b])  # the bootstrap resamples images, the same ones on both sides
     n = pair.shape[-1]
     draws = [pair[..., rng.integers(0, n, n)] for _ in range(BOOTSTRAP_RESAMPLES)]
-    boots = np.array([(_delta_global(d), _delta_mean(d)) for d in draws])
+    boots = np.array([(delta_global(d), delta_mean(d)) for d in draws])
     lo, hi = np.percentile(boots, [2.5, 97.5], axis=0)
-    return _delta_global(pair), float(lo[0]), float(hi[0]), _delta_mean(pair), float(lo[1]), float(hi[1])
+    return delta_global(pair), float(lo[0]), float(hi[0]), delta_mean(pair), float(lo[1]), float(hi[1])
 
 
 def common_seeds(a_rows: dict[int, np.ndarray], b_rows: dict[int, np.ndarray]) -> tuple[list[int], np.ndarray,
                                                                                           np.ndarray]:
-    """The calibration seeds both rows have (at one step count), and each row's [seeds, images] on them."""
+    """The calibration seeds both rows have (at one step count), and each row's [seeds, images] on them; refuses
+    rows that were not scored on the same evaluation images."""
     seeds = sorted(set(a_rows) & set(b_rows))
     if not seeds:
         raise SystemExit("no calibration seed in common")
-    return seeds, np.stack([a_rows[s] for s in seeds]), np.stack([b_rows[s] for s in seeds])
+    a, b = np.stack([a_rows[s] for s in seeds]), np.stack([b_rows[s] for s in seeds])
+    if a.shape != b.shape:
+        raise SystemExit(f"{a.shape[1]} vs {b.shape[1]} images: not the same evaluation set")
+    return seeds, a, b
 
 
 def main() -> None:

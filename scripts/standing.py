@@ -17,9 +17,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-from paired_psnr import common_seeds, paired, rows
+from paired_psnr import common_seeds, delta_global, delta_mean, rows
 
-from ditq.bench.quality_grid.seeds import BOOTSTRAP_SEED, global_psnr
+from ditq.bench.quality_grid.seeds import bootstrap_ci, global_psnr
 
 
 def _row(root: Path, ref: list[str], bits: str, steps: int) -> dict[int, np.ndarray]:
@@ -32,7 +32,9 @@ def _row(root: Path, ref: list[str], bits: str, steps: int) -> dict[int, np.ndar
 
 def _cell(a: dict[int, np.ndarray], b: dict[int, np.ndarray]) -> str:
     seeds, x, y = common_seeds(a, b)
-    g, lo, hi, m, _, _ = paired(x, y, np.random.default_rng(BOOTSTRAP_SEED))
+    pair = np.stack([x, y])  # [2, seeds, images]: the bootstrap resamples images, the same ones on both sides
+    g, m = delta_global(pair), delta_mean(pair)
+    lo, hi = bootstrap_ci(pair, delta_global)
     note = "" if len(seeds) == len(a) else f" (seeds {','.join(map(str, seeds))})"
     return f"{g:+.2f} [{lo:+.2f}, {hi:+.2f}] / {m:+.2f}{note}"
 
